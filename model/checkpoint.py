@@ -1,0 +1,100 @@
+"""Weights files (safetensors, never pickle) and their model cards.
+
+`weights/<name>.safetensors` holds the encoder's tensors and, in its metadata, the
+architecture config and preprocessing version, so the file alone rebuilds the encoder.
+`weights/<name>.json` is the model card; its `weights_sha256` must match the file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.encoder import SiameseEncoder
+from model.pipeline import PIPELINE_VERSION
+
+
+class WeightsError(RuntimeError):
+    """The weights file is missing, corrupt, truncated or does not match its model card."""
+
+
+def sha256_of(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def card_path(weights_path: str | Path) -> Path:
+    return Path(weights_path).with_suffix(".json")
+
+
+def save_weights(encoder: SiameseEncoder, path: str | Path) -> str:
+    """Write the encoder's tensors; returns the file's sha256."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    meta = {"arch": json.dumps(encoder.arch), "pipeline_version": PIPELINE_VERSION,
+            "format": "faceverify-encoder-v1"}
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return sha256_of(path)
+
+
+def write_card(path: str | Path, card: dict[str, Any]) -> None:
+    """Write the model card JSON and its Markdown rendering beside the weights."""
+    from model.modelcard import render_markdown
+    path = card_path(path)
+    path.write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
+    path.with_suffix(".md").write_text(render_markdown(card))
+
+
+def read_card(weights_path: str | Path) -> dict[str, Any] | None:
+    p = card_path(weights_path)
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise WeightsError(f"model card {p} is not valid JSON: {exc}") from exc
+
+
+def load_encoder(path: str | Path, device: str | torch.device = "cpu",
+                 verify_card: bool = True) -> tuple[SiameseEncoder, dict[str, Any] | None]:
+    """Rebuild the encoder from a weights file; check the card's sha256 when there is a card."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    card = read_card(path) if verify_card else None
+    if card is not None and card.get("weights_sha256"):
+        actual = sha256_of(path)
+        if actual != card["weights_sha256"]:
+            raise WeightsError(f"{path}: sha256 {actual[:12]}… does not match the model card's "
+                               f"{card['weights_sha256'][:12]}… (corrupt or replaced file)")
+    try:
+        from safetensors import safe_open
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise WeightsError(f"{path} is not a readable safetensors file (corrupt or "
+                           f"truncated?): {exc}") from exc
+    if "arch" not in meta:
+        raise WeightsError(f"{path} has no architecture metadata; not a faceverify encoder")
+    if meta.get("pipeline_version") != PIPELINE_VERSION:
+        raise WeightsError(f"{path} was trained with preprocessing {meta.get('pipeline_version')!r}"
+                           f" but this code aligns faces as {PIPELINE_VERSION!r}")
+    encoder = SiameseEncoder(json.loads(meta["arch"]))
+    try:
+        encoder.load_state_dict(state)
+    except RuntimeError as exc:
+        raise WeightsError(f"{path} does not fit its declared architecture: {exc}") from exc
+    return encoder.to(device).eval(), card

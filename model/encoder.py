@@ -1,0 +1,64 @@
+"""The Siamese encoder: one backbone shared by both branches, L2-normalised output.
+
+Two faces are compared by the Euclidean distance between their unit embeddings
+(d = sqrt(2 - 2·cos)), the distance the contrastive loss is trained on.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.backbones import build_backbone
+
+DEFAULT_ARCH: dict[str, Any] = {"arch": "mobilefacenet", "embedding_dim": 128}
+
+
+class SiameseEncoder(nn.Module):
+    def __init__(self, arch: dict[str, Any] | None = None):
+        super().__init__()
+        self.arch = dict(arch or DEFAULT_ARCH)
+        self.backbone = build_backbone(self.arch)
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.arch.get("embedding_dim", 128))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, 112, 112) normalised crops → (N, D) unit vectors."""
+        return F.normalize(self.backbone(x), dim=1)
+
+    def forward_pair(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Both branches through the same weights in one pass; returns the distances."""
+        emb = self(torch.cat([a, b]))
+        return pair_distance(emb[: len(a)], emb[len(a):])
+
+
+def pair_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance between matching rows of two batches of embeddings."""
+    return (a - b).pow(2).sum(1).clamp_min(0).sqrt()
+
+
+@torch.inference_mode()
+def embed_crops(encoder: SiameseEncoder, crops, batch_size: int = 256,
+                flip_augment: bool = False) -> torch.Tensor:
+    """Embed (N, 112, 112, 3) uint8 aligned crops in batches; returns (N, D) on the CPU.
+
+    flip_augment: add the mirrored crop's embedding before normalising (test-time
+    augmentation); off by default, and the service does the same as evaluation.
+    """
+    from model.pipeline import crops_to_tensor
+    device = next(encoder.parameters()).device
+    was_training = encoder.training
+    encoder.eval()
+    out = []
+    for i in range(0, len(crops), batch_size):
+        x = crops_to_tensor(crops[i:i + batch_size]).to(device)
+        e = encoder(x)
+        if flip_augment:
+            e = F.normalize(e + encoder(x.flip(3)), dim=1)
+        out.append(e.float().cpu())
+    encoder.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, encoder.embedding_dim)

@@ -1,0 +1,227 @@
+"""Evaluate encoders on the LFW protocols: `python -m model.evaluate`.
+
+View 1: threshold chosen on pairsDevTrain, accuracy on pairsDevTest.
+View 2: pairs.txt, 10 folds; the threshold for fold k is chosen on the other folds and
+tested on fold k. For identity-disjoint View 2, give one encoder per group of folds
+(`--weights-for-folds 1-5=A.safetensors --weights-for-folds 6-10=B.safetensors`): each fold is
+scored by the encoder that never saw its identities, and its threshold is chosen on the other
+folds *of the same group* (the ones that encoder is also disjoint from).
+
+Images where MTCNN finds no face are aligned with the centred-face fallback (LFW photos are
+face-centred) so every pair gets a score; their number is reported.
+Outputs a JSON report and a ROC plot; `--write-card` stores the result and the calibrated
+threshold in a model card.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.checkpoint import card_path, load_encoder, read_card, write_card
+from model.data import load_aligned_folder
+from model.encoder import embed_crops, pair_distance
+from model.lfw import Pair, parse_folds, read_pairs
+from model.metrics import accuracy_at, best_threshold, kfold_accuracy, roc_curve, summarize
+
+log = logging.getLogger("faceverify.evaluate")
+DEFAULT_LFW = os.environ.get("FACEVERIFY_LFW_DIR", "../shared/data/lfw")
+
+
+def disjointness(card: dict | None, pairs_file: str, folds: set[int]) -> bool | None:
+    """Did the encoder's training exclude every identity of these folds? None if unknown."""
+    excluded = ((card or {}).get("training") or {}).get("excluded")
+    if card is None:
+        return None
+    if not excluded or excluded.get("pairs_file") != Path(pairs_file).name:
+        return False
+    ex_folds = excluded.get("folds")
+    return ex_folds == "all" or folds.issubset(set(ex_folds))
+
+
+def score_pairs(pairs: list[Pair], weights: Path, lfw, device: str, flip: bool
+                ) -> tuple[np.ndarray, dict | None, int]:
+    """Distances for pairs under one encoder, and how many of their images had no face."""
+    encoder, card = load_encoder(weights, device=device)
+    index = lfw.index()
+    paths = sorted({x for p in pairs for x in (p.left, p.right)})
+    rows = [index[f"lfw/{x}"] for x in paths]
+    no_face = sum(lfw.methods[r] != "detected" for r in rows)
+    emb = embed_crops(encoder, lfw.crops[rows], flip_augment=flip)
+    pos = {x: i for i, x in enumerate(paths)}
+    left = torch.tensor([pos[p.left] for p in pairs])
+    right = torch.tensor([pos[p.right] for p in pairs])
+    return pair_distance(emb[left], emb[right]).numpy(), card, no_face
+
+
+def evaluate_view2(lfw_dir: Path, groups: dict[str, Path], lfw, device: str, flip: bool
+                   ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    pairs_file = lfw_dir / "pairs.txt"
+    pairs = read_pairs(pairs_file)
+    all_folds = sorted({p.fold for p in pairs})
+    d = np.full(len(pairs), np.nan)
+    same = np.array([p.same for p in pairs])
+    fold_of = np.array([p.fold for p in pairs])
+    group_reports, fold_results = [], []
+    for spec, weights in groups.items():
+        folds = parse_folds(spec) or set(all_folds)
+        sel = np.isin(fold_of, sorted(folds))
+        dist_g, card, no_face = score_pairs([p for p, s in zip(pairs, sel) if s], weights, lfw,
+                                            device, flip)
+        d[sel] = dist_g
+        results = kfold_accuracy(dist_g, same[sel], fold_of[sel])
+        fold_results += results
+        group_reports.append({
+            "folds": sorted(folds), "weights": str(weights),
+            "weights_sha256": (card or {}).get("weights_sha256"),
+            "identity_disjoint": disjointness(card, str(pairs_file), folds),
+            "images_without_face": int(no_face),
+            "accuracy_mean": float(np.mean([r.accuracy for r in results])),
+            **summarize(dist_g, same[sel])})
+    if np.isnan(d).any():
+        missing = sorted(set(fold_of[np.isnan(d)].tolist()))
+        raise SystemExit(f"folds {missing} have no encoder; give --weights-for-folds for them")
+    fold_results.sort(key=lambda r: r.fold)
+    accs = np.array([r.accuracy for r in fold_results])
+    report = {
+        "protocol": "LFW View 2 (pairs.txt, 10 folds; threshold chosen on the other folds "
+                    "scored by the same encoder)",
+        "identity_disjoint": all(g["identity_disjoint"] for g in group_reports),
+        "accuracy_mean": float(accs.mean()), "accuracy_std": float(accs.std()),
+        "folds": [{"fold": r.fold, "threshold": r.threshold, "accuracy": r.accuracy}
+                  for r in fold_results],
+        "threshold_mean": float(np.mean([r.threshold for r in fold_results])),
+        "encoders": group_reports,
+        **{k: v for k, v in summarize(d, same).items()},
+    }
+    return report, d, same
+
+
+def evaluate_view1(lfw_dir: Path, weights: Path, lfw, device: str, flip: bool
+                   ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    dev_train = read_pairs(lfw_dir / "pairsDevTrain.txt")
+    dev_test = read_pairs(lfw_dir / "pairsDevTest.txt")
+    d_train, card, _ = score_pairs(dev_train, weights, lfw, device, flip)
+    d_test, _, no_face = score_pairs(dev_test, weights, lfw, device, flip)
+    same_train = np.array([p.same for p in dev_train])
+    same_test = np.array([p.same for p in dev_test])
+    t = best_threshold(d_train, same_train)
+    report = {
+        "protocol": "LFW View 1 (threshold chosen on pairsDevTrain, tested on pairsDevTest)",
+        "identity_disjoint": disjointness(card, "pairsDevTest.txt", {1}),
+        "weights": str(weights), "weights_sha256": (card or {}).get("weights_sha256"),
+        "threshold": t, "accuracy_mean": accuracy_at(d_test, same_test, t),
+        "accuracy_std": None, "images_without_face": int(no_face),
+        **summarize(d_test, same_test),
+    }
+    return report, d_test, same_test
+
+
+def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=120)
+    for label, (d, same) in curves.items():
+        far, tar, _ = roc_curve(d, same)
+        ax.plot(np.clip(far, 1e-4, 1), tar, label=label)
+    ax.set_xscale("log")
+    ax.set_xlim(1e-3, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false accept rate")
+    ax.set_ylabel("true accept rate")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def update_card(card_file: Path, key: str, report: dict[str, Any]) -> None:
+    """Store an evaluation in a model card and calibrate its threshold from it."""
+    weights = card_file.with_suffix(".safetensors")
+    card = read_card(weights)
+    if card is None:
+        raise SystemExit(f"no model card at {card_file}")
+    card.setdefault("evaluation", {})[key] = {
+        k: report[k] for k in ("protocol", "identity_disjoint", "accuracy_mean", "accuracy_std",
+                               "auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "pairs")
+        if k in report} | {"encoders": [
+            {k: g[k] for k in ("folds", "weights", "weights_sha256", "identity_disjoint")}
+            for g in report.get("encoders", [])]}
+    thr = report.get("threshold_mean", report.get("threshold"))
+    card["threshold"] = {
+        "value": round(float(thr), 4),
+        "method": f"mean of the per-fold accuracy-maximising thresholds of {key} "
+                  "(identity-disjoint encoders of the same recipe)",
+        "at_far_1e-2": round(report["threshold_at_far_1e-2"], 4),
+        "at_far_1e-3": round(report["threshold_at_far_1e-3"], 4),
+    }
+    write_card(weights, card)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m model.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--protocol", choices=["view1", "view2"], default="view2")
+    p.add_argument("--weights", type=Path, help="one encoder for every fold")
+    p.add_argument("--weights-for-folds", action="append", default=[], metavar="FOLDS=PATH",
+                   help="View 2: the encoder that scores these folds (repeatable)")
+    p.add_argument("--lfw-dir", type=Path, default=Path(DEFAULT_LFW),
+                   help="folder with lfw-deepfunneled/ and the pairs files")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--flip", action="store_true", help="add the mirrored crop's embedding")
+    p.add_argument("--out", type=Path, help="JSON report path")
+    p.add_argument("--roc", type=Path, help="ROC plot PNG path")
+    p.add_argument("--label", default="faceverify", help="name in the ROC legend")
+    p.add_argument("--write-card", type=Path, help="store the result in this model card")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = parse_args(argv)
+    kw = {"cache_dir": args.cache_dir} if args.cache_dir else {}
+    lfw = load_aligned_folder(args.lfw_dir / "lfw-deepfunneled", "lfw", **kw)
+    if args.protocol == "view2":
+        groups = {k: Path(v) for k, v in (s.split("=", 1) for s in args.weights_for_folds)}
+        if args.weights:
+            groups = {"1-10": args.weights}
+        if not groups:
+            raise SystemExit("give --weights or --weights-for-folds")
+        report, d, same = evaluate_view2(args.lfw_dir, groups, lfw, args.device, args.flip)
+        key = "lfw_view2"
+    else:
+        if not args.weights:
+            raise SystemExit("View 1 needs --weights")
+        report, d, same = evaluate_view1(args.lfw_dir, args.weights, lfw, args.device, args.flip)
+        key = "lfw_view1"
+    report["flip_tta"] = args.flip
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    if args.roc:
+        plot_roc({f"{args.label} (AUC {report['auc']:.3f})": (d, same)}, args.roc)
+    if args.write_card:
+        update_card(card_path(args.write_card), key, report)
+    acc = report["accuracy_mean"]
+    std = report.get("accuracy_std")
+    log.info("%s: accuracy %.2f%%%s, AUC %.4f, TAR@FAR1%% %.2f%%, identity-disjoint: %s",
+             key, 100 * acc, f" ± {100 * std:.2f}" if std is not None else "", report["auc"],
+             100 * report["tar_at_far_1e-2"], report["identity_disjoint"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Decode an uploaded or stored image into an RGB PIL image.
+
+Every entry point (training, evaluation, serving) goes through `decode_image`, so a photo is
+read the same way everywhere: EXIF orientation applied, the first frame of animations, any
+mode (greyscale, palette, RGBA, CMYK, 16-bit) converted to 8-bit RGB.
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Pillow's own bomb guard only warns below 2x its limit; we enforce our own limit explicitly.
+Image.MAX_IMAGE_PIXELS = None
+
+SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO"})
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+class InvalidImageError(ValueError):
+    """The bytes are not a decodable image (empty, truncated, not an image at all)."""
+
+
+class UnsupportedImageError(ValueError):
+    """The bytes are an image, but of a format we do not accept."""
+
+
+class ImageTooLargeError(ValueError):
+    """The image header declares more pixels than allowed (decompression-bomb guard)."""
+
+    def __init__(self, pixels: int, max_pixels: int):
+        super().__init__(f"image has {pixels} pixels, more than the limit of {max_pixels}")
+        self.pixels = pixels
+        self.max_pixels = max_pixels
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB (alpha composited on white)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16/32-bit greyscale: scale the actual range down to 8 bits rather than clipping.
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        arr8 = np.clip(arr * (255.0 / hi), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8).convert("RGB")
+    if img.mode == "P" or img.mode == "PA":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "RGBa", "La"):
+        img = img.convert("RGBA")
+        background = Image.new("RGB", img.size, (255, 255, 255))
+        background.paste(img, mask=img.getchannel("A"))
+        return background
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr8 = ((arr - lo) / max(hi - lo, 1e-12) * 255).astype(np.uint8)
+        return Image.fromarray(arr8).convert("RGB")
+    return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def decode_image(
+    source: bytes | str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """Decode bytes or a file path into an upright 8-bit RGB image.
+
+    The pixel count is checked from the header *before* the pixel data is decoded, so a
+    decompression bomb is refused without allocating it.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise InvalidImageError("empty file")
+        fp: io.BytesIO | Path = io.BytesIO(bytes(source))
+    else:
+        fp = Path(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = Image.open(fp)
+    except UnidentifiedImageError as exc:
+        raise InvalidImageError("not a recognised image file") from exc
+    except OSError as exc:
+        raise InvalidImageError(f"cannot read image: {exc}") from exc
+    if img.format not in SUPPORTED_FORMATS:
+        raise UnsupportedImageError(f"image format {img.format} is not supported")
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise InvalidImageError("image has no pixels")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(width * height, max_pixels)
+    try:
+        img.seek(0)  # first frame of GIF / animated WebP / multi-page TIFF
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return _to_rgb(img)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise InvalidImageError(f"cannot decode image: {exc}") from exc

@@ -1,0 +1,72 @@
+"""LFW protocol files: View 1 (pairsDevTrain / pairsDevTest) and View 2 (pairs.txt, 10 folds).
+
+Format (official): a header line, then one pair per line — `name i j` for a same-person pair,
+`name1 i name2 j` for a different-person pair. View 2's header is `folds pairs_per_class`;
+each fold lists its same pairs, then its different pairs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Pair:
+    left: str  # path relative to the LFW image root: <Person>/<Person>_NNNN.jpg
+    right: str
+    same: bool
+    fold: int  # 1-based; View 1 files are a single fold
+
+
+def image_path(name: str, index: int) -> str:
+    return f"{name}/{name}_{int(index):04d}.jpg"
+
+
+def identity_of(rel_path: str) -> str:
+    return rel_path.split("/", 1)[0]
+
+
+def read_pairs(path: str | Path) -> list[Pair]:
+    """Parse a View 1 or View 2 pairs file into pairs with their fold numbers."""
+    lines = [ln.split() for ln in Path(path).read_text().splitlines() if ln.strip()]
+    header, rows = lines[0], lines[1:]
+    if len(header) == 2:
+        folds, per_class = int(header[0]), int(header[1])
+    else:
+        folds, per_class = 1, int(header[0])
+    if len(rows) != folds * per_class * 2:
+        raise ValueError(f"{path}: expected {folds * per_class * 2} pairs, found {len(rows)}")
+    pairs = []
+    for i, row in enumerate(rows):
+        fold = i // (2 * per_class) + 1
+        if len(row) == 3:
+            pairs.append(Pair(image_path(row[0], row[1]), image_path(row[0], row[2]), True, fold))
+        elif len(row) == 4:
+            pairs.append(Pair(image_path(row[0], row[1]), image_path(row[2], row[3]), False, fold))
+        else:
+            raise ValueError(f"{path}: malformed line {i + 2}: {' '.join(row)}")
+    return pairs
+
+
+def identities_in(pairs: list[Pair], folds: set[int] | None = None) -> set[str]:
+    """Every identity that appears in the given pairs (optionally only in some folds)."""
+    names: set[str] = set()
+    for p in pairs:
+        if folds is None or p.fold in folds:
+            names.add(identity_of(p.left))
+            names.add(identity_of(p.right))
+    return names
+
+
+def parse_folds(spec: str | None) -> set[int] | None:
+    """'1-5' or '1,2,3' or '6-10' → a set of fold numbers; None/'' → None (all)."""
+    if not spec:
+        return None
+    folds: set[int] = set()
+    for part in spec.split(","):
+        if "-" in part:
+            lo, hi = part.split("-")
+            folds.update(range(int(lo), int(hi) + 1))
+        else:
+            folds.add(int(part))
+    return folds

@@ -1,0 +1,92 @@
+"""Verification metrics on pair distances (smaller distance = more likely the same person).
+
+`same` is a boolean array: True for same-person pairs. A pair is predicted "same" when its
+distance is below the threshold (strictly less).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def accuracy_at(d: np.ndarray, same: np.ndarray, threshold: float) -> float:
+    return float(np.mean((d < threshold) == same))
+
+
+def best_threshold(d: np.ndarray, same: np.ndarray) -> float:
+    """The threshold with the highest accuracy; ties → the middle of the best gap."""
+    d, same = np.asarray(d, float), np.asarray(same, bool)
+    order = np.sort(np.unique(d))
+    candidates = np.concatenate([[order[0] - 1e-6], (order[:-1] + order[1:]) / 2, [order[-1] + 1e-6]])
+    # vectorised accuracy for every candidate: sort once, count with searchsorted
+    pos, neg = np.sort(d[same]), np.sort(d[~same])
+    tp = np.searchsorted(pos, candidates, side="left")  # same pairs with d < t
+    fp = np.searchsorted(neg, candidates, side="left")
+    acc = (tp + (len(neg) - fp)) / len(d)
+    return float(candidates[int(np.argmax(acc))])
+
+
+def roc_curve(d: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(far, tar, thresholds), far increasing; a pair counts as accepted when d < threshold."""
+    d, same = np.asarray(d, float), np.asarray(same, bool)
+    thresholds = np.concatenate([[-np.inf], np.sort(np.unique(d)) + 1e-9])
+    pos, neg = np.sort(d[same]), np.sort(d[~same])
+    tar = np.searchsorted(pos, thresholds, side="left") / max(len(pos), 1)
+    far = np.searchsorted(neg, thresholds, side="left") / max(len(neg), 1)
+    return far, tar, thresholds
+
+
+def roc_auc(d: np.ndarray, same: np.ndarray) -> float:
+    """Probability a random same pair is closer than a random different pair (ties count ½)."""
+    d, same = np.asarray(d, float), np.asarray(same, bool)
+    pos, neg = d[same], np.sort(d[~same])
+    greater = len(neg) - np.searchsorted(neg, pos, side="right")
+    ties = np.searchsorted(neg, pos, side="right") - np.searchsorted(neg, pos, side="left")
+    return float((greater + 0.5 * ties).sum() / (len(pos) * len(neg)))
+
+
+def tar_at_far(d: np.ndarray, same: np.ndarray, far_target: float) -> tuple[float, float]:
+    """Highest TAR with FAR ≤ target, and the threshold that gives it."""
+    far, tar, thr = roc_curve(d, same)
+    ok = np.nonzero(far <= far_target + 1e-12)[0]
+    i = ok[-1]
+    return float(tar[i]), float(thr[i])
+
+
+def equal_error_rate(d: np.ndarray, same: np.ndarray) -> float:
+    far, tar, _ = roc_curve(d, same)
+    frr = 1 - tar
+    i = int(np.argmin(np.abs(far - frr)))
+    return float((far[i] + frr[i]) / 2)
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    threshold: float
+    accuracy: float
+
+
+def kfold_accuracy(d: np.ndarray, same: np.ndarray, folds: np.ndarray) -> list[FoldResult]:
+    """LFW View 2 rule: for each fold, choose the threshold on the other folds, test on it."""
+    d, same, folds = np.asarray(d, float), np.asarray(same, bool), np.asarray(folds)
+    out = []
+    for k in np.unique(folds):
+        train, test = folds != k, folds == k
+        t = best_threshold(d[train], same[train])
+        out.append(FoldResult(int(k), t, accuracy_at(d[test], same[test], t)))
+    return out
+
+
+def summarize(d: np.ndarray, same: np.ndarray) -> dict:
+    """AUC, EER, TAR at FAR 1 % and 0.1 % with their thresholds, and the best threshold."""
+    tar1, thr1 = tar_at_far(d, same, 0.01)
+    tar01, thr01 = tar_at_far(d, same, 0.001)
+    t = best_threshold(d, same)
+    return {
+        "pairs": int(len(d)), "auc": roc_auc(d, same), "eer": equal_error_rate(d, same),
+        "tar_at_far_1e-2": tar1, "threshold_at_far_1e-2": thr1,
+        "tar_at_far_1e-3": tar01, "threshold_at_far_1e-3": thr01,
+        "best_threshold": t, "accuracy_at_best_threshold": accuracy_at(d, same, t),
+    }

@@ -1,0 +1,50 @@
+"""Render a model card (the JSON written beside the weights) as short Markdown."""
+from __future__ import annotations
+
+from typing import Any
+
+
+def _pct(x: Any) -> str:
+    return f"{100 * x:.2f} %" if isinstance(x, (int, float)) else "—"
+
+
+def render_markdown(card: dict[str, Any]) -> str:
+    thr = card.get("threshold", {})
+    lines = [
+        f"# Model card: {card.get('name')} {card.get('version', '')}".rstrip(),
+        "",
+        f"- Architecture: `{card.get('architecture')}`",
+        f"- Embedding: {card.get('embedding_dim')}-d, L2-normalised; distance: {card.get('distance')}",
+        f"- Preprocessing: {card.get('preprocessing', {}).get('description', '')} "
+        f"(version `{card.get('preprocessing', {}).get('version')}`)",
+        f"- Weights: `{card.get('weights_file')}`, sha256 `{card.get('weights_sha256')}`",
+        f"- Code commit: `{card.get('code_commit')}`",
+        "",
+        "## Threshold",
+        f"- Verified when distance < **{thr.get('value')}** ({thr.get('method', '')})",
+    ]
+    for key, label in (("at_far_1e-2", "FAR 1 %"), ("at_far_1e-3", "FAR 0.1 %")):
+        if thr.get(key) is not None:
+            lines.append(f"- Threshold at {label}: {thr[key]}")
+    ev = card.get("evaluation") or {}
+    lines += ["", "## Evaluation"]
+    if not ev:
+        lines.append("Not evaluated yet: run `python -m model.evaluate` (see docs/accuracy.md).")
+    for name, res in ev.items():
+        if not isinstance(res, dict):
+            continue
+        acc = res.get("accuracy_mean")
+        std = res.get("accuracy_std")
+        lines.append(
+            f"- **{name}** — {res.get('protocol', '')}: accuracy {_pct(acc)}"
+            + (f" ± {100 * std:.2f}" if std is not None else "")
+            + f", AUC {res.get('auc', float('nan')):.4f}, TAR@FAR1% {_pct(res.get('tar_at_far_1e-2'))},"
+            f" TAR@FAR0.1% {_pct(res.get('tar_at_far_1e-3'))}, EER {_pct(res.get('eer'))}")
+    tr = card.get("training") or {}
+    lines += ["", "## Training"]
+    for key in ("command", "data", "images", "identities", "excluded", "loss", "epochs",
+                "steps", "wall_clock_minutes", "device"):
+        if key in tr:
+            lines.append(f"- {key.replace('_', ' ')}: {tr[key]}")
+    lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,99 @@
+"""The face pipeline on real LFW photos: detection, alignment onto the template, fallbacks."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from model.align import TEMPLATE_112, apply_transform, similarity_transform
+from model.imageio import decode_image
+from model.pipeline import NoFaceError, crops_to_tensor
+from tests.conftest import lfw_photo
+
+PHOTOS = [("Colin_Powell", 1), ("Serena_Williams", 2), ("Hugo_Chavez", 3), ("Laura_Bush", 1),
+          ("Tony_Blair", 5), ("Hans_Blix", 2)]
+
+
+def test_similarity_transform_recovers_a_known_transform():
+    angle, scale, shift = np.deg2rad(17), 1.7, np.array([12.0, -4.0])
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    src = TEMPLATE_112
+    dst = scale * src @ rot.T + shift
+    m = similarity_transform(src, dst)
+    assert np.allclose(m[:, :2], scale * rot) and np.allclose(m[:, 2], shift)
+    assert np.allclose(apply_transform(m, src), dst)
+
+
+def test_largest_face_is_aligned_with_eyes_on_the_template(pipeline):
+    images = [decode_image(lfw_photo(n, i)) for n, i in PHOTOS]
+    faces = pipeline.align(images)
+    for face in faces:
+        assert face.crop.shape == (112, 112, 3) and face.crop.dtype == np.uint8
+        assert face.faces_found >= 1 and face.score > 0.9
+        x1, y1, x2, y2 = face.box
+        assert 60 < (x1 + x2) / 2 < 190 and 60 < (y1 + y2) / 2 < 190  # LFW: centred face
+    # Detect again on the aligned crops (padded, so MTCNN sees some context): the eyes
+    # are where the template puts them, within a few pixels.
+    padded = []
+    for face in faces:
+        canvas = Image.new("RGB", (224, 224), (0, 0, 0))
+        canvas.paste(Image.fromarray(face.crop), (56, 56))
+        padded.append(canvas)
+    redetected = pipeline.detector.detect(padded)
+    errors = [np.linalg.norm(r[0].landmarks[:2] - 56 - TEMPLATE_112[:2], axis=1).max()
+              for r in redetected]
+    assert np.median(errors) < 3.0, errors
+    assert max(errors) < 6.0, errors
+
+
+def test_blank_image_raises_no_face(pipeline):
+    with pytest.raises(NoFaceError):
+        pipeline.align([Image.new("RGB", (250, 250), (128, 128, 128))])
+
+
+def test_centred_fallback_gives_a_crop_for_a_faceless_image(pipeline):
+    face = pipeline.align([Image.new("RGB", (250, 250), (10, 20, 30))], fallback="centre")[0]
+    assert face.method == "centred_fallback" and face.faces_found == 0
+    assert face.crop.shape == (112, 112, 3)
+
+
+def test_exif_rotated_jpeg_aligns_like_its_upright_twin(pipeline):
+    upright = Image.open(lfw_photo("Colin_Powell", 1)).convert("RGB")
+    buf_up, buf_rot = io.BytesIO(), io.BytesIO()
+    upright.save(buf_up, "JPEG", quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated 90° counter-clockwise; viewer must rotate it back
+    upright.transpose(Image.Transpose.ROTATE_90).save(buf_rot, "JPEG", quality=95,
+                                                      exif=exif.tobytes())
+    a, b = pipeline.align([decode_image(buf_up.getvalue()), decode_image(buf_rot.getvalue())])
+    diff = np.abs(a.crop.astype(int) - b.crop.astype(int)).mean()
+    assert diff < 6, diff
+    # and without honouring EXIF the crops would differ a lot
+    raw = Image.open(io.BytesIO(buf_rot.getvalue())).convert("RGB")
+    c = pipeline.align([raw], fallback="centre")[0]
+    assert np.abs(a.crop.astype(int) - c.crop.astype(int)).mean() > 3 * diff
+
+
+def test_detect_false_only_resizes(pipeline):
+    img = Image.new("RGB", (224, 224), (200, 10, 10))
+    face = pipeline.align([img], detect=False)[0]
+    assert face.method == "no_detect" and face.crop.shape == (112, 112, 3)
+    assert face.crop[50, 50].tolist() == [200, 10, 10]
+
+
+def test_batched_detection_matches_one_by_one(pipeline):
+    images = [decode_image(lfw_photo(n, i)) for n, i in PHOTOS[:3]]
+    batched = pipeline.align(images)
+    single = [pipeline.align([im])[0] for im in images]
+    for a, b in zip(batched, single):
+        assert np.allclose(a.landmarks, b.landmarks, atol=0.05)
+
+
+def test_crops_to_tensor_normalises_to_unit_range():
+    crops = np.zeros((2, 112, 112, 3), np.uint8)
+    crops[1] = 255
+    t = crops_to_tensor(crops)
+    assert t.shape == (2, 3, 112, 112)
+    assert float(t[0].max()) == -1.0 and float(t[1].min()) == 1.0
