@@ -1,0 +1,121 @@
+"""Service settings, read from environment variables with the prefix `FACEVERIFY_`.
+
+Every field below is documented, with its default, in docs/api.md ("Settings").
+Lists (API keys) are comma-separated: `FACEVERIFY_API_KEYS=key-one,key-two`.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "FACEVERIFY_"
+DEFAULT_WEIGHTS = "weights/faceverify-mfn.safetensors"
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore",
+                                      validate_default=True)
+
+    # --- model -------------------------------------------------------------------------
+    weights: Path = Field(Path(DEFAULT_WEIGHTS), description=(
+        "Encoder weights (safetensors); the model card `<weights>.json` beside it is "
+        "required and its sha256 is verified at start-up."))
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N (auto: the first GPU "
+                                            "when there is one, else the CPU).")
+    detect_device: str | None = Field(None, description="Device for MTCNN face detection; "
+                                                        "unset = same as `device`.")
+    precision: Literal["auto", "fp32", "fp16"] = Field("auto", description=(
+        "Encoder precision. auto: fp16 on CUDA when the warm-up check shows the embeddings "
+        "stay within `fp16_tolerance` of fp32, else fp32. Always fp32 on the CPU."))
+    fp16_tolerance: float = Field(1e-3, gt=0, description=(
+        "Largest Euclidean distance between fp16 and fp32 embeddings accepted by the "
+        "precision=auto check."))
+    threshold: float | None = Field(None, gt=0, le=2, description=(
+        "Verification threshold override (Euclidean distance); unset = the model card's "
+        "calibrated `threshold.value`. A request's own `threshold` wins over both."))
+
+    # --- dynamic batcher ---------------------------------------------------------------
+    max_batch_size: int = Field(32, ge=2, le=4096, description=(
+        "Most faces in one encoder forward pass (>= 2, so a /verify pair fits in one)."))
+    max_batch_delay_ms: float = Field(5.0, ge=0, le=1000, description=(
+        "Longest wait, after the first face of a batch was queued, for more faces."))
+    max_queue: int = Field(256, ge=2, description=(
+        "Most faces waiting for the encoder; beyond it requests get 503 overloaded."))
+    max_concurrent_requests: int = Field(128, ge=1, description=(
+        "Most /verify and /embed requests being read, decoded, detected or encoded at "
+        "once; beyond it requests get 503 overloaded before their body is read."))
+    retry_after_s: int = Field(1, ge=1, description="Retry-After (seconds) sent with 503.")
+
+    # --- input limits ------------------------------------------------------------------
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description=(
+        "Largest image file accepted, per image (decoded size for base64 JSON). The request "
+        "body is counted while it is read, so a larger upload is refused without buffering it."))
+    max_pixels: int = Field(40_000_000, ge=1, description=(
+        "Largest width x height accepted, checked from the image header before decoding "
+        "(decompression-bomb guard)."))
+
+    # --- workers -----------------------------------------------------------------------
+    detect_workers: int = Field(2, ge=1, le=64, description=(
+        "Threads that decode and detect faces off the event loop."))
+    torch_threads: int = Field(0, ge=0, description=(
+        "torch intra-op threads for the process (0 = leave torch's default)."))
+    warmup: bool = Field(True, description="Run detection and encoder passes before reporting "
+                                           "ready.")
+
+    # --- security and logs -------------------------------------------------------------
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description=(
+        "Comma-separated API keys; empty = authentication off. Clients send `X-API-Key: <key>`"
+        " or `Authorization: Bearer <key>`. Health, metrics, docs and the demo page stay open."))
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description=(
+        "Log level of the JSON logs."))
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v):
+        if v is None:
+            return []
+        if isinstance(v, str):
+            return [k.strip() for k in v.split(",") if k.strip()]
+        return [str(k).strip() for k in v if str(k).strip()]
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, v):
+        return v.lower() if isinstance(v, str) else v
+
+    @field_validator("device", "detect_device")
+    @classmethod
+    def _check_device(cls, v):
+        if v is None:
+            return v
+        v = v.strip().lower()
+        if not _DEVICE.match(v):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return v
+
+    @model_validator(mode="after")
+    def _queue_holds_a_pair(self):
+        if self.max_queue < 2:
+            raise ValueError("max_queue must hold at least one /verify pair (2 faces)")
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(environment variable, default, description) for every setting, for the docs."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, list):
+            default = ",".join(default)
+        rows.append((ENV_PREFIX + name.upper(), "" if default is None else str(default),
+                     field.description or ""))
+    return rows

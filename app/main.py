@@ -1,0 +1,71 @@
+"""The FastAPI app: `create_app(settings)`, and `app` for `uvicorn app.main:app`.
+
+`app` is built at import with settings from the environment (FACEVERIFY_*); nothing heavy
+happens before the lifespan starts: weights are loaded, the batcher started and the model
+warmed up there (see app/service.py for the order and what "ready" means).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app import __version__
+from app.config import Settings
+from app.errors import install_error_handlers
+from app.metrics import Metrics
+from app.observability import RequestMiddleware, configure_logging
+from app.routes import router
+from app.service import Service, StartupError
+
+log = logging.getLogger("faceverify.main")
+
+DESCRIPTION = """Face verification with a Siamese encoder.
+
+`POST /verify` compares the largest face of two images; `POST /embed` returns one face's unit
+embedding. Images come as multipart files or base64 strings in JSON. Errors are
+`{"error": {"code", "message", "field"}}`. When API keys are configured, send
+`X-API-Key: <key>` or `Authorization: Bearer <key>` (health, metrics and docs stay open).
+"""
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    svc: Service = app.state.service
+    try:
+        await asyncio.to_thread(svc.load)
+    except StartupError as exc:
+        log.error("start-up failed: %s", exc, extra={"event": "startup_failed"})
+        raise SystemExit(f"faceverify: {exc}") from None
+    svc.start()
+    warm = asyncio.create_task(svc.warm_up_then_ready(), name="warm-up")
+    app.state.warmup_task = warm
+    try:
+        yield
+    finally:
+        if not warm.done():
+            warm.cancel()
+        await asyncio.gather(warm, return_exceptions=True)
+        log.info("shutting down: draining the encoder queue",
+                 extra={"queued_faces": svc.batcher.depth if svc.batcher else 0})
+        await svc.stop()
+        log.info("stopped")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging(settings.log_level)
+    metrics = Metrics(settings.max_batch_size)
+    app = FastAPI(title="faceverify", version=__version__, description=DESCRIPTION,
+                  lifespan=lifespan)
+    app.state.settings = settings
+    app.state.service = Service(settings, metrics)
+    install_error_handlers(app)
+    app.include_router(router)
+    app.add_middleware(RequestMiddleware, metrics=metrics)
+    return app
+
+
+app = create_app()

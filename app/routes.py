@@ -1,0 +1,161 @@
+"""HTTP routes: /verify, /embed, /health/*, /metrics, /model, and the demo page."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from app.auth import require_api_key
+from app.batcher import BatcherClosed, Overloaded
+from app.errors import ServiceError, error_response
+from app.intake import read_images
+from app.schemas import (EmbedResponse, Live, Ready, VerifyResponse, error_responses,
+                         upload_request_body)
+from app.service import Service
+
+router = APIRouter()
+DEMO_PAGE = Path(__file__).with_name("static") / "index.html"
+
+
+def service_of(request: Request) -> Service:
+    return request.app.state.service
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+async def _embed_faces(request: Request, fields: tuple[str, ...]):
+    """Shared path of /verify and /embed: read → decode → detect/align → batched encode."""
+    svc = service_of(request)
+    started = time.perf_counter()
+    svc.require_ready()
+    with svc.admit():
+        intake = await read_images(request, fields, svc.settings.max_upload_bytes)
+        prepared = await svc.faces.prepare(intake.images, intake.detect)
+        crops = torch.from_numpy(np.stack([f.crop for f in prepared.faces]))
+        try:
+            result = await svc.batcher.submit(crops)
+        except Overloaded as exc:
+            raise ServiceError("overloaded", str(exc),
+                               headers={"Retry-After": str(exc.retry_after)}) from None
+        except BatcherClosed:
+            raise ServiceError("not_ready", "the service is shutting down; retry later",
+                               headers={"Retry-After": str(svc.settings.retry_after_s)}
+                               ) from None
+    m = svc.metrics
+    m.stage_duration.labels(stage="read").observe(intake.read_s)
+    m.stage_duration.labels(stage="decode").observe(prepared.decode_s)
+    m.stage_duration.labels(stage="detect").observe(prepared.detect_s)
+    timings = {"read": _ms(intake.read_s), "decode": _ms(prepared.decode_s),
+               "detect": _ms(prepared.detect_s), "queue": _ms(result.queue_s),
+               "encode": _ms(result.inference_s),
+               "total": _ms(time.perf_counter() - started), "batch_size": result.batch_size}
+    return svc, intake, prepared, result.output, timings
+
+
+_VERIFY_ERRORS = error_responses(400, 401, 413, 415, 422, 500, 503)
+
+
+@router.post(
+    "/verify", response_model=VerifyResponse, responses=_VERIFY_ERRORS, tags=["faces"],
+    dependencies=[Depends(require_api_key)],
+    summary="Are the two faces the same person?",
+    openapi_extra={"requestBody": upload_request_body(["image1", "image2"])},
+    description="Detects the largest face in each image, aligns it, embeds both in one "
+                "encoder batch, and compares the unit embeddings: `verified` is "
+                "`distance < threshold`.")
+async def verify(request: Request) -> VerifyResponse:
+    svc, intake, prepared, emb, timings = await _embed_faces(request, ("image1", "image2"))
+    e = emb.double()
+    distance = float((e[0] - e[1]).pow(2).sum().clamp_min(0).sqrt())
+    similarity = float((e[0] * e[1]).sum())
+    threshold = intake.threshold if intake.threshold is not None else svc.threshold
+    return VerifyResponse(
+        verified=distance < threshold, distance=distance, threshold=threshold,
+        similarity=max(-1.0, min(1.0, similarity)), model=svc.model_ref,
+        faces=[f.describe() for f in prepared.faces], timings_ms=timings)
+
+
+@router.post(
+    "/embed", response_model=EmbedResponse, responses=_VERIFY_ERRORS, tags=["faces"],
+    dependencies=[Depends(require_api_key)],
+    summary="The unit embedding of the largest face in an image",
+    openapi_extra={"requestBody": upload_request_body(["image"])})
+async def embed(request: Request) -> EmbedResponse:
+    svc, _, prepared, emb, timings = await _embed_faces(request, ("image",))
+    vec = emb[0].tolist()
+    if not all(math.isfinite(v) for v in vec):
+        raise RuntimeError("encoder produced a non-finite embedding")
+    return EmbedResponse(embedding=vec, dim=len(vec), normalized=True, model=svc.model_ref,
+                         face=prepared.faces[0].describe(), timings_ms=timings)
+
+
+@router.get("/health/live", response_model=Live, tags=["health"],
+            responses=error_responses(503),
+            summary="The process is up (503 only when warm-up failed)")
+async def live(request: Request):
+    svc = service_of(request)
+    if svc.warmup_error:
+        return error_response("not_ready", f"warm-up failed: {svc.warmup_error}")
+    return Live()
+
+
+@router.get("/health/ready", response_model=Ready, tags=["health"],
+            responses=error_responses(503),
+            summary="Weights loaded and warmed up (else 503 not_ready)")
+async def ready(request: Request):
+    svc = service_of(request)
+    if not svc.ready:
+        try:
+            svc.require_ready()
+        except ServiceError as exc:
+            request.state.error_code = exc.code
+            return error_response(exc.code, exc.message, headers=exc.headers)
+    return Ready(status="ready", model=svc.model_ref, device=str(svc.device),
+                 precision=svc.runner.precision)
+
+
+@router.get("/metrics", tags=["health"], response_class=Response,
+            summary="Prometheus metrics (text format)",
+            responses={200: {"content": {"text/plain": {"example":
+                       "faceverify_batch_size_bucket{le=\"4.0\"} 12.0\n"}}}})
+async def metrics(request: Request) -> Response:
+    m = service_of(request).metrics
+    return Response(m.render(), media_type=m.content_type)
+
+
+@router.get("/model", tags=["model"], dependencies=[Depends(require_api_key)],
+            responses={200: {"description": "the model card (JSON written beside the weights)",
+                             "content": {"application/json": {"example": {
+                                 "name": "faceverify-mfn", "version": "0.1.0",
+                                 "embedding_dim": 128, "threshold": {"value": 1.04},
+                                 "weights_sha256": "3f1c…"}}}},
+                       **error_responses(401, 503)},
+            summary="The model card of the loaded weights")
+async def model_card(request: Request):
+    svc = service_of(request)
+    if svc.card is None:
+        svc.require_ready()
+    return JSONResponse(json_safe(svc.card))
+
+
+def json_safe(value):
+    """The card as strict JSON: non-finite floats (e.g. an uncalibrated -inf) become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+@router.get("/", include_in_schema=False, response_class=HTMLResponse)
+async def demo_page() -> HTMLResponse:
+    return HTMLResponse(DEMO_PAGE.read_text(encoding="utf-8"))

@@ -1,0 +1,184 @@
+"""Response models and OpenAPI examples for every route and every error."""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.errors import ERROR_CODES
+
+_FACE_EXAMPLE = {
+    "box": [71.42, 62.9, 176.05, 197.33],
+    "landmarks": [[101.2, 117.5], [146.8, 116.9], [125.3, 143.0], [106.1, 167.4],
+                  [143.9, 166.8]],
+    "score": 0.99982, "faces_found": 1,
+}
+_MODEL_EXAMPLE = {"name": "faceverify-mfn", "version": "0.1.0",
+                  "sha256": "3f1c2a9e0b7d4c6a8e5f1b2c3d4e5f60718293a4b5c6d7e8f9a0b1c2d3e4f5a6"}
+
+
+class Face(BaseModel):
+    """The face used from an image: the largest one when there are several."""
+
+    box: list[float] | None = Field(None, description="[x1, y1, x2, y2] in the upright image's "
+                                                      "pixels; null when detect=false")
+    landmarks: list[list[float]] | None = Field(
+        None, description="5 points [x, y]: left eye, right eye, nose, left and right mouth "
+                          "corners; null when detect=false")
+    score: float | None = Field(None, description="detector confidence; null when detect=false")
+    faces_found: int = Field(..., description="faces detected in the image (0 when "
+                                              "detect=false)")
+    model_config = ConfigDict(json_schema_extra={"example": _FACE_EXAMPLE})
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+    sha256: str
+    model_config = ConfigDict(json_schema_extra={"example": _MODEL_EXAMPLE},
+                              protected_namespaces=())
+
+
+class Timings(BaseModel):
+    read: float = Field(..., description="receiving and parsing the upload")
+    decode: float
+    detect: float = Field(..., description="MTCNN detection and alignment of both images")
+    queue: float = Field(..., description="waiting in the dynamic batcher")
+    encode: float = Field(..., description="the encoder forward pass of the batch")
+    total: float = Field(..., description="the whole request inside the service")
+    batch_size: int = Field(..., description="faces in the encoder batch this request rode in")
+
+
+class VerifyResponse(BaseModel):
+    verified: bool = Field(..., description="distance < threshold")
+    distance: float = Field(..., description="Euclidean distance between the two unit "
+                                             "embeddings, in [0, 2]")
+    threshold: float = Field(..., description="the threshold used: the request's, else the "
+                                              "server override, else the model card's")
+    similarity: float = Field(..., description="cosine similarity, 1 - distance^2 / 2")
+    model: ModelRef
+    faces: list[Face]
+    timings_ms: Timings
+    model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"example": {
+        "verified": True, "distance": 0.7342, "threshold": 1.0412, "similarity": 0.7305,
+        "model": _MODEL_EXAMPLE, "faces": [_FACE_EXAMPLE, {**_FACE_EXAMPLE, "faces_found": 2}],
+        "timings_ms": {"read": 0.4, "decode": 2.1, "detect": 61.7, "queue": 3.9,
+                       "encode": 8.2, "total": 77.0, "batch_size": 6}}})
+
+
+class EmbedResponse(BaseModel):
+    embedding: list[float] = Field(..., description="the L2-normalised embedding")
+    dim: int
+    normalized: bool = True
+    model: ModelRef
+    face: Face
+    timings_ms: Timings
+    model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"example": {
+        "embedding": [0.0132, -0.0871, 0.1204, "…"], "dim": 128, "normalized": True,
+        "model": _MODEL_EXAMPLE, "face": _FACE_EXAMPLE,
+        "timings_ms": {"read": 0.3, "decode": 1.2, "detect": 33.0, "queue": 2.5,
+                       "encode": 5.1, "total": 43.0, "batch_size": 3}}})
+
+
+class Live(BaseModel):
+    status: str = "alive"
+    model_config = ConfigDict(json_schema_extra={"example": {"status": "alive"}})
+
+
+class Ready(BaseModel):
+    status: str
+    model: ModelRef
+    device: str
+    precision: str
+    model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"example": {
+        "status": "ready", "model": _MODEL_EXAMPLE, "device": "cuda:0", "precision": "fp16"}})
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(..., description="one of: " + ", ".join(ERROR_CODES))
+    message: str
+    field: str | None = Field(None, description="the request field at fault, when there is one")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+def _err(code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    return {"value": {"error": {"code": code, "message": message, "field": field}}}
+
+
+ERROR_EXAMPLES: dict[int, dict[str, dict[str, Any]]] = {
+    400: {"invalid_image": _err("invalid_image", "image1: cannot decode image: image file is "
+                                                 "truncated", "image1"),
+          "bad_base64": _err("invalid_image", "image2: not valid base64", "image2")},
+    401: {"unauthorized": _err("unauthorized", "missing API key", "X-API-Key")},
+    413: {"payload_too_large": _err("payload_too_large", "image1 is 12582912 bytes, more "
+                                    "than the limit of 10485760", "image1"),
+          "decompression_bomb": _err("payload_too_large", "image2: image has 400000000 "
+                                     "pixels, more than the limit of 40000000", "image2")},
+    415: {"unsupported_media_type": _err("unsupported_media_type", "content type "
+                                         "'text/plain' is not accepted; send multipart/form-"
+                                         "data with image files or application/json with "
+                                         "base64 strings"),
+          "unsupported_format": _err("unsupported_media_type", "image1: image format PPM is "
+                                     "not supported", "image1")},
+    422: {"no_face_detected": _err("no_face_detected", "image2: no face detected in the "
+                                   "image", "image2"),
+          "validation_error": _err("validation_error", "image2: field required", "image2")},
+    500: {"internal_error": _err("internal_error", "internal error (request id "
+                                 "3b9f6c1e2a7d4f00)")},
+    503: {"overloaded": _err("overloaded", "the encoder queue is full (256 of 256 faces "
+                             "waiting)"),
+          "not_ready": _err("not_ready", "the service is starting up; retry later")},
+}
+_ERROR_DESCRIPTIONS = {
+    400: "invalid_image: empty, truncated or not an image, or broken base64",
+    401: "unauthorized: API keys are configured and none or a wrong one was sent",
+    413: "payload_too_large: upload over max_upload_bytes, or more pixels than max_pixels",
+    415: "unsupported_media_type: body is not multipart/form-data or JSON, or an image format "
+         "that is not accepted",
+    422: "no_face_detected, or validation_error (missing field, bad threshold/detect, "
+         "malformed body)",
+    500: "internal_error (no details; see the server log line with the same request id)",
+    503: "overloaded (queue full) or not_ready (warming up); has a Retry-After header",
+}
+
+
+def error_responses(*statuses: int) -> dict[int, dict[str, Any]]:
+    out: dict[int, dict[str, Any]] = {}
+    for s in statuses:
+        entry: dict[str, Any] = {"model": ErrorResponse, "description": _ERROR_DESCRIPTIONS[s],
+                                 "content": {"application/json": {"examples": ERROR_EXAMPLES[s]}}}
+        if s == 503:
+            entry["headers"] = {"Retry-After": {"description": "seconds to wait",
+                                                "schema": {"type": "integer"}}}
+        out[s] = entry
+    return out
+
+
+def upload_request_body(fields: list[str], example_b64: str = "/9j/4AAQSkZJRgABAQ...") -> dict:
+    """The OpenAPI requestBody for an image route: multipart files or JSON base64 strings."""
+    file_props = {f: {"type": "string", "format": "binary", "description": "image file (JPEG, "
+                      "PNG, WebP, BMP, TIFF, GIF)"} for f in fields}
+    b64_props = {f: {"type": "string", "format": "byte", "description": "base64 image (a "
+                     "data: URL prefix is accepted)"} for f in fields}
+    common = {
+        "threshold": {"type": "number", "exclusiveMinimum": 0, "maximum": 2,
+                      "description": "verification threshold (Euclidean distance); default: "
+                                     "server override or the model card's"},
+        "detect": {"type": "boolean", "default": True,
+                   "description": "false: the image is already an aligned face crop "
+                                  "(resized to 112x112, no detection)"},
+    }
+    if len(fields) == 1:
+        common = {"detect": common["detect"]}
+    return {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": fields,
+                                           "properties": {**file_props, **common}}},
+        "application/json": {
+            "schema": {"type": "object", "required": fields,
+                       "properties": {**b64_props, **common}},
+            "example": {**{f: example_b64 for f in fields},
+                        **({"threshold": 1.0} if len(fields) > 1 else {})}},
+    }}

@@ -1,0 +1,162 @@
+"""The running service: the loaded model, the face stage, the batcher, readiness, admission.
+
+Start-up order (driven by the app's lifespan, app/main.py):
+1. `load()` (blocking, in a thread): resolve the device, load the weights with
+   `model.checkpoint.load_encoder` (sha256 checked against the model card), build the face
+   pipeline. Any failure raises `StartupError` and the process exits non-zero.
+2. `start()`: start the batcher. The server now answers /health/live; /health/ready and the
+   inference routes answer 503 not_ready.
+3. `warm_up()` (in the background): one detection pass and encoder passes at batch sizes 1,
+   2 and max; then ready.
+Shutdown: not ready at once (load balancers stop sending), then the batcher drains its queue.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import torch
+
+from app.batcher import DynamicBatcher
+from app.config import Settings
+from app.errors import ServiceError
+from app.faces import FaceStage
+from app.inference import EncoderRunner
+from app.metrics import BatchObserverAdapter, Metrics
+
+log = logging.getLogger("faceverify.service")
+
+
+class StartupError(RuntimeError):
+    """The service cannot start (weights missing/corrupt, no threshold, device absent)."""
+
+
+class Service:
+    def __init__(self, settings: Settings, metrics: Metrics):
+        self.settings = settings
+        self.metrics = metrics
+        self.card: dict[str, Any] | None = None
+        self.runner: EncoderRunner | None = None
+        self.faces: FaceStage | None = None
+        self.batcher: DynamicBatcher | None = None
+        self.device: torch.device | None = None
+        self.threshold: float | None = None
+        self.model_ref: dict[str, str] = {}
+        self.ready = False
+        self.warmup_error: str | None = None
+        self.in_flight = 0
+
+    # -- start-up ------------------------------------------------------------------------
+    def load(self) -> None:
+        from model.checkpoint import WeightsError, load_encoder
+        from model.detect import resolve_device
+        from model.pipeline import FacePipeline
+
+        s = self.settings
+        if s.torch_threads:
+            torch.set_num_threads(s.torch_threads)
+        device = resolve_device(s.device)
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise StartupError(f"device {s.device!r} requested but CUDA is not available")
+            if device.index is not None and device.index >= torch.cuda.device_count():
+                raise StartupError(f"device {s.device!r} requested but only "
+                                   f"{torch.cuda.device_count()} GPU(s) are visible")
+        t0 = time.perf_counter()
+        try:
+            encoder, card = load_encoder(s.weights, device=device)
+        except WeightsError as exc:
+            raise StartupError(f"cannot load the weights: {exc}") from None
+        if card is None or not card.get("weights_sha256"):
+            raise StartupError(f"model card {s.weights.with_suffix('.json')} is missing or has "
+                               "no weights_sha256; the service only serves weights it can "
+                               "verify")
+        threshold = s.threshold
+        if threshold is None:
+            threshold = (card.get("threshold") or {}).get("value")
+            if threshold is None:
+                raise StartupError("the model card has no calibrated threshold; calibrate it "
+                                   "(python -m model.evaluate --write-card) or set "
+                                   "FACEVERIFY_THRESHOLD")
+        self.device = device
+        self.card = card
+        self.threshold = float(threshold)
+        self.model_ref = {"name": str(card.get("name", s.weights.stem)),
+                          "version": str(card.get("version", "")),
+                          "sha256": str(card["weights_sha256"])}
+        self.runner = EncoderRunner(encoder, device, s.precision, s.fp16_tolerance)
+        detect_device = s.detect_device or str(device)
+        self.faces = FaceStage(FacePipeline(device=detect_device), s.detect_workers,
+                               s.max_pixels, on_no_face=self.metrics.faces_not_found.inc)
+        log.info("model loaded", extra={
+            "weights": str(s.weights), "model_name": self.model_ref["name"],
+            "model_version": self.model_ref["version"],
+            "weights_sha256": self.model_ref["sha256"], "device": str(device),
+            "detect_device": detect_device, "threshold": self.threshold,
+            "embedding_dim": encoder.embedding_dim,
+            "load_ms": round((time.perf_counter() - t0) * 1000, 1)})
+
+    def start(self) -> None:
+        s = self.settings
+        self.batcher = DynamicBatcher(
+            self.runner, max_batch_size=s.max_batch_size,
+            max_delay_s=s.max_batch_delay_ms / 1000, max_queue=s.max_queue,
+            retry_after=s.retry_after_s, observer=BatchObserverAdapter(self.metrics))
+        self.batcher.start()
+
+    def warm_up(self) -> None:
+        t0 = time.perf_counter()
+        self.faces.warm_up()
+        sizes = sorted({1, 2, self.settings.max_batch_size})
+        self.runner.warm_up(sizes)
+        log.info("warmed up", extra={"warmup_ms": round((time.perf_counter() - t0) * 1000, 1),
+                                     "precision": self.runner.precision})
+
+    async def warm_up_then_ready(self) -> None:
+        try:
+            if self.settings.warmup:
+                await asyncio.to_thread(self.warm_up)
+        except Exception as exc:  # noqa: BLE001 — reported on /health/* and in the log
+            self.warmup_error = f"{type(exc).__name__}: {exc}"
+            log.exception("warm-up failed; the service stays not ready")
+            return
+        self.metrics.set_model(self.model_ref["name"], self.model_ref["version"],
+                               str(self.device), self.runner.precision,
+                               self.model_ref["sha256"])
+        self.ready = True
+        self.metrics.ready.set(1)
+        log.info("ready")
+
+    async def stop(self) -> None:
+        self.ready = False
+        self.metrics.ready.set(0)
+        if self.batcher is not None:
+            await self.batcher.stop(drain=True)
+        if self.faces is not None:
+            await asyncio.to_thread(self.faces.shutdown)
+
+    # -- per request ---------------------------------------------------------------------
+    def require_ready(self) -> None:
+        if not self.ready:
+            message = ("warm-up failed; see the server log" if self.warmup_error
+                       else "the service is starting up or shutting down; retry later")
+            raise ServiceError("not_ready", message,
+                               headers={"Retry-After": str(self.settings.retry_after_s)})
+
+    @contextlib.contextmanager
+    def admit(self):
+        """Bound the requests being processed at once (their bodies, images, crops)."""
+        if self.in_flight >= self.settings.max_concurrent_requests:
+            raise ServiceError("overloaded",
+                               f"too many requests in progress ({self.in_flight}); retry later",
+                               headers={"Retry-After": str(self.settings.retry_after_s)})
+        self.in_flight += 1
+        self.metrics.in_flight.set(self.in_flight)
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.set(self.in_flight)
