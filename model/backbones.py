@@ -47,7 +47,10 @@ class GDCHead(nn.Module):
             nn.BatchNorm2d(channels))
         self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
         self.fc = nn.Linear(channels, embedding_dim, bias=False)
-        self.bn = nn.BatchNorm1d(embedding_dim)
+        # No affine parameters: each embedding dimension stays zero-mean, unit-variance over a
+        # batch, so the unit vectors cannot all drift to one shared direction (the collapse a
+        # contrastive loss invites while negatives start outside the margin).
+        self.bn = nn.BatchNorm1d(embedding_dim, affine=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.fc(self.drop(self.gdc(x).flatten(1))))
@@ -85,6 +88,11 @@ class MobileNetV3SmallFace(nn.Module):
         super().__init__()
         from torchvision.models import mobilenet_v3_small
         self.features = mobilenet_v3_small(weights=None, width_mult=width).features
+        for m in self.features.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                # torchvision's 0.01 suits ImageNet-length runs; over a few hundred steps it
+                # leaves the running statistics stale and eval-mode outputs collapse.
+                m.momentum = 0.1
         channels = self.features[-1].out_channels
         self.head = GDCHead(channels, input_size // 32 + (1 if input_size % 32 else 0),
                             embedding_dim, dropout)
@@ -106,7 +114,7 @@ class KochNet(nn.Module):
         with torch.no_grad():
             n = self.features(torch.zeros(1, 3, input_size, input_size)).numel()
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(n, fc), nn.Sigmoid(),
-                                  nn.Linear(fc, embedding_dim))
+                                  nn.Linear(fc, embedding_dim), nn.BatchNorm1d(embedding_dim, affine=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

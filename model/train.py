@@ -299,7 +299,7 @@ def train(config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         encoder.train()
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {state['epoch'] + 1}/{epochs}",
                    disable=not progress, unit="step", dynamic_ncols=True)
-        t_epoch, seen, loss_sum = time.time(), 0, 0.0
+        t_epoch, seen, loss_sum, steps = time.time(), 0, 0.0, 0
         for batch_idx in sampler:
             frac = progress_of(state["step"], time.time() - started)
             if frac >= 1.0:
@@ -323,9 +323,10 @@ def train(config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             scaler.update()
             state["step"] += 1
             seen += len(x)
-            loss_sum += float(loss)
+            loss_sum += loss.item()
+            steps += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / bar.n:.4f}",
+            bar.set_postfix(loss=f"{loss_sum / steps:.4f}",
                             img_s=f"{seen * ddp.world / (time.time() - t_epoch):.0f}",
                             lr=f"{optimizer.param_groups[0]['lr']:.2e}")
             if args.max_steps and state["step"] >= args.max_steps:
@@ -336,7 +337,7 @@ def train(config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             state["epoch"] += 1  # a full epoch; a budget/step stop leaves a partial one
         state["elapsed"] = time.time() - started
         entry = {"epoch": round(state["step"] / steps_per_epoch, 2), "step": state["step"],
-                 "loss": loss_sum / max(bar.n, 1),
+                 "loss": loss_sum / max(steps, 1),
                  "images_per_s": seen * ddp.world / max(time.time() - t_epoch, 1e-9),
                  "minutes": state["elapsed"] / 60, "lr": optimizer.param_groups[0]["lr"]}
         last = done or state["epoch"] >= epochs

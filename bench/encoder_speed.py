@@ -1,0 +1,90 @@
+"""Encoder candidates: parameters, FLOPs and CPU speed at 112x112.
+
+    python -m bench.encoder_speed [--threads 1] [--batch 64] [--out bench/results/encoder_speed.json]
+
+Inference img/s (batch of `--batch`, median of repeats) and training img/s (forward +
+backward + AdamW step on a P×K-sized batch) for each candidate, in one run so the ratios
+compare like with like.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from model.encoder import SiameseEncoder
+
+CANDIDATES = {
+    "mfn-0.5-slim (default)": {"arch": "mobilefacenet", "embedding_dim": 128, "width": 0.5,
+                               "depth": [2, 1, 3, 1, 1], "final_channels": 256},
+    "mobilefacenet-1.0": {"arch": "mobilefacenet", "embedding_dim": 128},
+    "mnv3s-1.0": {"arch": "mnv3s", "embedding_dim": 128},
+    "koch (origin)": {"arch": "koch", "embedding_dim": 128},
+}
+
+
+def flops_per_image(model: torch.nn.Module) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(1, 3, 112, 112))
+    return counter.get_total_flops()
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def measure(name: str, arch: dict, batch: int, repeats: int) -> dict:
+    torch.manual_seed(0)
+    enc = SiameseEncoder(arch)
+    x = torch.randn(batch, 3, 112, 112)
+    enc.eval()
+    with torch.inference_mode():
+        t_inf = timed(lambda: enc(x), repeats)
+        t_one = timed(lambda: enc(x[:1]), repeats * 3)
+    enc.train()
+    opt = torch.optim.AdamW(enc.parameters(), 1e-3)
+
+    def step():
+        opt.zero_grad()
+        enc(x).sum().backward()
+        opt.step()
+    t_train = timed(step, max(2, repeats // 2))
+    return {"name": name, "arch": arch, "params_M": sum(p.numel() for p in enc.parameters()) / 1e6,
+            "mflops": flops_per_image(enc.eval()) / 1e6, "infer_img_s": batch / t_inf,
+            "single_image_ms": 1000 * t_one, "train_img_s": batch / t_train}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--only", nargs="*", help="candidate names to run")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = [measure(n, a, args.batch, args.repeats) for n, a in CANDIDATES.items()
+            if not args.only or n in args.only]
+    for r in rows:
+        print(f"{r['name']:24s} {r['params_M']:7.2f}M {r['mflops']:8.1f} MFLOPs "
+              f"infer {r['infer_img_s']:7.1f} img/s  1-img {r['single_image_ms']:6.1f} ms  "
+              f"train {r['train_img_s']:6.1f} img/s")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"threads": args.threads, "batch": args.batch,
+                                        "torch": torch.__version__, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
