@@ -51,12 +51,17 @@ def configure_logging(level: str = "info") -> None:
     by ours (one line per request, with the request id)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler._faceverify = True  # type: ignore[attr-defined]
     lvl = getattr(logging, level.upper(), logging.INFO)
-    for name in ("faceverify", "uvicorn", "uvicorn.error"):
-        lg = logging.getLogger(name)
-        lg.handlers = [handler]
-        lg.setLevel(lvl)
-        lg.propagate = False
+    lg = logging.getLogger("faceverify")
+    lg.handlers = [h for h in lg.handlers if not getattr(h, "_faceverify", False)] + [handler]
+    lg.setLevel(lvl)
+    lg.propagate = False
+    for name in ("uvicorn", "uvicorn.error"):  # uvicorn's own lines, as JSON too
+        uv = logging.getLogger(name)
+        uv.handlers = [handler] if name == "uvicorn" else []
+        uv.propagate = name != "uvicorn"
+        uv.setLevel(lvl)
     logging.getLogger("uvicorn.access").disabled = True
 
 

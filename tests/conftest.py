@@ -79,3 +79,10 @@ def small_aligned(small_lfw, cache_dir):
     from model.data import load_aligned_folder
     return load_aligned_folder(small_lfw / "lfw-deepfunneled", "lfw", cache_dir=cache_dir,
                                workers=1, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(small_lfw, cache_dir, tmp_path_factory) -> Path:
+    """A small real encoder from a short real training run (~20 s), for the service tests."""
+    from tests.service_support import train_tiny_encoder
+    return train_tiny_encoder(small_lfw, cache_dir, tmp_path_factory.mktemp("tiny_encoder"))
