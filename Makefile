@@ -17,8 +17,12 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# The service on the default weights (weights/faceverify-mfn.safetensors; FACEVERIFY_* settings
+# from the environment, see docs/api.md). `make serve HOST=0.0.0.0 PORT=9000` to change the bind.
+HOST ?= 127.0.0.1
+PORT ?= 8000
 serve: $(STAMP)
-	@echo "faceverify service: not built yet (issue 3). Train and evaluate with 'make train' / 'make evaluate'."; exit 1
+	$(PY) -m uvicorn app.main:app --host $(HOST) --port $(PORT) --no-access-log
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -116,6 +116,8 @@ def settings_table() -> list[tuple[str, str, str]]:
         default = field.get_default(call_default_factory=True)
         if isinstance(default, list):
             default = ",".join(default)
+        elif isinstance(default, bool):
+            default = str(default).lower()
         rows.append((ENV_PREFIX + name.upper(), "" if default is None else str(default),
                      field.description or ""))
     return rows
