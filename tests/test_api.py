@@ -394,6 +394,7 @@ def test_every_setting_is_documented_with_its_default():
     from app.config import settings_table
     doc = (ROOT / "docs" / "api.md").read_text()
     for env, default, _ in settings_table():
-        row = next((line for line in doc.splitlines() if f"`{env}`" in line), None)
+        row = next((line for line in doc.splitlines() if line.startswith(f"| `{env}` |")),
+                   None)
         assert row is not None, f"{env} is not documented in docs/api.md"
         assert f"`{default}`" in row or (default == "" and "(unset)" in row), (env, default, row)
