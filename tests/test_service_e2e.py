@@ -56,10 +56,11 @@ def files(a, b) -> dict:
             "image2": (b.name, b.read_bytes(), "image/jpeg")}
 
 
-def test_server_reported_not_ready_until_warm(server):
-    # Polled from the moment the port opened; warm-up runs after the port opens.
-    assert server.ready_statuses[-1] == 200
-    assert all(s in (200, 503) for s in server.ready_statuses)
+def test_readiness_answers_only_503_then_200_during_startup(server):
+    # Polled every 50 ms from the moment the port opened (the warm-up runs after that; the
+    # deterministic not-ready check is in test_api.py).
+    statuses = server.ready_statuses
+    assert statuses[-1] == 200 and set(statuses[:-1]) <= {503}, statuses
 
 
 def test_verify_matches_the_offline_pipeline(server, reference, pairs):

@@ -1,0 +1,49 @@
+"""The encoder runner the batcher calls: same numbers as model/ code; CUDA path when present."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from app.inference import EncoderRunner
+from model.checkpoint import load_encoder
+from model.pipeline import crops_to_tensor
+
+
+def crops(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 112, 112, 3), dtype=torch.uint8, generator=g)
+
+
+def test_cpu_runner_is_the_offline_encoder(tiny_weights):
+    encoder, _ = load_encoder(tiny_weights, "cpu")
+    runner = EncoderRunner(encoder, torch.device("cpu"), precision="auto")
+    runner.warm_up([1, 2, 4])
+    assert runner.precision == "fp32"  # never fp16 on the CPU
+    x = crops(5)
+    out = runner(x)
+    with torch.inference_mode():
+        ref = encoder(crops_to_tensor(x))
+    assert out.dtype == torch.float32 and out.device.type == "cpu"
+    assert torch.allclose(out, ref, atol=1e-6)
+    assert torch.allclose(out.norm(dim=1), torch.ones(5), atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("precision", ["fp32", "auto", "fp16"])
+def test_cuda_runner_matches_the_cpu_within_tolerance(tiny_weights, precision):
+    cpu_encoder, _ = load_encoder(tiny_weights, "cpu")
+    gpu_encoder, _ = load_encoder(tiny_weights, "cuda")
+    runner = EncoderRunner(gpu_encoder, torch.device("cuda"), precision=precision,
+                           fp16_tolerance=1e-2)
+    runner.warm_up([1, 2, 8])
+    if precision == "fp32":
+        assert runner.precision == "fp32"
+    if precision == "fp16":
+        assert runner.precision == "fp16"
+    x = crops(8, seed=1)
+    out = runner(x)
+    with torch.inference_mode():
+        ref = cpu_encoder(crops_to_tensor(x))
+    assert out.device.type == "cpu" and out.dtype == torch.float32
+    tol = 1e-4 if runner.precision == "fp32" else 1e-2
+    assert (out - ref).norm(dim=1).max() < tol
