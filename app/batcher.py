@@ -16,8 +16,9 @@ import asyncio
 import concurrent.futures
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 
@@ -176,7 +177,7 @@ class DynamicBatcher:
                 return None
         try:
             return await asyncio.wait_for(self._queue.get(), timeout)
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             return None
 
     async def _run(self) -> None:
@@ -222,7 +223,7 @@ class DynamicBatcher:
             out = await loop.run_in_executor(self._executor, self.forward, x)
             if out.shape[0] != n:
                 raise RuntimeError(f"forward returned {out.shape[0]} rows for {n} inputs")
-        except Exception as exc:  # fail this batch's callers only
+        except Exception as exc:  # noqa: BLE001 — fail this batch's callers only
             elapsed = time.perf_counter() - started
             self.observer.batch_done(n, elapsed, False)
             for g in batch:

@@ -11,11 +11,9 @@ import concurrent.futures
 import time
 from dataclasses import dataclass
 
-from model.imageio import (ImageTooLargeError, InvalidImageError, UnsupportedImageError,
-                           decode_image)
-from model.pipeline import AlignedFace, FacePipeline, NoFaceError
-
 from app.errors import ServiceError
+from model.imageio import ImageTooLargeError, InvalidImageError, UnsupportedImageError, decode_image
+from model.pipeline import AlignedFace, FacePipeline, NoFaceError
 
 # MTCNN's smallest face is 20 px (FacePipeline's default min_face_size); its P-Net fails on
 # images smaller than that, which cannot hold a detectable face anyway.

@@ -13,8 +13,8 @@ import json
 import math
 import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 from fastapi import Request
 from starlette.datastructures import UploadFile

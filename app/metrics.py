@@ -1,8 +1,15 @@
 """Prometheus metrics, in a registry of their own per app instance (tests build many apps)."""
 from __future__ import annotations
 
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
-                               Histogram, disable_created_metrics, generate_latest)
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 
 # No `*_created` series: they double the output and nothing here reads them.
 disable_created_metrics()

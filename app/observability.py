@@ -11,7 +11,7 @@ import re
 import sys
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -32,7 +32,7 @@ KNOWN_ROUTES = {"/verify", "/embed", "/health/live", "/health/ready", "/metrics"
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc = {
-            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(
                 timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
@@ -110,7 +110,7 @@ class RequestMiddleware:
         except ClientDisconnect:
             status["code"] = status["code"] or 499  # client went away mid-upload
             error = "client_disconnected"
-        except Exception:  # noqa: BLE001 — the one place unexpected errors are caught
+        except Exception:
             log.exception("unhandled error", extra={"request_id": rid})
             error = "internal_error"
             if not status["sent"]:

@@ -14,8 +14,14 @@ from app.auth import require_api_key
 from app.batcher import BatcherClosed, Overloaded
 from app.errors import ServiceError, error_response
 from app.intake import read_images
-from app.schemas import (EmbedResponse, Live, Ready, VerifyResponse, error_responses,
-                         upload_request_body)
+from app.schemas import (
+    EmbedResponse,
+    Live,
+    Ready,
+    VerifyResponse,
+    error_responses,
+    upload_request_body,
+)
 from app.service import Service
 
 router = APIRouter()

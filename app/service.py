@@ -119,7 +119,7 @@ class Service:
         try:
             if self.settings.warmup:
                 await asyncio.to_thread(self.warm_up)
-        except Exception as exc:  # noqa: BLE001 — reported on /health/* and in the log
+        except Exception as exc:
             self.warmup_error = f"{type(exc).__name__}: {exc}"
             log.exception("warm-up failed; the service stays not ready")
             return

@@ -74,7 +74,7 @@ def server_env(weights: Path, **settings) -> dict[str, str]:
 
 def start_server(weights: Path, log_path: Path, **settings) -> subprocess.Popen:
     port = free_port()
-    log = open(log_path, "wb")
+    log = open(log_path, "wb")  # noqa: SIM115 — held by the server process
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
          "--port", str(port), "--no-access-log"],
@@ -128,6 +128,7 @@ class Reference:
 
     def __init__(self, weights: Path, pipeline):
         import torch
+
         from model.checkpoint import load_encoder
         self.encoder, self.card = load_encoder(weights, device="cpu")
         self.pipeline = pipeline

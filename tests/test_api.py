@@ -24,7 +24,7 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def settings_for(weights: Path, **kw) -> Settings:
-    base = dict(weights=weights, device="cpu", detect_workers=2, max_batch_delay_ms=2)
+    base = {"weights": weights, "device": "cpu", "detect_workers": 2, "max_batch_delay_ms": 2}
     return Settings(**{**base, **kw})
 
 
@@ -361,7 +361,8 @@ def test_uvicorn_exits_non_zero_with_a_clear_message_on_corrupt_weights(tiny_wei
     shutil.copy(tiny_weights.with_suffix(".json"), bad.with_suffix(".json"))
     proc = subprocess.run(
         [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port",
-         "0"], cwd=ROOT, env=server_env(bad), capture_output=True, text=True, timeout=120)
+         "0"], cwd=ROOT, env=server_env(bad), capture_output=True, text=True, timeout=120,
+        check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out
     first_error = next(json.loads(x) for x in out.splitlines()

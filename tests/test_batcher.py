@@ -260,7 +260,7 @@ def test_forward_runs_off_the_event_loop_and_cancelled_callers_are_skipped():
         await b.stop()
         return fwd, ticks, r, last, b
 
-    fwd, ticks, r, last, b = run(main())
+    fwd, ticks, _, _, b = run(main())
     assert ticks >= 10  # the loop kept running during the 0.2 s forward pass
     assert all(name.startswith("encoder") for name in fwd.threads)
     assert fwd.batches == [[1.0], [3.0]]  # the cancelled item never reached forward

@@ -17,9 +17,20 @@ import numpy as np
 import pytest
 
 from tests.conftest import lfw_or_skip, lfw_photo
-from tests.service_support import (DEFAULT_WEIGHTS, Reference, animated_gif, cmyk_jpeg,
-                                   devtest_pairs, encode, exif_rotated_jpeg, gradient,
-                                   png_bomb, running_server, sixteen_bit_png, two_faces)
+from tests.service_support import (
+    DEFAULT_WEIGHTS,
+    Reference,
+    animated_gif,
+    cmyk_jpeg,
+    devtest_pairs,
+    encode,
+    exif_rotated_jpeg,
+    gradient,
+    png_bomb,
+    running_server,
+    sixteen_bit_png,
+    two_faces,
+)
 
 pytestmark = pytest.mark.timeout(600)
 MAX_UPLOAD = 512 * 1024
@@ -130,9 +141,9 @@ def test_64_concurrent_requests_each_get_their_own_answer(server, reference, pai
 
     def batches(text: str) -> tuple[float, float]:
         """(number of batches, number of batches of more than 2 faces)."""
-        count = float(re.search(r"^faceverify_batch_size_count (\S+)$", text, re.M).group(1))
+        count = float(re.search(r"^faceverify_batch_size_count (\S+)$", text, re.MULTILINE).group(1))
         le2 = float(re.search(r'^faceverify_batch_size_bucket\{le="2.0"\} (\S+)$', text,
-                              re.M).group(1))
+                              re.MULTILINE).group(1))
         return count, count - le2
 
     n0, big0 = batches(before)
@@ -140,9 +151,9 @@ def test_64_concurrent_requests_each_get_their_own_answer(server, reference, pai
     assert n1 - n0 < 64, "every request had a batch of its own"
     assert big1 - big0 >= 1, "no batch held more than one request's pair"
     assert 'faceverify_requests_total{route="/verify",status="200"}' in after
-    depth = float(re.search(r"^faceverify_queue_depth (\S+)$", after, re.M).group(1))
+    depth = float(re.search(r"^faceverify_queue_depth (\S+)$", after, re.MULTILINE).group(1))
     assert depth == 0
-    assert re.search(r'^faceverify_model_info\{.*name="tiny".*\} 1.0$', after, re.M)
+    assert re.search(r'^faceverify_model_info\{.*name="tiny".*\} 1.0$', after, re.MULTILINE)
 
 
 def _bad_inputs():
@@ -152,7 +163,7 @@ def _bad_inputs():
     g = good.read_bytes()
     g64 = base64.b64encode(g).decode()
 
-    def pair(img1: bytes, name1="x.jpg", ctype="image/jpeg", img2: bytes = None):
+    def pair(img1: bytes, name1="x.jpg", ctype="image/jpeg", img2: bytes | None = None):
         return {"files": {"image1": (name1, img1, ctype),
                           "image2": ("y.jpg", img2 if img2 is not None else good2.read_bytes(),
                                      "image/jpeg")}}
