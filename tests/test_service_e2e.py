@@ -309,8 +309,9 @@ def default_server(tmp_path_factory):
     lfw_or_skip()
     if not DEFAULT_WEIGHTS.exists():
         pytest.skip(f"default weights {DEFAULT_WEIGHTS.relative_to(DEFAULT_WEIGHTS.parents[1])}"
-                    " not committed yet (they are trained by `make train` / model.train and "
-                    "committed with their model card); LFW verdict quality needs them")
+                    " not committed yet (they are trained with `make weights` / python -m "
+                    "model.train and committed with their model card); LFW verdict quality "
+                    "on the default weights needs them")
     log = tmp_path_factory.mktemp("default_server") / "server.log"
     with running_server(DEFAULT_WEIGHTS, log, max_batch_delay_ms=20) as s:
         yield s
