@@ -15,10 +15,6 @@ from app.errors import ServiceError
 from model.imageio import ImageTooLargeError, InvalidImageError, UnsupportedImageError, decode_image
 from model.pipeline import AlignedFace, FacePipeline, NoFaceError
 
-# MTCNN's smallest face is 20 px (FacePipeline's default min_face_size); its P-Net fails on
-# images smaller than that, which cannot hold a detectable face anyway.
-MIN_DETECT_SIDE = 20
-
 
 @dataclass
 class PreparedFaces:
@@ -45,14 +41,6 @@ class FaceStage:
         names = list(images)
         decoded = [self._decode(name, images[name]) for name in names]
         t1 = time.perf_counter()
-        if detect:
-            for name, img in zip(names, decoded):
-                if min(img.size) < MIN_DETECT_SIDE:
-                    self.on_no_face()
-                    raise ServiceError(
-                        "no_face_detected",
-                        f"{name}: image is {img.size[0]}x{img.size[1]} pixels, too small to "
-                        f"hold a detectable face (at least {MIN_DETECT_SIDE} px a side)", name)
         try:
             faces = self.pipeline.align(decoded, detect=detect, fallback="raise")
         except NoFaceError as exc:

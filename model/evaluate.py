@@ -162,8 +162,8 @@ def update_card(card_file: Path, key: str, report: dict[str, Any]) -> None:
         "value": round(float(thr), 4),
         "method": f"mean of the per-fold accuracy-maximising thresholds of {key} "
                   "(identity-disjoint encoders of the same recipe)",
-        "at_far_1e-2": round(report["threshold_at_far_1e-2"], 4),
-        "at_far_1e-3": round(report["threshold_at_far_1e-3"], 4),
+        "at_far_1e-2": report["threshold_at_far_1e-2"],
+        "at_far_1e-3": report["threshold_at_far_1e-3"],
     }
     write_card(weights, card)
 

@@ -71,6 +71,8 @@ class FoldResult:
 def kfold_accuracy(d: np.ndarray, same: np.ndarray, folds: np.ndarray) -> list[FoldResult]:
     """LFW View 2 rule: for each fold, choose the threshold on the other folds, test on it."""
     d, same, folds = np.asarray(d, float), np.asarray(same, bool), np.asarray(folds)
+    if len(np.unique(folds)) < 2:
+        raise ValueError("k-fold accuracy needs at least two folds to choose thresholds on")
     out = []
     for k in np.unique(folds):
         train, test = folds != k, folds == k

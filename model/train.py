@@ -83,8 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, help="stop after this many steps (smoke tests)")
     p.add_argument("--lr", type=float)
     p.add_argument("--optimizer", choices=["adamw", "sgd"])
-    p.add_argument("--p", type=int, help="identities per batch")
-    p.add_argument("--k", type=int, help="images per identity in a batch")
+    p.add_argument("--batch-p", type=int, help="identities per batch (P)")
+    p.add_argument("--batch-k", type=int, help="images per identity in a batch (K)")
+    p.add_argument("--warmup-steps", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--eval-pairs", help="pairs file for periodic evaluation ('none' to skip)")
     p.add_argument("--eval-folds", help="folds of the eval pairs to use (e.g. 1-5)")
@@ -107,7 +108,8 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         "name": args.name, "loss.name": args.loss, "loss.margin": args.margin,
         "arch": json.loads(args.arch) if args.arch else None, "epochs": args.epochs,
         "max_minutes": args.max_minutes, "optim.lr": args.lr, "optim.name": args.optimizer,
-        "sampler.p": args.p, "sampler.k": args.k, "seed": args.seed,
+        "sampler.p": args.batch_p, "sampler.k": args.batch_k,
+        "optim.warmup_steps": args.warmup_steps, "seed": args.seed,
         "data.roots": dict(d.split("=", 1) for d in args.data) if args.data else None,
         "data.exclude_identities_from": args.exclude_identities_from,
         "data.exclude_folds": args.exclude_folds,
@@ -143,6 +145,14 @@ class Dist:
         t = torch.tensor([value], dtype=torch.float64, device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return float(t.item())
+
+    def sync_buffers(self, module: torch.nn.Module) -> None:
+        """Copy rank 0's buffers (BatchNorm running statistics) to every rank. DDP does this
+        at the start of each forward pass, so after the last step the replicas differ in
+        them by one update; this makes every replica end identical to the one saved."""
+        if self.enabled:
+            for buf in module.buffers():
+                dist.broadcast(buf, 0)
 
     def barrier(self) -> None:
         if self.enabled:
@@ -355,6 +365,7 @@ def train(config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
                              sampler, gen, ddp)
         ddp.barrier()
 
+    ddp.sync_buffers(encoder)
     if args.save_replicas:
         save_weights(encoder, Path(args.save_replicas) / f"rank{ddp.rank}.safetensors")
     result = {"encoder": encoder, "state": state, "data": data_summary, "rank": ddp.rank}
@@ -394,8 +405,8 @@ def _write_outputs(config, encoder, state, data_summary, final_eval, device, arg
             "method": f"best accuracy on {final_eval['pairs_file']} at the end of training "
                       "(provisional; `python -m model.evaluate --write-card` replaces it with "
                       "the identity-disjoint View 2 calibration)",
-            "at_far_1e-2": round(final_eval["threshold_at_far_1e-2"], 4),
-            "at_far_1e-3": round(final_eval["threshold_at_far_1e-3"], 4),
+            "at_far_1e-2": final_eval["threshold_at_far_1e-2"],
+            "at_far_1e-3": final_eval["threshold_at_far_1e-3"],
         }
     card = {
         "name": config["name"], "version": config.get("version", "0.1.0"),

@@ -49,7 +49,7 @@ IMAGES_PER_IDENTITY = 6
 @pytest.fixture(scope="session")
 def small_lfw(tmp_path_factory) -> Path:
     """A temporary LFW-style folder (symlinks to real photos) with its own pairs files:
-    pairs.txt with 2 folds of 4 same + 4 different pairs, and View 1 files."""
+    pairs.txt with 4 folds of 2 same + 2 different pairs, and View 1 files."""
     src = lfw_or_skip()
     root = tmp_path_factory.mktemp("small_lfw")
     images = root / "lfw-deepfunneled"
@@ -60,8 +60,8 @@ def small_lfw(tmp_path_factory) -> Path:
             (images / name / f).symlink_to(src / name / f)
     same = [f"{n}\t1\t2" for n in SMALL_IDENTITIES[:8]]
     diff = [f"{a}\t3\t{b}\t4" for a, b in zip(SMALL_IDENTITIES[:8], SMALL_IDENTITIES[10:18])]
-    (root / "pairs.txt").write_text(
-        "2\t4\n" + "\n".join(same[:4] + diff[:4] + same[4:] + diff[4:]) + "\n")
+    folds = [same[2 * k:2 * k + 2] + diff[2 * k:2 * k + 2] for k in range(4)]
+    (root / "pairs.txt").write_text("4\t2\n" + "\n".join(sum(folds, [])) + "\n")
     dev_same = [f"{n}\t5\t6" for n in SMALL_IDENTITIES[:6]]
     dev_diff = [f"{a}\t5\t{b}\t6" for a, b in zip(SMALL_IDENTITIES[:6], SMALL_IDENTITIES[6:12])]
     (root / "pairsDevTrain.txt").write_text("6\n" + "\n".join(dev_same + dev_diff) + "\n")

@@ -97,3 +97,18 @@ def test_crops_to_tensor_normalises_to_unit_range():
     t = crops_to_tensor(crops)
     assert t.shape == (2, 3, 112, 112)
     assert float(t[0].max()) == -1.0 and float(t[1].min()) == 1.0
+
+
+def test_image_too_small_for_a_face_raises_no_face(pipeline):
+    with pytest.raises(NoFaceError):
+        pipeline.align([Image.new("RGB", (12, 12), (128, 128, 128))])
+
+
+def test_huge_image_is_detected_on_a_downscaled_copy(pipeline):
+    img = decode_image(lfw_photo("Colin_Powell", 1))
+    big = img.resize((2000, 2000), Image.Resampling.BILINEAR)  # > max_detect_side
+    small_face, big_face = pipeline.align([img]), pipeline.align([big])
+    lm_small = np.array(small_face[0].landmarks) * 8
+    assert np.abs(np.array(big_face[0].landmarks) - lm_small).max() < 16  # 2 px at 250 px
+    diff = np.abs(small_face[0].crop.astype(int) - big_face[0].crop.astype(int)).mean()
+    assert diff < 8, diff

@@ -53,7 +53,8 @@ def test_exclusion_keeps_training_identity_disjoint(small_lfw, cache_dir):
                                 "data.exclude_identities_from": str(small_lfw / "pairs.txt"),
                                 "data.exclude_folds": "1"})
     data, lfw, summary = load_training_data(config, str(cache_dir), progress=False)
-    fold1 = set(SMALL_IDENTITIES[:4]) | set(SMALL_IDENTITIES[10:14])
+    fold1 = set(SMALL_IDENTITIES[:2]) | set(SMALL_IDENTITIES[10:12])  # 2 same + 2 diff pairs
     assert not fold1 & set(data.identities)
+    assert set(SMALL_IDENTITIES) - fold1 == set(data.identities)
     assert len(lfw) == len(SMALL_IDENTITIES) * IMAGES_PER_IDENTITY
-    assert summary["excluded"]["identities"] == 8 and summary["excluded"]["folds"] == [1]
+    assert summary["excluded"]["identities"] == 4 and summary["excluded"]["folds"] == [1]

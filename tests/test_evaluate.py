@@ -26,15 +26,15 @@ def make_encoder(path, excluded_folds, seed):
 def test_view2_with_one_encoder_per_fold_group(small_lfw, small_aligned, cache_dir, tmp_path,
                                               pipeline):
     from model.evaluate import main
-    a = make_encoder(tmp_path / "a.safetensors", [1], 0)
-    make_encoder(tmp_path / "b.safetensors", [1], 1)  # wrongly trained on fold 2's people
+    a = make_encoder(tmp_path / "a.safetensors", [1, 2], 0)
+    make_encoder(tmp_path / "b.safetensors", [1, 2], 1)  # wrongly trained on folds 3-4's people
     out, roc = tmp_path / "report.json", tmp_path / "roc.png"
     main(["--protocol", "view2", "--lfw-dir", str(small_lfw), "--cache-dir", str(cache_dir),
-          "--weights-for-folds", f"1={tmp_path / 'a.safetensors'}",
-          "--weights-for-folds", f"2={tmp_path / 'b.safetensors'}",
+          "--weights-for-folds", f"1-2={tmp_path / 'a.safetensors'}",
+          "--weights-for-folds", f"3-4={tmp_path / 'b.safetensors'}",
           "--out", str(out), "--roc", str(roc), "--write-card", str(tmp_path / "a.json")])
     report = json.loads(out.read_text())
-    assert [f["fold"] for f in report["folds"]] == [1, 2]
+    assert [f["fold"] for f in report["folds"]] == [1, 2, 3, 4]
     assert [g["identity_disjoint"] for g in report["encoders"]] == [True, False]
     assert report["identity_disjoint"] is False  # the report says which encoder broke the rule
     assert report["pairs"] == 16 and 0 <= report["auc"] <= 1
@@ -56,7 +56,7 @@ def test_view2_with_one_encoder_per_fold_group(small_lfw, small_aligned, cache_d
     from model.evaluate import evaluate_view2
     from model.data import load_aligned_folder
     lfw = load_aligned_folder(small_lfw / "lfw-deepfunneled", "lfw", cache_dir=cache_dir)
-    _, d, _ = evaluate_view2(small_lfw, {"1-2": tmp_path / "a.safetensors"}, lfw, "cpu", False)
+    _, d, _ = evaluate_view2(small_lfw, {"1-4": tmp_path / "a.safetensors"}, lfw, "cpu", False)
     assert abs(d[0] - direct) < 1e-5
 
 

@@ -18,7 +18,7 @@ TINY_ARCH = json.dumps({"arch": "mobilefacenet", "embedding_dim": 32, "width": 0
 
 def train_args(small_lfw, cache_dir, tmp_path, *extra):
     return ["--data", f"lfw={small_lfw / 'lfw-deepfunneled'}", "--arch", TINY_ARCH,
-            "--p", "8", "--k", "4", "--lr", "0.003", "--cache-dir", str(cache_dir),
+            "--batch-p", "8", "--batch-k", "4", "--warmup-steps", "5", "--lr", "0.003", "--cache-dir", str(cache_dir),
             "--run-dir", str(tmp_path / "runs"), "--output-dir", str(tmp_path / "weights"),
             "--eval-pairs", str(small_lfw / "pairsDevTest.txt"), "--no-progress",
             "--device", "cpu", *extra]
