@@ -23,6 +23,7 @@ from app.schemas import (
     upload_request_body,
 )
 from app.service import Service
+from model.checkpoint import json_safe
 
 router = APIRouter()
 DEMO_PAGE = Path(__file__).with_name("static") / "index.html"
@@ -149,17 +150,6 @@ async def model_card(request: Request):
     if svc.card is None:
         svc.require_ready()
     return JSONResponse(json_safe(svc.card))
-
-
-def json_safe(value):
-    """The card as strict JSON: non-finite floats (e.g. an uncalibrated -inf) become null."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 @router.get("/", include_in_schema=False, response_class=HTMLResponse)

@@ -48,14 +48,14 @@ def save_weights(encoder: SiameseEncoder, path: str | Path) -> str:
     return sha256_of(path)
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """Strict JSON: non-finite floats (an uncalibrated -inf threshold, say) become null."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -63,7 +63,7 @@ def write_card(path: str | Path, card: dict[str, Any]) -> None:
     """Write the model card JSON and its Markdown rendering beside the weights."""
     from model.modelcard import render_markdown
     path = card_path(path)
-    card = _json_safe(card)
+    card = json_safe(card)
     path.write_text(json.dumps(card, indent=2, sort_keys=False, allow_nan=False) + "\n")
     path.with_suffix(".md").write_text(render_markdown(card))
 

@@ -1,37 +1,24 @@
 """Decoding: every common format and mode becomes upright 8-bit RGB; bad bytes fail clearly."""
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 from PIL import Image
 
 from model.imageio import (ImageTooLargeError, InvalidImageError, UnsupportedImageError,
                            decode_image)
-
-
-def encode(img: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kw)
-    return buf.getvalue()
-
-
-def gradient(w: int = 40, h: int = 30) -> Image.Image:
-    x = np.linspace(0, 255, w, dtype=np.uint8)
-    arr = np.stack([np.tile(x, (h, 1)), np.tile(x[::-1], (h, 1)), np.full((h, w), 90, np.uint8)], -1)
-    return Image.fromarray(arr)
+from tests.service_support import encode, gradient
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"])
 def test_common_formats_decode_to_rgb(fmt):
-    out = decode_image(encode(gradient(), fmt))
+    out = decode_image(encode(gradient(40, 30), fmt))
     assert out.mode == "RGB" and out.size == (40, 30)
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "LA", "P", "CMYK", "1", "I;16"])
 def test_any_mode_becomes_rgb(mode):
-    src = gradient()
+    src = gradient(40, 30)
     if mode == "I;16":
         src = Image.fromarray((np.asarray(src.convert("L")).astype(np.uint16) * 257))
     else:
@@ -68,14 +55,14 @@ def test_exif_orientation_is_applied():
 
 
 @pytest.mark.parametrize("data", [b"", b"hello, this is text renamed to .jpg",
-                                  encode(gradient(), "JPEG")[:200]])
+                                  encode(gradient(40, 30), "JPEG")[:200]])
 def test_bad_bytes_raise_invalid_image(data):
     with pytest.raises(InvalidImageError):
         decode_image(data)
 
 
 def test_unsupported_format_is_refused():
-    img = gradient()
+    img = gradient(40, 30)
     with pytest.raises(UnsupportedImageError):
         decode_image(encode(img, "PPM"))
 
