@@ -47,5 +47,13 @@ evaluate: $(STAMP)
 	    --out bench/results/lfw_view2_disjoint.json --roc docs/roc_view2.png \
 	    --write-card weights/faceverify-mfn.json
 
+# Render every deploy/k8s overlay (and overlay + component) with the real kustomize, validate
+# it against the Kubernetes JSON schemas offline and check it against the code
+# (tests/test_k8s.py). Installs kubectl into .tools/bin first when none is available.
+.PHONY: k8s-check
+k8s-check: $(STAMP)
+	$(PY) deploy/k8s/install_kubectl.py
+	FACEVERIFY_K8S_CHECK=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_k8s.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,370 @@
+"""The Kubernetes manifests (deploy/k8s), proven offline.
+
+Every overlay, alone and with every component, is rendered by the real kustomize (kubectl's
+built-in one, or a standalone `kustomize`; `deploy/k8s/install_kubectl.py` finds or installs
+it), validated against the Kubernetes JSON schemas that the `kubernetes-validate` package
+ships (strict: unknown fields fail), and checked against the code: probe paths are routes of
+the app, the container port is the one the image's entry point binds, every FACEVERIFY_*
+variable is a field of app.config.Settings whose value the Settings class accepts, and every
+metric the autoscaler or the Prometheus adapter names is one app/metrics.py exports.
+
+Skips (with the reason) only when no kubectl/kustomize is available; `make k8s-check` sets
+FACEVERIFY_K8S_CHECK=1, which turns that skip into a failure.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from app.config import ENV_PREFIX, Settings
+from app.metrics import Metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "deploy" / "k8s"
+ADAPTER_VALUES = K8S / "prometheus-adapter" / "values.yaml"
+OVERLAYS = sorted(p.parent.name for p in (K8S / "overlays").glob("*/kustomization.yaml"))
+COMPONENTS = sorted(p.parent.name for p in (K8S / "components").glob("*/kustomization.yaml"))
+# The oldest Kubernetes minor still commonly run, and the newest the schemas know.
+SCHEMA_VERSIONS = ("1.29", kubernetes_validate.latest_version())
+APP_PORT_DEFAULT = 8000  # the entry point's and `make serve`'s default bind
+IMAGE_TAGS = {"cpu": "0.1.0", "gpu": "0.1.0-cuda"}
+DEVICES = {"cpu": "cpu", "gpu": "cuda"}
+
+
+def _load_installer():
+    spec = importlib.util.spec_from_file_location("install_kubectl",
+                                                  K8S / "install_kubectl.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TOOL = _load_installer().find_tool()
+NO_TOOL = ("no kubectl (with kustomize v5+) or kustomize binary found on PATH, in $KUBECTL or "
+           "in .tools/bin: run `python3 deploy/k8s/install_kubectl.py` (`make k8s-check` "
+           "and .ci/run do)")
+if TOOL is None and os.environ.get("FACEVERIFY_K8S_CHECK") == "1":
+    raise RuntimeError(NO_TOOL)
+pytestmark = pytest.mark.skipif(TOOL is None, reason=NO_TOOL)
+
+VARIANTS = [(o, None) for o in OVERLAYS] + [(o, c) for o in OVERLAYS for c in COMPONENTS]
+
+
+def _variant_id(v):
+    overlay, component = v
+    return overlay if component is None else f"{overlay}+{component}"
+
+
+def kustomize(directory: Path) -> list[dict]:
+    cmd, _ = TOOL
+    proc = subprocess.run(cmd + [str(directory)], check=False, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, f"{shlex.join(cmd)} {directory} failed:\n{proc.stderr}"
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+@pytest.fixture(scope="module", params=VARIANTS, ids=_variant_id)
+def rendered(request, tmp_path_factory):
+    overlay, component = request.param
+    if component is None:
+        docs = kustomize(K8S / "overlays" / overlay)
+    else:
+        # An overlay with a component on top, as a user would write it in their overlay.
+        # kustomize refuses absolute paths, so the temporary kustomization uses relative ones.
+        d = tmp_path_factory.mktemp(f"{overlay}-{component}")
+        rel = Path(os.path.relpath(K8S, d))
+        (d / "kustomization.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+            "resources": [str(rel / "overlays" / overlay)],
+            "components": [str(rel / "components" / component)]}))
+        docs = kustomize(d)
+    return overlay, component, docs
+
+
+def one(docs, kind):
+    found = [d for d in docs if d["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def container_of(deployment):
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def env_of(container) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def exported_metric_names() -> set[str]:
+    """Every series name the service's /metrics can carry (app/metrics.py)."""
+    names = set()
+    for family in Metrics(max_batch_size=32).registry.collect():
+        names.add(family.name)
+        if family.type == "counter":
+            names.add(family.name + "_total")
+        elif family.type == "histogram":
+            names.update(family.name + s for s in ("_bucket", "_sum", "_count"))
+        names.update(s.name for s in family.samples)
+    return names
+
+
+@pytest.fixture(scope="module")
+def app_client():
+    """The real app, without its lifespan (no weights needed): routes answer, 404 or not."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    return TestClient(create_app(Settings(_env_file=None)))
+
+
+def served(client, path: str) -> bool:
+    """GET `path` reaches a route of the app: anything but 404/405 (/health/ready answers
+    503 not_ready before the warm-up, which is still the route answering)."""
+    return client.get(path).status_code not in (404, 405)
+
+
+# ---------------------------------------------------------------------------- rendering
+def test_every_overlay_and_component_is_found():
+    assert {"cpu", "gpu"} <= set(OVERLAYS)
+    assert "hpa-inflight" in COMPONENTS
+
+
+def test_tool_version_is_reported():
+    cmd, version = TOOL
+    print(f"rendering with {shlex.join(cmd)}: {version}")
+    assert "v" in version
+
+
+def test_renders_the_expected_objects(rendered):
+    _, _, docs = rendered
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == sorted(["ConfigMap", "Deployment", "HorizontalPodAutoscaler",
+                            "PodDisruptionBudget", "Service"]), kinds
+    # Secrets are referenced, never shipped: no key can end up in the repository this way.
+    assert all(d["kind"] != "Secret" for d in docs)
+    for d in docs:
+        assert d["metadata"].get("namespace") == "faceverify"
+
+
+@pytest.mark.parametrize("k8s_version", SCHEMA_VERSIONS)
+def test_validates_against_the_kubernetes_schemas(rendered, k8s_version):
+    _, _, docs = rendered
+    for d in docs:
+        try:
+            kubernetes_validate.validate(d, k8s_version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{d['kind']}/{d['metadata']['name']} is invalid for Kubernetes "
+                        f"{k8s_version}: {exc}")
+
+
+# ---------------------------------------------------------------------------- wiring
+def test_selectors_and_references_line_up(rendered):
+    _, _, docs = rendered
+    dep = one(docs, "Deployment")
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    selector = dep["spec"]["selector"]["matchLabels"]
+    assert selector and selector.items() <= pod_labels.items()
+    svc = one(docs, "Service")
+    assert svc["spec"]["selector"] and svc["spec"]["selector"].items() <= pod_labels.items()
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    hpa = one(docs, "HorizontalPodAutoscaler")
+    ref = hpa["spec"]["scaleTargetRef"]
+    assert (ref["kind"], ref["name"]) == ("Deployment", dep["metadata"]["name"])
+    assert "replicas" not in dep["spec"], "the HPA owns the replica count"
+    assert hpa["spec"]["minReplicas"] >= 2, "one pod must serve while the PDB lets one go"
+    assert pdb["spec"].get("maxUnavailable") == 1
+    cm = one(docs, "ConfigMap")
+    refs = [e["configMapRef"]["name"] for e in container_of(dep).get("envFrom", [])]
+    assert refs == [cm["metadata"]["name"]]
+
+
+# ---------------------------------------------------------------------------- code checks
+def test_probes_and_ports_exist_in_the_app(rendered, app_client):
+    _, _, docs = rendered
+    dep = one(docs, "Deployment")
+    c = container_of(dep)
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"http": APP_PORT_DEFAULT}
+    # The image's entry point binds $PORT; the pod pins it to the container port.
+    assert int(env_of(c)["PORT"]["value"]) == ports["http"]
+    expected = {"livenessProbe": "/health/live", "readinessProbe": "/health/ready",
+                "startupProbe": "/health/ready"}
+    for probe, path in expected.items():
+        get = c[probe]["httpGet"]
+        assert get["path"] == path and served(app_client, path), (probe, get)
+        assert get["port"] in ports or get["port"] in ports.values()
+    assert not served(app_client, "/health/no-such-probe")  # the check can fail
+    svc = one(docs, "Service")
+    for p in svc["spec"]["ports"]:
+        assert p["targetPort"] in ports or p["targetPort"] in ports.values()
+    ann = dep["spec"]["template"]["metadata"]["annotations"]
+    assert ann["prometheus.io/scrape"] == "true"
+    assert ann["prometheus.io/path"] == "/metrics"
+    scrape = app_client.get(ann["prometheus.io/path"])
+    assert scrape.status_code == 200 and "faceverify_queue_depth" in scrape.text
+    assert int(ann["prometheus.io/port"]) == ports["http"]
+
+
+def test_image_entry_point_binds_the_port_the_pod_expects():
+    entry = ROOT / "deploy" / "docker-entrypoint.sh"
+    dockerfile = ROOT / "Dockerfile"
+    if not entry.exists() or not dockerfile.exists():
+        pytest.skip("no Dockerfile / deploy/docker-entrypoint.sh in this tree")
+    text = entry.read_text()
+    assert re.search(r'--port "?\$\{PORT', text), "the entry point must bind $PORT"
+    assert re.search(r'--timeout-graceful-shutdown "?\$\{GRACEFUL_TIMEOUT_S', text)
+    df = dockerfile.read_text()
+    assert re.search(rf"^EXPOSE {APP_PORT_DEFAULT}\b", df, re.MULTILINE)
+    assert re.search(r"^USER 10001(:10001)?\s*$", df, re.MULTILINE)
+    assert "/app/weights" in df
+
+
+def test_configmap_holds_only_real_settings_with_valid_values(rendered, monkeypatch):
+    overlay, _, docs = rendered
+    data = one(docs, "ConfigMap")["data"]
+    fields = set(Settings.model_fields)
+    for key in data:
+        assert key.startswith(ENV_PREFIX), f"{key} is not a FACEVERIFY_* setting"
+        assert key[len(ENV_PREFIX):].lower() in fields, f"{key} is not a field of Settings"
+    assert "FACEVERIFY_API_KEYS" not in data, "API keys come from the Secret, never the map"
+    c = container_of(one(docs, "Deployment"))
+    env = env_of(c)
+    for name in env:
+        if name.startswith(ENV_PREFIX):
+            assert name[len(ENV_PREFIX):].lower() in fields, f"{name} is not a setting"
+    # The values parse as the pod would parse them: from the environment, nothing else.
+    for name in list(os.environ):
+        if name.startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+    for key, value in data.items():
+        monkeypatch.setenv(key, value)
+    threads = env["FACEVERIFY_TORCH_THREADS"]["valueFrom"]["resourceFieldRef"]
+    assert threads["resource"] == "limits.cpu" and threads["divisor"] in ("1", 1)
+    monkeypatch.setenv("FACEVERIFY_TORCH_THREADS",
+                       str(int(float(c["resources"]["limits"]["cpu"]))))
+    s = Settings(_env_file=None)
+    assert s.device == DEVICES[overlay]
+    assert str(s.weights) == "/app/weights/faceverify-mfn.safetensors"
+    assert s.max_concurrent_requests <= s.max_queue
+
+
+def test_api_keys_come_from_an_optional_secret_reference(rendered):
+    _, _, docs = rendered
+    env = env_of(container_of(one(docs, "Deployment")))
+    keys = env["FACEVERIFY_API_KEYS"]
+    assert "value" not in keys
+    ref = keys["valueFrom"]["secretKeyRef"]
+    assert ref["optional"] is True and ref["name"] and ref["key"]
+
+
+def test_no_key_is_written_anywhere_under_deploy_k8s():
+    for path in K8S.rglob("*"):
+        if path.is_file() and path.suffix in (".yaml", ".yml", ".env"):
+            for line in path.read_text().splitlines():
+                if line.lstrip().startswith("#"):
+                    continue
+                assert not re.match(r"\s*FACEVERIFY_API_KEYS\s*=", line), path
+                assert "api-keys:" not in line.replace(" ", ""), path
+
+
+# ---------------------------------------------------------------------------- pod hygiene
+def test_pod_runs_non_root_read_only_with_a_tmp_volume(rendered):
+    _, _, docs = rendered
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["enableServiceLinks"] is False, "service links would inject FACEVERIFY_* vars"
+    c = container_of(one(docs, "Deployment"))
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    assert env_of(c)["TMPDIR"]["value"] == "/tmp"
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(c["resources"][kind]), kind
+
+
+def test_shutdown_and_startup_budgets(rendered):
+    _, _, docs = rendered
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    c = container_of(one(docs, "Deployment"))
+    pre_stop = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    graceful = int(env_of(c)["GRACEFUL_TIMEOUT_S"]["value"])
+    drain_margin = 10  # the batcher's queue (docs/operations.md "Graceful shutdown")
+    assert pod["terminationGracePeriodSeconds"] > int(pre_stop[1]) + graceful + drain_margin
+    start = c["startupProbe"]
+    assert start["periodSeconds"] * start["failureThreshold"] >= 300
+    strategy = one(docs, "Deployment")["spec"]["strategy"]["rollingUpdate"]
+    assert strategy["maxUnavailable"] == 0, "a rollout waits for warm pods before removing one"
+
+
+def test_overlay_specifics(rendered):
+    overlay, _, docs = rendered
+    c = container_of(one(docs, "Deployment"))
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert c["image"] == f"faceverify:{IMAGE_TAGS[overlay]}"
+    gpus = c["resources"]["limits"].get("nvidia.com/gpu")
+    if overlay == "gpu":
+        assert str(gpus) == "1"
+        assert str(c["resources"]["requests"]["nvidia.com/gpu"]) == "1"
+        assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+        assert any(k.startswith("nvidia.com/") for k in pod["nodeSelector"])
+    else:
+        assert gpus is None and "tolerations" not in pod
+
+
+# ---------------------------------------------------------------------------- autoscaling
+def _adapter_rules() -> list[dict]:
+    return yaml.safe_load(ADAPTER_VALUES.read_text())["rules"]["custom"]
+
+
+def test_adapter_rules_map_metrics_the_service_exports():
+    exported = exported_metric_names()
+    rules = _adapter_rules()
+    assert rules
+    for rule in rules:
+        series = re.match(r"\s*([a-zA-Z_:][a-zA-Z0-9_:]*)", rule["seriesQuery"]).group(1)
+        assert series in exported, f"{series} is not exported by app/metrics.py"
+        assert re.search(rule["name"]["matches"], series)
+        assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
+        for name in re.findall(r"\bfaceverify_[a-zA-Z0-9_]+", rule["metricsQuery"]):
+            assert name in exported, f"{name} in metricsQuery is not exported"
+        assert "<<.LabelMatchers>>" in rule["metricsQuery"]
+        assert "<<.GroupBy>>" in rule["metricsQuery"]
+
+
+def test_hpa_metric_is_cpu_or_one_the_adapter_publishes(rendered):
+    _, component, docs = rendered
+    metrics = one(docs, "HorizontalPodAutoscaler")["spec"]["metrics"]
+    published = {r["name"]["as"] for r in _adapter_rules()}
+    assert metrics
+    for m in metrics:
+        if m["type"] == "Resource":
+            assert component is None
+            assert m["resource"]["name"] == "cpu"
+            assert 0 < m["resource"]["target"]["averageUtilization"] <= 90
+        else:
+            assert m["type"] == "Pods" and component is not None
+            assert m["pods"]["metric"]["name"] in published
+            target = m["pods"]["target"]
+            assert target["type"] == "AverageValue"
+            data = one(docs, "ConfigMap")["data"]
+            limit = int(data["FACEVERIFY_MAX_CONCURRENT_REQUESTS"])
+            assert 0 < float(target["averageValue"]) < limit / 4, \
+                "scale well before requests are refused with 503"
