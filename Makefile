@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test serve weights evaluate clean
+.PHONY: install test serve weights evaluate clean browser demo-screenshot
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,17 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# Debian's chromium + chromedriver for the demo page's browser test (as root; skipped when
+# already installed). Without them that test skips; CI (.ci/run) installs them first.
+browser:
+	bash deploy/ci/install-browser.sh
+
+# Retake docs/demo.png (the demo page after verifying two photos of one person) with the
+# default weights, through the browser test.
+demo-screenshot: $(STAMP) browser
+	FACEVERIFY_DEMO_SCREENSHOT=docs/demo.png $(PY) -m pytest -q tests/test_demo_page.py \
+	    -k test_verify_two_photos
 
 # The service on the default weights (weights/faceverify-mfn.safetensors; FACEVERIFY_* settings
 # from the environment, see docs/api.md). `make serve HOST=0.0.0.0 PORT=9000` to change the bind.

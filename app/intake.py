@@ -180,10 +180,15 @@ def parse_threshold(value) -> float | None:
 
 
 def parse_detect(value) -> bool:
+    return parse_flag(value, "detect", default=True)
+
+
+def parse_flag(value, field: str, default: bool) -> bool:
+    """A boolean field or query parameter: true/false, 1/0, yes/no, on/off; empty = default."""
     if value is None or value == "":
-        return True
+        return default
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
-    raise ServiceError("validation_error", "detect: must be true or false", "detect")
+    raise ServiceError("validation_error", f"{field}: must be true or false", field)

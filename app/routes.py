@@ -1,6 +1,8 @@
 """HTTP routes: /verify, /embed, /health/*, /metrics, /model, and the demo page."""
 from __future__ import annotations
 
+import base64
+import io
 import math
 import time
 from pathlib import Path
@@ -8,13 +10,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from PIL import Image
 
 from app.auth import require_api_key
 from app.batcher import BatcherClosed, Overloaded
 from app.errors import ServiceError, error_response
-from app.intake import read_images
+from app.intake import parse_flag, read_images
 from app.schemas import (
+    RETURN_CROPS_PARAMETER,
     EmbedResponse,
     Live,
     Ready,
@@ -26,7 +30,21 @@ from app.service import Service
 from model.checkpoint import json_safe
 
 router = APIRouter()
-DEMO_PAGE = Path(__file__).with_name("static") / "index.html"
+STATIC_DIR = Path(__file__).with_name("static")
+DEMO_PAGE = STATIC_DIR / "index.html"
+# The demo page's own files (no build step, nothing fetched from elsewhere).
+STATIC_FILES = {"app.js": "text/javascript; charset=utf-8",
+                "style.css": "text/css; charset=utf-8"}
+# Only this origin: the page loads no external script, style, font or image, and talks only
+# to this service (photos are previewed from blob: URLs, crops from data: URLs).
+DEMO_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
+                               "object-src 'none'; base-uri 'none'; form-action 'self'; "
+                               "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
 
 
 def service_of(request: Request) -> Service:
@@ -35,6 +53,26 @@ def service_of(request: Request) -> Service:
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
+
+
+def _wants_crops(request: Request) -> bool:
+    return parse_flag(request.query_params.get("return_crops"), "return_crops", default=False)
+
+
+def crop_png_base64(crop: np.ndarray) -> str:
+    """An aligned (112, 112, 3) uint8 RGB crop as base64 PNG (lossless: the encoder's input)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(crop), "RGB").save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _reply(model, prepared, with_crops: bool):
+    """The response model; with `?return_crops=true` it also carries the crops. Without it
+    the JSON has no `crops` key at all, so the default reply is exactly as before."""
+    if not with_crops:
+        return JSONResponse(model.model_dump(mode="json", exclude={"crops"}))
+    model.crops = [crop_png_base64(f.crop) for f in prepared.faces]
+    return JSONResponse(model.model_dump(mode="json"))
 
 
 async def _embed_faces(request: Request, fields: tuple[str, ...]):
@@ -73,34 +111,40 @@ _VERIFY_ERRORS = error_responses(400, 401, 413, 415, 422, 500, 503)
     "/verify", response_model=VerifyResponse, responses=_VERIFY_ERRORS, tags=["faces"],
     dependencies=[Depends(require_api_key)],
     summary="Are the two faces the same person?",
-    openapi_extra={"requestBody": upload_request_body(["image1", "image2"])},
+    openapi_extra={"requestBody": upload_request_body(["image1", "image2"]),
+                   "parameters": [RETURN_CROPS_PARAMETER]},
     description="Detects the largest face in each image, aligns it, embeds both in one "
                 "encoder batch, and compares the unit embeddings: `verified` is "
                 "`distance < threshold`.")
 async def verify(request: Request) -> VerifyResponse:
+    with_crops = _wants_crops(request)
     svc, intake, prepared, emb, timings = await _embed_faces(request, ("image1", "image2"))
     e = emb.double()
     distance = float((e[0] - e[1]).pow(2).sum().clamp_min(0).sqrt())
     similarity = float((e[0] * e[1]).sum())
     threshold = intake.threshold if intake.threshold is not None else svc.threshold
-    return VerifyResponse(
+    return _reply(VerifyResponse(
         verified=distance < threshold, distance=distance, threshold=threshold,
         similarity=max(-1.0, min(1.0, similarity)), model=svc.model_ref,
-        faces=[f.describe() for f in prepared.faces], timings_ms=timings)
+        faces=[f.describe() for f in prepared.faces], timings_ms=timings),
+        prepared, with_crops)
 
 
 @router.post(
     "/embed", response_model=EmbedResponse, responses=_VERIFY_ERRORS, tags=["faces"],
     dependencies=[Depends(require_api_key)],
     summary="The unit embedding of the largest face in an image",
-    openapi_extra={"requestBody": upload_request_body(["image"])})
+    openapi_extra={"requestBody": upload_request_body(["image"]),
+                   "parameters": [RETURN_CROPS_PARAMETER]})
 async def embed(request: Request) -> EmbedResponse:
+    with_crops = _wants_crops(request)
     svc, _, prepared, emb, timings = await _embed_faces(request, ("image",))
     vec = emb[0].tolist()
     if not all(math.isfinite(v) for v in vec):
         raise RuntimeError("encoder produced a non-finite embedding")
-    return EmbedResponse(embedding=vec, dim=len(vec), normalized=True, model=svc.model_ref,
-                         face=prepared.faces[0].describe(), timings_ms=timings)
+    return _reply(EmbedResponse(embedding=vec, dim=len(vec), normalized=True,
+                                model=svc.model_ref, face=prepared.faces[0].describe(),
+                                timings_ms=timings), prepared, with_crops)
 
 
 @router.get("/health/live", response_model=Live, tags=["health"],
@@ -154,4 +198,12 @@ async def model_card(request: Request):
 
 @router.get("/", include_in_schema=False, response_class=HTMLResponse)
 async def demo_page() -> HTMLResponse:
-    return HTMLResponse(DEMO_PAGE.read_text(encoding="utf-8"))
+    return HTMLResponse(DEMO_PAGE.read_text(encoding="utf-8"), headers=DEMO_HEADERS)
+
+
+@router.get("/static/{name}", include_in_schema=False)
+async def demo_static(name: str) -> FileResponse:
+    media_type = STATIC_FILES.get(name)
+    if media_type is None:
+        raise ServiceError("not_found", f"no static file {name!r}")
+    return FileResponse(STATIC_DIR / name, media_type=media_type, headers=DEMO_HEADERS)

@@ -17,6 +17,17 @@ _MODEL_EXAMPLE = {"name": "faceverify-mfn", "version": "0.1.0",
                   "sha256": "3f1c2a9e0b7d4c6a8e5f1b2c3d4e5f60718293a4b5c6d7e8f9a0b1c2d3e4f5a6"}
 
 
+CROPS_DESCRIPTION = ("only with `?return_crops=true`: the aligned 112x112 RGB crop of each face "
+                     "the encoder compared, as base64 PNG, in the order of the images; absent "
+                     "otherwise")
+RETURN_CROPS_PARAMETER = {
+    "name": "return_crops", "in": "query", "required": False,
+    "schema": {"type": "boolean", "default": False},
+    "description": "true: add `crops`, the aligned 112x112 face crops the encoder saw (base64 "
+                   "PNG), to the response",
+}
+
+
 class Face(BaseModel):
     """The face used from an image: the largest one when there are several."""
 
@@ -59,6 +70,7 @@ class VerifyResponse(BaseModel):
     model: ModelRef
     faces: list[Face]
     timings_ms: Timings
+    crops: list[str] | None = Field(None, description=CROPS_DESCRIPTION)
     model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"example": {
         "verified": True, "distance": 0.7342, "threshold": 1.0412, "similarity": 0.7305,
         "model": _MODEL_EXAMPLE, "faces": [_FACE_EXAMPLE, {**_FACE_EXAMPLE, "faces_found": 2}],
@@ -73,6 +85,7 @@ class EmbedResponse(BaseModel):
     model: ModelRef
     face: Face
     timings_ms: Timings
+    crops: list[str] | None = Field(None, description=CROPS_DESCRIPTION)
     model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"example": {
         "embedding": [0.0132, -0.0871, 0.1204, "…"], "dim": 128, "normalized": True,
         "model": _MODEL_EXAMPLE, "face": _FACE_EXAMPLE,
