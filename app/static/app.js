@@ -240,7 +240,8 @@
   const vError = $("#verify-error");
   const vResult = $("#verify-result");
   const vDrops = $$(".drop", vForm);
-  const clearVerify = () => { vError.hidden = true; vResult.hidden = true; };
+  let vGen = 0;  // bumped when a photo changes: an answer for the old photos is dropped
+  const clearVerify = () => { vGen += 1; vError.hidden = true; vResult.hidden = true; };
   vDrops.forEach((d) => setupDrop(d, clearVerify));
 
   vForm.addEventListener("submit", async (ev) => {
@@ -259,9 +260,11 @@
     const threshold = $("#threshold").value.trim();
     if (threshold) body.append("threshold", threshold);
     const button = $("#verify-button");
+    const gen = vGen;
     setBusy(button, $("#verify-busy"), true);
     const res = await post("verify?return_crops=true", body);
     setBusy(button, $("#verify-busy"), false);
+    if (gen !== vGen) return;
     if (!res.ok || !res.data) { showServiceError(vError, res); return; }
     showVerdict(res.data);
   });
@@ -275,7 +278,7 @@
     $("#gauge-same").style.width = pct(d.threshold);
     $("#gauge-threshold").style.left = pct(d.threshold);
     const label = $("#gauge-label");
-    label.textContent = `threshold ${d.threshold.toFixed(2)}`;
+    label.textContent = `threshold ${d.threshold.toFixed(3)}`;
     label.style.left = pct(d.threshold);
     label.style.transform = d.threshold < 0.2 ? "none" : d.threshold > 1.8 ? "translateX(-100%)" : "";
     const needle = $("#gauge-needle");
@@ -301,7 +304,13 @@
   const eError = $("#embed-error");
   const eResult = $("#embed-result");
   const eDrop = $(".drop", eForm);
-  const clearEmbed = () => { eError.hidden = true; eResult.hidden = true; $("#copy-status").textContent = ""; };
+  let eGen = 0;
+  const clearEmbed = () => {
+    eGen += 1;
+    eError.hidden = true;
+    eResult.hidden = true;
+    $("#copy-status").textContent = "";
+  };
   setupDrop(eDrop, clearEmbed);
 
   eForm.addEventListener("submit", async (ev) => {
@@ -316,9 +325,11 @@
     const body = new FormData();
     body.append("image", input.files[0]);
     const button = $("#embed-button");
+    const gen = eGen;
     setBusy(button, $("#embed-busy"), true);
     const res = await post("embed?return_crops=true", body);
     setBusy(button, $("#embed-busy"), false);
+    if (gen !== eGen) return;
     if (!res.ok || !res.data) { showServiceError(eError, res); return; }
     const d = res.data;
     const title = $("#embed-title");
