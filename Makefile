@@ -25,6 +25,7 @@ browser:
 # Retake docs/demo.png (the demo page after verifying two photos of one person) with the
 # default weights, through the browser test.
 demo-screenshot: $(STAMP) browser
+	@test -f weights/faceverify-mfn.safetensors || { echo "no default weights: make weights first"; exit 1; }
 	FACEVERIFY_DEMO_SCREENSHOT=docs/demo.png $(PY) -m pytest -q tests/test_demo_page.py \
 	    -k test_verify_two_photos
 
