@@ -1,0 +1,587 @@
+"""Speed under load: a closed-loop load generator against a real server it starts itself.
+
+    python -m bench.load [--weights weights/faceverify-mfn.safetensors] [--duration 15]
+                         [--embed-duration 8] [--concurrency 1 4 16 64] [--out bench/results/load.json]
+
+For each batching setting (the service's default, and "off": FACEVERIFY_MAX_BATCH_SIZE=2, the
+smallest the service accepts — one /verify pair per forward pass — with no batching delay) it
+starts `uvicorn app.main:app` on a free 127.0.0.1 port, waits for /health/ready, and runs every
+cell of concurrency x detect (true: LFW photos as they are; false: the same photos' aligned
+112x112 crops, as a client that aligns faces itself would send them) against /verify (real
+LFW View 2 pairs) and then /embed. Each cell is N clients in a closed loop (each sends its next
+request as soon as its previous one is answered) for a warm-up, then a measured window; it
+stops by itself after `--duration` seconds or `--max-requests` requests, whichever comes first.
+The server is stopped (SIGTERM) before the next batching setting, and at the end.
+
+Also, in the same run (so the ratios compare like with like):
+- serving overhead: the same pipeline in-process (the service's own `Service` object: face
+  stage thread pool + dynamic batcher, no HTTP) at the same concurrency, vs through the server;
+- the server's resident memory (VmRSS from /proc) at idle, its peak during the sweep, after;
+- encoder efficiency: FLOPs per image (torch.utils.flop_counter) x images/s against a
+  measured fp32 torch matmul FLOP/s.
+Raw results (every cell's latencies summarised, stage means, errors by status) go to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import io
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_LFW = Path(os.environ.get("FACEVERIFY_LFW_DIR", ROOT.parent / "shared/data/lfw"))
+STAGES = ("read", "decode", "detect", "queue", "encode")
+BATCHING = {  # name -> service settings
+    "off": {"max_batch_size": 2, "max_batch_delay_ms": 0},
+    "default": {},
+}
+_SERVERS: list[subprocess.Popen] = []  # stopped at exit whatever happens
+
+
+def _stop_all() -> None:
+    for proc in _SERVERS:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+atexit.register(_stop_all)
+
+
+# ----------------------------------------------------------------------------- payloads
+def load_payloads(lfw_dir: Path, n_pairs: int, seed: int = 0) -> dict:
+    """n_pairs View 2 pairs (spread over the folds): JPEG bytes as they are, and their
+    aligned crops (the evaluator's cache: same pipeline, centred fallback) as JPEG q95."""
+    from PIL import Image
+
+    from model.data import load_aligned_folder
+    from model.lfw import read_pairs
+    pairs = read_pairs(lfw_dir / "pairs.txt")
+    order = np.random.default_rng(seed).permutation(len(pairs))[:n_pairs]
+    chosen = [pairs[i] for i in order]
+    paths = sorted({x for p in chosen for x in (p.left, p.right)})
+    photos = {x: (lfw_dir / "lfw-deepfunneled" / x).read_bytes() for x in paths}
+    lfw = load_aligned_folder(lfw_dir / "lfw-deepfunneled", "lfw", progress=False)
+    index = lfw.index()
+    crops = {}
+    for x in paths:
+        buf = io.BytesIO()
+        Image.fromarray(np.asarray(lfw.crops[index[f"lfw/{x}"]])).save(buf, "JPEG", quality=95)
+        crops[x] = buf.getvalue()
+    return {"pairs": [(p.left, p.right) for p in chosen], "paths": paths,
+            True: photos, False: crops}
+
+
+# ------------------------------------------------------------------------------- server
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+class Server:
+    """`uvicorn app.main:app` on a free 127.0.0.1 port, with an RSS sampler."""
+
+    def __init__(self, weights: Path, settings: dict, log_path: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FACEVERIFY_")}
+        env.update({"FACEVERIFY_WEIGHTS": str(weights), "FACEVERIFY_DEVICE": "cpu",
+                    "FACEVERIFY_LOG_LEVEL": "warning"})
+        env.update({f"FACEVERIFY_{k.upper()}": str(v) for k, v in settings.items()})
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
+             "--port", str(self.port), "--no-access-log"],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        _SERVERS.append(self.proc)
+        self.samples: list[tuple[float, float]] = []
+        self._sampling = threading.Event()
+
+    def wait_ready(self, timeout: float = 180) -> float:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}; see its log")
+            try:
+                if httpx.get(self.url + "/health/ready", timeout=5).status_code == 200:
+                    return time.monotonic() - t0
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server not ready after {timeout} s")
+
+    def rss(self) -> float | None:
+        return rss_mib(self.proc.pid)
+
+    def start_sampling(self, every: float = 0.2) -> None:
+        self._sampling.set()
+
+        def loop():
+            while self._sampling.is_set() and self.proc.poll() is None:
+                r = self.rss()
+                if r is not None:
+                    self.samples.append((time.monotonic(), r))
+                time.sleep(every)
+        threading.Thread(target=loop, daemon=True).start()
+
+    def stop_sampling(self) -> None:
+        self._sampling.clear()
+
+    def stop(self) -> int | None:
+        self.stop_sampling()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+# ------------------------------------------------------------------------------ a cell
+def percentiles(values: list[float]) -> dict:
+    if not values:
+        return {"p50": None, "p90": None, "p99": None, "max": None, "mean": None}
+    a = np.asarray(values)
+    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+            "p99": float(np.percentile(a, 99)), "max": float(a.max()), "mean": float(a.mean())}
+
+
+def histogram(values: list[float], bins: np.ndarray) -> list[int]:
+    return np.histogram(np.asarray(values), bins=bins)[0].tolist() if values else []
+
+
+LAT_BINS = np.logspace(0, 5, 201)  # 1 ms .. 100 s, for the latency-distribution plot
+
+
+async def closed_loop(send, items: list, concurrency: int, duration: float, warmup: float,
+                      max_requests: int) -> dict:
+    """N workers each send their next request as soon as the previous one is answered.
+    `send(item)` returns (status, error_code, timings_ms or None). Requests started in the
+    warm-up are not counted; the measured window ends when the last counted one returns."""
+    loop_t0 = time.perf_counter()
+    measure_from = loop_t0 + warmup
+    stop_at = measure_from + duration
+    counter = iter(range(10**9))
+    records: list[tuple[float, float, int, str | None, dict | None]] = []
+    sent = 0
+
+    async def worker():
+        nonlocal sent
+        while True:
+            now = time.perf_counter()
+            if now >= stop_at or sent >= max_requests:
+                return
+            i = next(counter)
+            t = time.perf_counter()
+            status, code, timings = await send(items[i % len(items)])
+            end = time.perf_counter()
+            if t >= measure_from:
+                sent += 1
+                records.append((t, end, status, code, timings))
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    if not records:
+        return {"requests": 0}
+    window = max(r[1] for r in records) - measure_from
+    ok = [r for r in records if r[2] == 200]
+    lat = [1000 * (r[1] - r[0]) for r in ok]
+    errors: dict[str, int] = {}
+    for r in records:
+        if r[2] != 200:
+            key = f"{r[2]} {r[3] or ''}".strip()
+            errors[key] = errors.get(key, 0) + 1
+    out = {"requests": len(records), "ok": len(ok), "window_s": window,
+           "ok_per_s": len(ok) / window, "latency_ms": percentiles(lat),
+           "latency_hist": histogram(lat, LAT_BINS), "errors": errors}
+    timed = [(1000 * (r[1] - r[0]), r[4]) for r in ok if r[4]]
+    if timed:
+        stage = {s: statistics.fmean(t[s] for _, t in timed) for s in STAGES}
+        stage["total_in_service"] = statistics.fmean(t["total"] for _, t in timed)
+        client = statistics.fmean(c for c, _ in timed)
+        # time in the service outside the timed stages: mostly waiting for a free
+        # decode/detect thread (FACEVERIFY_DETECT_WORKERS) when more requests than threads
+        stage["detect_pool_wait_and_other"] = (stage["total_in_service"]
+                                               - sum(stage[s] for s in STAGES))
+        stage["http_and_client"] = client - stage["total_in_service"]
+        out["stage_ms"] = stage
+        out["stage_share"] = {k: v / client for k, v in stage.items() if k != "total_in_service"}
+        out["batch_size_mean"] = statistics.fmean(t["batch_size"] for _, t in timed)
+        # encoder throughput seen inside the server: faces per second of forward pass
+        out["encoder_img_s_in_server"] = statistics.fmean(
+            t["batch_size"] / (t["encode"] / 1000) for _, t in timed if t["encode"] > 0)
+    return out
+
+
+async def http_cell(url: str, route: str, payloads: dict, detect: bool, concurrency: int,
+                    duration: float, warmup: float, max_requests: int) -> dict:
+    images = payloads[detect]
+    form = {"detect": "true" if detect else "false"}
+    if route == "/verify":
+        items = [{"image1": ("a.jpg", images[a], "image/jpeg"),
+                  "image2": ("b.jpg", images[b], "image/jpeg")} for a, b in payloads["pairs"]]
+    else:
+        items = [{"image": ("a.jpg", images[x], "image/jpeg")} for x in payloads["paths"]]
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits,
+                                 timeout=httpx.Timeout(120.0)) as client:
+        async def send(files):
+            try:
+                r = await client.post(route, files=files, data=form)
+            except httpx.HTTPError as exc:
+                return 0, type(exc).__name__, None
+            if r.status_code == 200:
+                return 200, None, r.json()["timings_ms"]
+            try:
+                code = r.json()["error"]["code"]
+            except (ValueError, KeyError, TypeError):
+                code = None
+            return r.status_code, code, None
+        res = await closed_loop(send, items, concurrency, duration, warmup, max_requests)
+    per_item = 2 if route == "/verify" else 1
+    res.update({"route": route, "detect": detect, "concurrency": concurrency,
+                "images_per_s": res.get("ok_per_s", 0) * per_item})
+    if route == "/verify":
+        res["pairs_per_s"] = res.get("ok_per_s", 0)
+    return res
+
+
+# ---------------------------------------------------------------------------- in-process
+async def inprocess_cells(weights: Path, payloads: dict, cells: list[tuple[bool, int]],
+                          duration: float, warmup: float, max_requests: int) -> list[dict]:
+    """The service's own pipeline objects (face stage + dynamic batcher, default settings)
+    driven directly: the same work as /verify minus HTTP, parsing and JSON."""
+    import torch
+
+    from app.config import Settings
+    from app.metrics import Metrics
+    from app.service import Service
+    settings = Settings(weights=weights, device="cpu")
+    svc = Service(settings, Metrics(settings.max_batch_size))
+    svc.load()
+    svc.start()
+    svc.warm_up()
+    out = []
+    try:
+        for detect, concurrency in cells:
+            images = payloads[detect]
+            items = [(images[a], images[b]) for a, b in payloads["pairs"]]
+
+            async def send(item, detect=detect):
+                t0 = time.perf_counter()
+                prepared = await svc.faces.prepare({"image1": item[0], "image2": item[1]},
+                                                   detect)
+                crops = torch.from_numpy(np.stack([f.crop for f in prepared.faces]))
+                r = await svc.batcher.submit(crops)
+                e = r.output.double()
+                float((e[0] - e[1]).pow(2).sum().sqrt())
+                return 200, None, {"read": 0.0, "decode": 1000 * prepared.decode_s,
+                                   "detect": 1000 * prepared.detect_s,
+                                   "queue": 1000 * r.queue_s, "encode": 1000 * r.inference_s,
+                                   "total": 1000 * (time.perf_counter() - t0),
+                                   "batch_size": r.batch_size}
+
+            async def guarded(item, send=send):
+                try:
+                    return await send(item)
+                except Exception as exc:  # noqa: BLE001 — no face etc.: count, carry on
+                    return 422, type(exc).__name__, None
+            res = await closed_loop(guarded, items, concurrency, duration, warmup,
+                                    max_requests)
+            res.update({"route": "in-process verify", "detect": detect,
+                        "concurrency": concurrency, "pairs_per_s": res.get("ok_per_s", 0),
+                        "images_per_s": 2 * res.get("ok_per_s", 0)})
+            out.append(res)
+            print(f"  in-process detect={detect!s:5} c={concurrency:<3} "
+                  f"{res.get('ok_per_s', 0):7.1f} pairs/s  p50 "
+                  f"{res['latency_ms']['p50']:.1f} ms", flush=True)
+    finally:
+        await svc.stop()
+    return out
+
+
+# ---------------------------------------------------------------------- encoder efficiency
+def encoder_efficiency(weights: Path, batch: int, repeats: int = 10) -> dict:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from model.checkpoint import load_encoder
+    enc, _ = load_encoder(weights, device="cpu")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        enc(torch.randn(1, 3, 112, 112))
+    flops = counter.get_total_flops()
+
+    def best(fn, n):
+        fn()
+        ts = []
+        for _ in range(n):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return statistics.median(ts)
+
+    rows = {}
+    with torch.inference_mode():
+        for b in sorted({1, 2, batch}):
+            x = torch.randn(b, 3, 112, 112)
+            rows[b] = b / best(lambda x=x: enc(x), repeats)
+        n = 2048
+        a, m = torch.randn(n, n), torch.randn(n, n)
+        t = best(lambda: torch.matmul(a, m), repeats)
+    matmul = 2 * n**3 / t
+    return {"flops_per_image": flops, "torch_threads": torch.get_num_threads(),
+            "encoder_img_s_by_batch": {str(k): v for k, v in rows.items()},
+            "matmul_n": n, "matmul_flop_s": matmul,
+            "efficiency_by_batch": {str(k): flops * v / matmul for k, v in rows.items()}}
+
+
+# ---------------------------------------------------------------------------------- machine
+def machine() -> dict:
+    import torch
+    cpu = next((ln.split(":", 1)[1].strip() for ln in
+                Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")),
+               platform.processor())
+    mem = next((int(ln.split()[1]) / 1024**2 for ln in
+                Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")), 0)
+    return {"cpu": cpu, "cores": os.cpu_count(), "mem_gib": round(mem, 1),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "cuda_available": torch.cuda.is_available(), "loadavg_at_start": os.getloadavg(),
+            "utc_start": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+# ------------------------------------------------------------------------------------ main
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", type=Path, default=Path(os.environ.get(
+        "FACEVERIFY_WEIGHTS", "weights/faceverify-mfn.safetensors")))
+    p.add_argument("--lfw-dir", type=Path, default=DEFAULT_LFW)
+    p.add_argument("--pairs", type=int, default=400, help="distinct View 2 pairs to cycle")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    p.add_argument("--batching", nargs="+", choices=list(BATCHING), default=["off", "default"])
+    p.add_argument("--detect", nargs="+", choices=["true", "false"], default=["true", "false"])
+    p.add_argument("--duration", type=float, default=15, help="measured seconds per /verify cell")
+    p.add_argument("--embed-duration", type=float, default=8, help="per /embed cell; 0 = skip")
+    p.add_argument("--warmup", type=float, default=2, help="unmeasured seconds per cell")
+    p.add_argument("--max-requests", type=int, default=5000, help="per cell")
+    p.add_argument("--inprocess-concurrency", type=int, nargs="*", default=[1, 16])
+    p.add_argument("--out", type=Path, default=Path("bench/results/load.json"))
+    p.add_argument("--plots", type=Path, default=Path("docs"),
+                   help="folder for bench_throughput.png and bench_latency.png; '' = none")
+    p.add_argument("--log-dir", type=Path, default=Path("runs/logs"))
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    weights = args.weights.resolve()
+    detects = [d == "true" for d in args.detect]
+    result = {"command": "python -m bench.load " + " ".join(sys.argv[1:] if argv is None
+                                                              else argv),
+              "machine": machine(), "weights": str(args.weights),
+              "settings": {"pairs": args.pairs, "duration_s": args.duration,
+                           "embed_duration_s": args.embed_duration, "warmup_s": args.warmup,
+                           "max_requests": args.max_requests,
+                           "batching": {k: BATCHING[k] for k in args.batching}},
+              "latency_hist_bins_ms": LAT_BINS.tolist(), "servers": {}, "cells": []}
+    card = json.loads(weights.with_suffix(".json").read_text())
+    result["model"] = {"name": card.get("name"), "sha256": card.get("weights_sha256"),
+                       "threshold": (card.get("threshold") or {}).get("value")}
+    payloads = load_payloads(args.lfw_dir, args.pairs)
+    print(f"{len(payloads['pairs'])} pairs, {len(payloads['paths'])} photos; "
+          f"weights {args.weights}", flush=True)
+
+    for batching in args.batching:
+        server = Server(weights, BATCHING[batching],
+                        args.log_dir / f"bench-load-server-{batching}.log")
+        try:
+            ready_s = server.wait_ready()
+            time.sleep(2)
+            idle = server.rss()
+            server.start_sampling()
+            for route, dur in (("/verify", args.duration), ("/embed", args.embed_duration)):
+                if dur <= 0:
+                    continue
+                for detect in detects:
+                    for c in args.concurrency:
+                        res = asyncio.run(http_cell(server.url, route, payloads, detect, c, dur,
+                                                    args.warmup, args.max_requests))
+                        res["batching"] = batching
+                        result["cells"].append(res)
+                        lat = res.get("latency_ms", {})
+                        print(f"  {batching:7} {route:7} detect={detect!s:5} c={c:<3} "
+                              f"{res.get('ok_per_s', 0):7.1f} req/s  p50 {lat.get('p50') or 0:7.1f}"
+                              f"  p99 {lat.get('p99') or 0:7.1f} ms  errors {res.get('errors')}",
+                              flush=True)
+            server.stop_sampling()
+            time.sleep(5)
+            after = server.rss()
+            peak = max((r for _, r in server.samples), default=None)
+            result["servers"][batching] = {
+                "settings": BATCHING[batching], "ready_after_s": ready_s,
+                "rss_mib": {"idle": idle, "peak": peak, "after": after},
+                "rss_samples": [(round(t - server.samples[0][0], 2), round(r, 1))
+                                for t, r in server.samples[::5]] if server.samples else []}
+        finally:
+            result["servers"].setdefault(batching, {})["exit_code"] = server.stop()
+
+    if args.inprocess_concurrency:
+        print("in-process (no HTTP), default batching:", flush=True)
+        cells = [(d, c) for d in detects for c in args.inprocess_concurrency]
+        result["inprocess"] = asyncio.run(inprocess_cells(
+            weights, payloads, cells, args.duration, args.warmup, args.max_requests))
+    from app.config import Settings
+    result["encoder"] = encoder_efficiency(weights, Settings.model_fields["max_batch_size"]
+                                           .default)
+    result["summary"] = summarize(result)
+    result["wall_s"] = time.perf_counter() - t_start
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result["summary"], indent=1))
+    if str(args.plots):
+        plot(result, args.plots)
+    return 0
+
+
+def _cell(result: dict, route: str, batching: str, detect: bool, c: int) -> dict | None:
+    return next((x for x in result["cells"] if x["route"] == route and x["batching"] == batching
+                 and x["detect"] == detect and x["concurrency"] == c), None)
+
+
+def summarize(result: dict) -> dict:
+    s: dict = {"batching_gain": [], "serving_overhead": []}
+    for route in ("/verify", "/embed"):
+        for detect in (True, False):
+            for c in sorted({x["concurrency"] for x in result["cells"]}):
+                on, off = (_cell(result, route, b, detect, c) for b in ("default", "off"))
+                if on and off and off.get("ok_per_s"):
+                    s["batching_gain"].append({
+                        "route": route, "detect": detect, "concurrency": c,
+                        "off_per_s": off["ok_per_s"], "default_per_s": on["ok_per_s"],
+                        "gain": on["ok_per_s"] / off["ok_per_s"],
+                        "p50_off_ms": off["latency_ms"]["p50"],
+                        "p50_default_ms": on["latency_ms"]["p50"]})
+    for ip in result.get("inprocess", []):
+        srv = _cell(result, "/verify", "default", ip["detect"], ip["concurrency"])
+        if srv and ip.get("ok_per_s") and srv.get("ok_per_s"):
+            s["serving_overhead"].append({
+                "detect": ip["detect"], "concurrency": ip["concurrency"],
+                "inprocess_pairs_s": ip["ok_per_s"], "server_pairs_s": srv["ok_per_s"],
+                "throughput_ratio_server_over_inprocess": srv["ok_per_s"] / ip["ok_per_s"],
+                "inprocess_p50_ms": ip["latency_ms"]["p50"],
+                "server_p50_ms": srv["latency_ms"]["p50"],
+                "latency_ratio_server_over_inprocess":
+                    srv["latency_ms"]["p50"] / ip["latency_ms"]["p50"]})
+    best = {}
+    for detect in (True, False):
+        cells = [x for x in result["cells"] if x["route"] == "/verify" and x["detect"] == detect
+                 and x.get("ok_per_s")]
+        if cells:
+            b = max(cells, key=lambda x: x["ok_per_s"])
+            best[str(detect).lower()] = {k: b[k] for k in ("batching", "concurrency",
+                                                           "pairs_per_s", "images_per_s")}
+    s["best_verify"] = best
+    enc = result.get("encoder")
+    if enc:
+        srv = [x for x in result["cells"] if x["batching"] == "default" and not x["detect"]
+               and x["route"] == "/verify" and x.get("encoder_img_s_in_server")]
+        if srv:
+            top = max(srv, key=lambda x: x["concurrency"])
+            s["encoder_in_server"] = {
+                "concurrency": top["concurrency"], "batch_size_mean": top["batch_size_mean"],
+                "img_s": top["encoder_img_s_in_server"],
+                "efficiency": enc["flops_per_image"] * top["encoder_img_s_in_server"]
+                / enc["matmul_flop_s"]}
+    s["memory_mib"] = {k: v.get("rss_mib") for k, v in result["servers"].items()}
+    return s
+
+
+def plot(result: dict, folder: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    folder.mkdir(parents=True, exist_ok=True)
+    conc = sorted({x["concurrency"] for x in result["cells"]})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    for ax, route, unit in ((axes[0], "/verify", "pairs/s"), (axes[1], "/embed", "images/s")):
+        for batching, ls in (("default", "-"), ("off", "--")):
+            for detect, color in ((True, "tab:blue"), (False, "tab:orange")):
+                ys = [(_cell(result, route, batching, detect, c) or {}).get("ok_per_s")
+                      for c in conc]
+                if any(y for y in ys):
+                    ax.plot(conc, [y or np.nan for y in ys], ls, marker="o", color=color,
+                            label=f"batching {batching}, detect={str(detect).lower()}")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(conc, [str(c) for c in conc])
+        ax.set_yscale("log")
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(unit)
+        ax.set_title(f"{route} throughput (CPU)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(folder / "bench_throughput.png")
+    plt.close(fig)
+
+    bins = np.asarray(result["latency_hist_bins_ms"])
+    centres = np.sqrt(bins[:-1] * bins[1:])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110, sharey=True)
+    for ax, detect in zip(axes, (True, False)):
+        for c, color in zip(conc, plt.cm.viridis(np.linspace(0, 0.9, len(conc)))):
+            for batching, ls in (("default", "-"), ("off", "--")):
+                x = _cell(result, "/verify", batching, detect, c)
+                if not x or not x.get("latency_hist"):
+                    continue
+                h = np.asarray(x["latency_hist"], float)
+                cdf = np.cumsum(h) / max(h.sum(), 1)
+                ax.plot(centres, cdf, ls, color=color, label=f"c={c}, batching {batching}")
+        ax.set_xscale("log")
+        used = [i for x in result["cells"] if x["route"] == "/verify"
+                for i, n in enumerate(x.get("latency_hist", [])) if n]
+        if used:
+            ax.set_xlim(bins[max(min(used) - 2, 0)], bins[min(max(used) + 3, len(bins) - 1)])
+        ax.set_xlabel("/verify latency (ms)")
+        ax.set_title(f"detect={str(detect).lower()}")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("share of requests answered within")
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(folder / "bench_latency.png")
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
