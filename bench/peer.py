@@ -31,7 +31,6 @@ import argparse
 import hashlib
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -234,7 +233,7 @@ def faceverify_accuracy(args, pairs) -> tuple[dict, np.ndarray | None]:
     if not rep_path.exists():
         return {"missing": f"{rep_path} not found (run `make evaluate`)"}, None
     report = json.loads(rep_path.read_text())
-    groups = {"-".join(str(f) for f in (g["folds"][0], g["folds"][-1])): Path(g["weights"])
+    groups = {",".join(str(f) for f in g["folds"]): Path(g["weights"])
               for g in report["encoders"]}
     d = None
     if all(w.exists() for w in groups.values()):

@@ -23,7 +23,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 CENTRE_BOX_250 = (70, 180, 180, 70)  # (top, right, bottom, left)
 
@@ -54,7 +54,8 @@ def main() -> int:
         os.sched_setaffinity(0, {args.core})
     import face_recognition as fr
 
-    rels = [ln for ln in open(args.images).read().splitlines() if ln]
+    with open(args.images) as fh:
+        rels = [ln for ln in fh.read().splitlines() if ln]
     paths = [os.path.join(args.root, r) for r in rels]
 
     def detect(img):
