@@ -97,6 +97,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def gpu_mib(pid: int) -> float | None:
+    """GPU memory used by this process (nvidia-smi), when there is a GPU."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True, check=False,
+                             timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    used = [float(m) for p, m in (ln.split(",") for ln in out.splitlines() if "," in ln)
+            if int(p) == pid]
+    return sum(used) if used else None
+
+
 def rss_mib(pid: int) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -110,11 +123,11 @@ def rss_mib(pid: int) -> float | None:
 class Server:
     """`uvicorn app.main:app` on a free 127.0.0.1 port, with an RSS sampler."""
 
-    def __init__(self, weights: Path, settings: dict, log_path: Path):
+    def __init__(self, weights: Path, settings: dict, log_path: Path, device: str = "cpu"):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("FACEVERIFY_")}
-        env.update({"FACEVERIFY_WEIGHTS": str(weights), "FACEVERIFY_DEVICE": "cpu",
+        env.update({"FACEVERIFY_WEIGHTS": str(weights), "FACEVERIFY_DEVICE": device,
                     "FACEVERIFY_LOG_LEVEL": "warning"})
         env.update({f"FACEVERIFY_{k.upper()}": str(v) for k, v in settings.items()})
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,6 +138,8 @@ class Server:
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         _SERVERS.append(self.proc)
         self.samples: list[tuple[float, float]] = []
+        self.gpu = device.startswith("cuda")
+        self.gpu_samples: list[float] = []
         self._sampling = threading.Event()
 
     def wait_ready(self, timeout: float = 180) -> float:
@@ -151,6 +166,10 @@ class Server:
                 r = self.rss()
                 if r is not None:
                     self.samples.append((time.monotonic(), r))
+                if self.gpu and len(self.samples) % 5 == 0:
+                    g = gpu_mib(self.proc.pid)
+                    if g is not None:
+                        self.gpu_samples.append(g)
                 time.sleep(every)
         threading.Thread(target=loop, daemon=True).start()
 
@@ -280,7 +299,8 @@ async def http_cell(url: str, route: str, payloads: dict, detect: bool, concurre
 
 # ---------------------------------------------------------------------------- in-process
 async def inprocess_cells(weights: Path, payloads: dict, cells: list[tuple[bool, int]],
-                          duration: float, warmup: float, max_requests: int) -> list[dict]:
+                          duration: float, warmup: float, max_requests: int,
+                          device: str = "cpu") -> list[dict]:
     """The service's own pipeline objects (face stage + dynamic batcher, default settings)
     driven directly: the same work as /verify minus HTTP, parsing and JSON."""
     import torch
@@ -288,7 +308,7 @@ async def inprocess_cells(weights: Path, payloads: dict, cells: list[tuple[bool,
     from app.config import Settings
     from app.metrics import Metrics
     from app.service import Service
-    settings = Settings(weights=weights, device="cpu")
+    settings = Settings(weights=weights, device=device)
     svc = Service(settings, Metrics(settings.max_batch_size))
     svc.load()
     svc.start()
@@ -373,9 +393,16 @@ def machine() -> dict:
     cpu = next((ln.split(":", 1)[1].strip() for ln in
                 Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")),
                platform.processor())
+    info = {}
+    for ln in Path("/proc/cpuinfo").read_text().splitlines():
+        k, _, v = ln.partition(":")
+        info.setdefault(k.strip(), v.strip())
+    simd = sorted(set(info.get("flags", "").split()) & {"avx2", "avx512f", "avx512_bf16",
+                                                        "avx512_vnni", "amx_tile"})
     mem = next((int(ln.split()[1]) / 1024**2 for ln in
                 Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")), 0)
-    return {"cpu": cpu, "cores": os.cpu_count(), "mem_gib": round(mem, 1),
+    return {"cpu": cpu, "cpu_family_model": f"{info.get('cpu family')}/{info.get('model')}",
+            "simd": simd, "cores": os.cpu_count(), "mem_gib": round(mem, 1),
             "python": platform.python_version(), "torch": torch.__version__,
             "cuda_available": torch.cuda.is_available(), "loadavg_at_start": os.getloadavg(),
             "utc_start": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -397,6 +424,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=2, help="unmeasured seconds per cell")
     p.add_argument("--max-requests", type=int, default=5000, help="per cell")
     p.add_argument("--inprocess-concurrency", type=int, nargs="*", default=[1, 16])
+    p.add_argument("--device", default="cpu", help="FACEVERIFY_DEVICE of the server")
     p.add_argument("--out", type=Path, default=Path("bench/results/load.json"))
     p.add_argument("--plots", type=Path, default=Path("docs"),
                    help="folder for bench_throughput.png and bench_latency.png; '' = none")
@@ -409,7 +437,7 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     weights = args.weights.resolve()
     detects = [d == "true" for d in args.detect]
-    result = {"command": "python -m bench.load " + " ".join(sys.argv[1:] if argv is None
+    result = {"device": args.device, "command": "python -m bench.load " + " ".join(sys.argv[1:] if argv is None
                                                               else argv),
               "machine": machine(), "weights": str(args.weights),
               "settings": {"pairs": args.pairs, "duration_s": args.duration,
@@ -426,11 +454,12 @@ def main(argv=None) -> int:
 
     for batching in args.batching:
         server = Server(weights, BATCHING[batching],
-                        args.log_dir / f"bench-load-server-{batching}.log")
+                        args.log_dir / f"bench-load-server-{batching}.log", args.device)
         try:
             ready_s = server.wait_ready()
             time.sleep(2)
             idle = server.rss()
+            gpu_idle = gpu_mib(server.proc.pid) if server.gpu else None
             server.start_sampling()
             for route, dur in (("/verify", args.duration), ("/embed", args.embed_duration)):
                 if dur <= 0:
@@ -453,6 +482,8 @@ def main(argv=None) -> int:
             result["servers"][batching] = {
                 "settings": BATCHING[batching], "ready_after_s": ready_s,
                 "rss_mib": {"idle": idle, "peak": peak, "after": after},
+                **({"gpu_mib": {"idle": gpu_idle, "peak": max(server.gpu_samples, default=None),
+                                "after": gpu_mib(server.proc.pid)}} if server.gpu else {}),
                 "rss_samples": [(round(t - server.samples[0][0], 2), round(r, 1))
                                 for t, r in server.samples[::5]] if server.samples else []}
         finally:
@@ -462,7 +493,8 @@ def main(argv=None) -> int:
         print("in-process (no HTTP), default batching:", flush=True)
         cells = [(d, c) for d in detects for c in args.inprocess_concurrency]
         result["inprocess"] = asyncio.run(inprocess_cells(
-            weights, payloads, cells, args.duration, args.warmup, args.max_requests))
+            weights, payloads, cells, args.duration, args.warmup, args.max_requests,
+            args.device))
     from app.config import Settings
     result["encoder"] = encoder_efficiency(weights, Settings.model_fields["max_batch_size"]
                                            .default)

@@ -33,7 +33,9 @@ def load_tables(r: dict) -> str:
     parts = []
     m = r["machine"]
     parts.append("### Machine and run\n\n" + table(["", ""], [
-        ["CPU", f"{m['cpu']}, {m['cores']} cores"], ["memory", f"{m['mem_gib']} GiB"],
+        ["CPU", (f"{m['cpu']} (family/model {m.get('cpu_family_model')}, "
+                f"{', '.join(m.get('simd', []))}), {m['cores']} cores")],
+        ["memory", f"{m['mem_gib']} GiB"],
         ["Python / torch", (f"{m['python']} / {m['torch']} (CPU; CUDA available: "
                            f"{m['cuda_available']})")],
         ["load average at start (1/5/15 min)", " / ".join(f"{x:.2f}" for x in
