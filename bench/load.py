@@ -426,7 +426,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--inprocess-concurrency", type=int, nargs="*", default=[1, 16])
     p.add_argument("--device", default="cpu", help="FACEVERIFY_DEVICE of the server")
     p.add_argument("--out", type=Path, default=Path("bench/results/load.json"))
-    p.add_argument("--plots", type=Path, default=Path("docs"),
+    p.add_argument("--plots", default="docs",
                    help="folder for bench_throughput.png and bench_latency.png; '' = none")
     p.add_argument("--log-dir", type=Path, default=Path("runs/logs"))
     return p.parse_args(argv)
@@ -503,8 +503,8 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["summary"], indent=1))
-    if str(args.plots):
-        plot(result, args.plots)
+    if args.plots:
+        plot(result, Path(args.plots))
     return 0
 
 
