@@ -67,7 +67,8 @@ atexit.register(_stop_all)
 
 
 # ----------------------------------------------------------------------------- payloads
-def load_payloads(lfw_dir: Path, n_pairs: int, seed: int = 0) -> dict:
+def load_payloads(lfw_dir: Path, n_pairs: int, seed: int = 0, cache_dir: Path | None = None
+                  ) -> dict:
     """n_pairs View 2 pairs (spread over the folds): JPEG bytes as they are, and their
     aligned crops (the evaluator's cache: same pipeline, centred fallback) as JPEG q95."""
     from PIL import Image
@@ -79,7 +80,8 @@ def load_payloads(lfw_dir: Path, n_pairs: int, seed: int = 0) -> dict:
     chosen = [pairs[i] for i in order]
     paths = sorted({x for p in chosen for x in (p.left, p.right)})
     photos = {x: (lfw_dir / "lfw-deepfunneled" / x).read_bytes() for x in paths}
-    lfw = load_aligned_folder(lfw_dir / "lfw-deepfunneled", "lfw", progress=False)
+    kw = {"cache_dir": cache_dir} if cache_dir else {}
+    lfw = load_aligned_folder(lfw_dir / "lfw-deepfunneled", "lfw", progress=False, **kw)
     index = lfw.index()
     crops = {}
     for x in paths:
@@ -429,6 +431,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--plots", default="docs",
                    help="folder for bench_throughput.png and bench_latency.png; '' = none")
     p.add_argument("--log-dir", type=Path, default=Path("runs/logs"))
+    p.add_argument("--cache-dir", type=Path, help="aligned-crop cache (default: model.data's)")
     return p.parse_args(argv)
 
 
@@ -448,7 +451,7 @@ def main(argv=None) -> int:
     card = json.loads(weights.with_suffix(".json").read_text())
     result["model"] = {"name": card.get("name"), "sha256": card.get("weights_sha256"),
                        "threshold": (card.get("threshold") or {}).get("value")}
-    payloads = load_payloads(args.lfw_dir, args.pairs)
+    payloads = load_payloads(args.lfw_dir, args.pairs, cache_dir=args.cache_dir)
     print(f"{len(payloads['pairs'])} pairs, {len(payloads['paths'])} photos; "
           f"weights {args.weights}", flush=True)
 
