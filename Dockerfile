@@ -1,0 +1,99 @@
+# faceverify service image (docs/deploy.md).
+#
+#   docker build -t faceverify:cpu .                                   # CPU torch (default)
+#   docker build -t faceverify:gpu --build-arg TORCH_INDEX_URL= .      # CUDA torch (default index)
+#   docker build -t faceverify:gpu --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .
+#
+# TORCH_INDEX_URL picks where torch/torchvision come from: the PyTorch CPU wheel index by
+# default (a small image), empty for the default package index (CUDA wheels, which bundle the
+# CUDA runtime; they run on the CPU too), or any other wheel index (e.g. a CUDA-specific one).
+# The GPU image needs the NVIDIA container toolkit on the host and a device reservation:
+# docker-compose.gpu.yml.
+#
+# The default weights, weights/faceverify-mfn.safetensors + .json, are baked into the image.
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# ---------------------------------------------------------------------------------- builder
+FROM ${PYTHON_IMAGE} AS builder
+
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TORCH_VERSION=2.14.1
+ARG TORCHVISION_VERSION=0.29.1
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_DEFAULT_TIMEOUT=120 \
+    PYTHONDONTWRITEBYTECODE=1
+
+SHELL ["/bin/bash", "-euo", "pipefail", "-c"]
+RUN python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+
+# 1. torch + torchvision first, from TORCH_INDEX_URL (or the default index when it is empty).
+#    Their exact installed versions (e.g. 2.14.1+cpu) then constrain every later install, so
+#    that pip never swaps them for another build.
+RUN if [ -n "${TORCH_INDEX_URL}" ]; then export PIP_INDEX_URL="${TORCH_INDEX_URL}"; fi; \
+    pip install --retries=5 "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"; \
+    pip freeze | grep -iE '^(torch|torchvision)==' > /opt/torch-constraints.txt; \
+    cat /opt/torch-constraints.txt
+
+# 2. The project's other dependencies (facenet-pytorch==2.5.3 ships the MTCNN weights), read
+#    from pyproject.toml so that this layer is rebuilt only when they change.
+COPY pyproject.toml README.md ./
+RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > /opt/requirements.txt; \
+    pip install --retries=5 -c /opt/torch-constraints.txt -r /opt/requirements.txt
+
+# 3. The service itself (app/ + model/) and the weights.
+COPY app ./app
+COPY model ./model
+RUN pip install --retries=5 --no-deps -c /opt/torch-constraints.txt . && \
+    pip check && \
+    find /opt/venv -name '__pycache__' -prune -exec rm -rf {} + && \
+    python3 -c 'import facenet_pytorch, os; d = os.path.join(os.path.dirname(facenet_pytorch.__file__), "data"); assert all(os.path.isfile(os.path.join(d, f + ".pt")) for f in ("pnet", "rnet", "onet")), d'
+
+COPY weights /opt/weights
+RUN for f in faceverify-mfn.safetensors faceverify-mfn.json; do \
+      test -s "/opt/weights/$f" || { echo "weights/$f is missing: build from a tree with the default weights (see docs/deploy.md)" >&2; exit 1; }; \
+    done; \
+    chmod -R a+rX,go-w /opt/weights
+
+# ---------------------------------------------------------------------------------- runtime
+FROM ${PYTHON_IMAGE} AS runtime
+
+LABEL org.opencontainers.image.title="faceverify" \
+      org.opencontainers.image.description="Face verification service (Siamese encoder, MTCNN alignment)" \
+      org.opencontainers.image.licenses="MIT"
+
+# uid/gid 10001: no clash with a host user; the app files stay owned by root (read-only to it).
+RUN groupadd --gid 10001 faceverify && \
+    useradd --uid 10001 --gid 10001 --no-log-init --home-dir /home/faceverify --create-home \
+            --shell /usr/sbin/nologin faceverify
+
+COPY --from=builder /opt/venv /opt/venv
+COPY --from=builder /opt/weights /app/weights
+COPY deploy/docker-entrypoint.sh /usr/local/bin/faceverify-entrypoint
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/home/faceverify \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    HOST=0.0.0.0 \
+    PORT=8000 \
+    WEB_CONCURRENCY=1 \
+    OMP_NUM_THREADS=2 \
+    FACEVERIFY_TORCH_THREADS=2 \
+    FACEVERIFY_DETECT_WORKERS=2 \
+    FACEVERIFY_WEIGHTS=/app/weights/faceverify-mfn.safetensors
+
+WORKDIR /app
+USER 10001:10001
+EXPOSE 8000
+
+# Ready = weights loaded and warmed up (503 before). The warm-up takes seconds on a CPU.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/ready' % os.environ.get('PORT', '8000'), timeout=4)"]
+
+ENTRYPOINT ["/usr/local/bin/faceverify-entrypoint"]
