@@ -41,23 +41,27 @@ RUN if [ -n "${TORCH_INDEX_URL}" ]; then export PIP_INDEX_URL="${TORCH_INDEX_URL
 
 # 2. The project's other dependencies (facenet-pytorch==2.5.3 ships the MTCNN weights), read
 #    from pyproject.toml so that this layer is rebuilt only when they change.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > /opt/requirements.txt; \
     pip install --retries=5 -c /opt/torch-constraints.txt -r /opt/requirements.txt
 
-# 3. The service itself (app/ + model/) and the weights.
-COPY app ./app
-COPY model ./model
-RUN pip install --retries=5 --no-deps -c /opt/torch-constraints.txt . && \
-    pip check && \
+# 3. Every dependency there and consistent; MTCNN's weights inside facenet-pytorch. The service's
+#    own code is not installed into the venv: the runtime stage copies app/ and model/ next to
+#    it, so that a code change rebuilds a few small layers, not the venv's.
+RUN pip check && \
     find /opt/venv -name '__pycache__' -prune -exec rm -rf {} + && \
     python3 -c 'import facenet_pytorch, os; d = os.path.join(os.path.dirname(facenet_pytorch.__file__), "data"); assert all(os.path.isfile(os.path.join(d, f + ".pt")) for f in ("pnet", "rnet", "onet")), d'
 
-COPY weights /opt/weights
+# 4. The service's code and the weights, readable by the runtime user whatever the build
+#    context's file modes were.
+COPY app /opt/app/app
+COPY model /opt/app/model
+COPY weights /opt/app/weights
 RUN for f in faceverify-mfn.safetensors faceverify-mfn.json; do \
-      test -s "/opt/weights/$f" || { echo "weights/$f is missing: build from a tree with the default weights (see docs/deploy.md)" >&2; exit 1; }; \
+      test -s "/opt/app/weights/$f" || { echo "weights/$f is missing: build from a tree with the default weights (see docs/deploy.md)" >&2; exit 1; }; \
     done; \
-    chmod -R a+rX,go-w /opt/weights
+    find /opt/app -name '__pycache__' -prune -exec rm -rf {} +; \
+    chmod -R a+rX,go-w /opt/app
 
 # ---------------------------------------------------------------------------------- runtime
 FROM ${PYTHON_IMAGE} AS runtime
@@ -72,12 +76,13 @@ RUN groupadd --gid 10001 faceverify && \
             --shell /usr/sbin/nologin faceverify
 
 COPY --from=builder /opt/venv /opt/venv
-COPY --from=builder /opt/weights /app/weights
 COPY deploy/docker-entrypoint.sh /usr/local/bin/faceverify-entrypoint
+COPY --from=builder /opt/app /app
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONPATH=/app \
     HOME=/home/faceverify \
     MPLCONFIGDIR=/tmp/matplotlib \
     HOST=0.0.0.0 \

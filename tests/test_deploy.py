@@ -132,6 +132,6 @@ def test_dockerfile_essentials():
     assert "ARG TORCH_INDEX_URL=" in text
     assert re.search(r"^USER 10001", text, re.MULTILINE)
     assert "HEALTHCHECK" in text and "/health/ready" in text
-    assert "COPY --from=builder /opt/weights /app/weights" in text
+    assert "COPY weights /opt/app/weights" in text and "COPY --from=builder /opt/app /app" in text
     entry = (ROOT / "deploy/docker-entrypoint.sh").read_text()
     assert "uvicorn app.main:app" in entry and "WEB_CONCURRENCY" in entry
