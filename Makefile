@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test serve weights evaluate clean browser demo-screenshot
+.PHONY: install test serve weights evaluate clean docker-lint docker-smoke browser demo-screenshot
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -66,6 +66,16 @@ evaluate: $(STAMP)
 k8s-check: $(STAMP)
 	$(PY) deploy/k8s/install_kubectl.py
 	FACEVERIFY_K8S_CHECK=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_k8s.py
+
+# Deployment (docs/deploy.md). docker-lint: hadolint, `docker compose config`, promtool (no
+# engine). docker-smoke (root): starts its own Docker engine, builds the image and the stand-in
+# base images, brings the compose stack up, POSTs /verify with real LFW photos, runs 2 replicas
+# behind nginx, then stops and removes everything it started.
+docker-lint:
+	bash deploy/ci/docker-lint.sh
+
+docker-smoke: $(STAMP)
+	bash deploy/ci/docker-smoke.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
