@@ -184,8 +184,9 @@ EOF
 [[ -d $LFW_DIR/lfw-deepfunneled ]] || die "LFW not found at $LFW_DIR (set FACEVERIFY_LFW_DIR)"
 [[ $STATE == /*/* ]] || die "FV_SMOKE_STATE must be an absolute path below / (got '$STATE')"
 if [[ ${FV_SMOKE_CLEAN:-0} == 1 && -d $STATE ]]; then
-  log "FV_SMOKE_CLEAN=1: removing $STATE (engine data-root, base tarballs, tools)"
+  begin "FV_SMOKE_CLEAN=1: remove $STATE"
   rm -rf "$STATE"
+  end
 fi
 mkdir -p "$STATE" "$DOCKER_CONFIG/cli-plugins"
 
