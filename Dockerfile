@@ -2,7 +2,7 @@
 #
 #   docker build -t faceverify:cpu .                                   # CPU torch (default)
 #   docker build -t faceverify:gpu --build-arg TORCH_INDEX_URL= .      # CUDA torch (default index)
-#   docker build -t faceverify:gpu --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .
+#   docker build -t faceverify:gpu --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130 .
 #
 # TORCH_INDEX_URL picks where torch/torchvision come from: the PyTorch CPU wheel index by
 # default (a small image), empty for the default package index (CUDA wheels, which bundle the
