@@ -105,7 +105,8 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu",
     if meta.get("pipeline_version") != PIPELINE_VERSION:
         raise WeightsError(f"{path} was trained with preprocessing {meta.get('pipeline_version')!r}"
                            f" but this code aligns faces as {PIPELINE_VERSION!r}")
-    encoder = SiameseEncoder(json.loads(meta["arch"]))
+    flip_tta = bool(((card or {}).get("inference") or {}).get("flip_tta", False))
+    encoder = SiameseEncoder(json.loads(meta["arch"]), flip_tta=flip_tta)
     try:
         encoder.load_state_dict(state)
     except RuntimeError as exc:

@@ -17,10 +17,16 @@ DEFAULT_ARCH: dict[str, Any] = {"arch": "mobilefacenet", "embedding_dim": 128}
 
 
 class SiameseEncoder(nn.Module):
-    def __init__(self, arch: dict[str, Any] | None = None):
+    """`flip_tta`: in eval mode, embed the crop and its mirror image and normalise their sum
+    (test-time augmentation). It is an inference setting, not part of the weights: the model
+    card's `inference.flip_tta` sets it when the encoder is loaded, so evaluation and the
+    service embed faces the same way."""
+
+    def __init__(self, arch: dict[str, Any] | None = None, flip_tta: bool = False):
         super().__init__()
         self.arch = dict(arch or DEFAULT_ARCH)
         self.backbone = build_backbone(self.arch)
+        self.flip_tta = flip_tta
 
     @property
     def embedding_dim(self) -> int:
@@ -28,7 +34,10 @@ class SiameseEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, 112, 112) normalised crops → (N, D) unit vectors."""
-        return F.normalize(self.backbone(x), dim=1)
+        emb = self.backbone(x)
+        if self.flip_tta and not self.training:
+            emb = emb + self.backbone(x.flip(3))
+        return F.normalize(emb, dim=1)
 
     def forward_pair(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Both branches through the same weights in one pass; returns the distances."""
@@ -42,13 +51,8 @@ def pair_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def embed_crops(encoder: SiameseEncoder, crops, batch_size: int = 256,
-                flip_augment: bool = False) -> torch.Tensor:
-    """Embed (N, 112, 112, 3) uint8 aligned crops in batches; returns (N, D) on the CPU.
-
-    flip_augment: add the mirrored crop's embedding before normalising (test-time
-    augmentation); off by default, and the service does the same as evaluation.
-    """
+def embed_crops(encoder: SiameseEncoder, crops, batch_size: int = 256) -> torch.Tensor:
+    """Embed (N, 112, 112, 3) uint8 aligned crops in batches; returns (N, D) on the CPU."""
     from model.pipeline import crops_to_tensor
     device = next(encoder.parameters()).device
     was_training = encoder.training
@@ -56,9 +60,6 @@ def embed_crops(encoder: SiameseEncoder, crops, batch_size: int = 256,
     out = []
     for i in range(0, len(crops), batch_size):
         x = crops_to_tensor(crops[i:i + batch_size]).to(device)
-        e = encoder(x)
-        if flip_augment:
-            e = F.normalize(e + encoder(x.flip(3)), dim=1)
-        out.append(e.float().cpu())
+        out.append(encoder(x).float().cpu())
     encoder.train(was_training)
     return torch.cat(out) if out else torch.empty(0, encoder.embedding_dim)

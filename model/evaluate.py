@@ -46,19 +46,24 @@ def disjointness(card: dict | None, pairs_file: str, folds: set[int]) -> bool | 
     return ex_folds == "all" or folds.issubset(set(ex_folds))
 
 
-def score_pairs(pairs: list[Pair], weights: Path, lfw, device: str, flip: bool
-                ) -> tuple[np.ndarray, dict | None, int]:
-    """Distances for pairs under one encoder, and how many of their images had no face."""
+def score_pairs(pairs: list[Pair], weights: Path, lfw, device: str, flip: bool | None
+                ) -> tuple[np.ndarray, dict | None, int, bool]:
+    """Distances for pairs under one encoder, how many of their images had no face, and
+    whether mirror-image test-time augmentation was used.
+
+    flip: mirror-image test-time augmentation; None → what the encoder's model card says."""
     encoder, card = load_encoder(weights, device=device)
+    if flip is not None:
+        encoder.flip_tta = flip
     index = lfw.index()
     paths = sorted({x for p in pairs for x in (p.left, p.right)})
     rows = [index[f"lfw/{x}"] for x in paths]
     no_face = sum(lfw.methods[r] != "detected" for r in rows)
-    emb = embed_crops(encoder, lfw.crops[rows], flip_augment=flip)
+    emb = embed_crops(encoder, lfw.crops[rows])
     pos = {x: i for i, x in enumerate(paths)}
     left = torch.tensor([pos[p.left] for p in pairs])
     right = torch.tensor([pos[p.right] for p in pairs])
-    return pair_distance(emb[left], emb[right]).numpy(), card, no_face
+    return pair_distance(emb[left], emb[right]).numpy(), card, no_face, encoder.flip_tta
 
 
 def evaluate_view2(lfw_dir: Path, groups: dict[str, Path], lfw, device: str, flip: bool
@@ -73,7 +78,7 @@ def evaluate_view2(lfw_dir: Path, groups: dict[str, Path], lfw, device: str, fli
     for spec, weights in groups.items():
         folds = parse_folds(spec) or set(all_folds)
         sel = np.isin(fold_of, sorted(folds))
-        dist_g, card, no_face = score_pairs([p for p, s in zip(pairs, sel) if s], weights, lfw,
+        dist_g, card, no_face, flip_used = score_pairs([p for p, s in zip(pairs, sel) if s], weights, lfw,
                                             device, flip)
         d[sel] = dist_g
         results = kfold_accuracy(dist_g, same[sel], fold_of[sel])
@@ -82,7 +87,7 @@ def evaluate_view2(lfw_dir: Path, groups: dict[str, Path], lfw, device: str, fli
             "folds": sorted(folds), "weights": str(weights),
             "weights_sha256": (card or {}).get("weights_sha256"),
             "identity_disjoint": disjointness(card, str(pairs_file), folds),
-            "images_without_face": int(no_face),
+            "images_without_face": int(no_face), "flip_tta": flip_used,
             "accuracy_mean": float(np.mean([r.accuracy for r in results])),
             **summarize(dist_g, same[sel])})
     if np.isnan(d).any():
@@ -94,6 +99,7 @@ def evaluate_view2(lfw_dir: Path, groups: dict[str, Path], lfw, device: str, fli
         "protocol": "LFW View 2 (pairs.txt, 10 folds; threshold chosen on the other folds "
                     "scored by the same encoder)",
         "identity_disjoint": all(g["identity_disjoint"] for g in group_reports),
+        "flip_tta": all(g["flip_tta"] for g in group_reports),
         "accuracy_mean": float(accs.mean()), "accuracy_std": float(accs.std()),
         "folds": [{"fold": r.fold, "threshold": r.threshold, "accuracy": r.accuracy}
                   for r in fold_results],
@@ -108,8 +114,8 @@ def evaluate_view1(lfw_dir: Path, weights: Path, lfw, device: str, flip: bool
                    ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     dev_train = read_pairs(lfw_dir / "pairsDevTrain.txt")
     dev_test = read_pairs(lfw_dir / "pairsDevTest.txt")
-    d_train, card, _ = score_pairs(dev_train, weights, lfw, device, flip)
-    d_test, _, no_face = score_pairs(dev_test, weights, lfw, device, flip)
+    d_train, card, _, _ = score_pairs(dev_train, weights, lfw, device, flip)
+    d_test, _, no_face, flip_used = score_pairs(dev_test, weights, lfw, device, flip)
     same_train = np.array([p.same for p in dev_train])
     same_test = np.array([p.same for p in dev_test])
     t = best_threshold(d_train, same_train)
@@ -118,7 +124,7 @@ def evaluate_view1(lfw_dir: Path, weights: Path, lfw, device: str, flip: bool
         "identity_disjoint": disjointness(card, "pairsDevTest.txt", {1}),
         "weights": str(weights), "weights_sha256": (card or {}).get("weights_sha256"),
         "threshold": t, "accuracy_mean": accuracy_at(d_test, same_test, t),
-        "accuracy_std": None, "images_without_face": int(no_face),
+        "accuracy_std": None, "images_without_face": int(no_face), "flip_tta": flip_used,
         **summarize(d_test, same_test),
     }
     return report, d_test, same_test
@@ -152,12 +158,15 @@ def update_card(card_file: Path, key: str, report: dict[str, Any]) -> None:
     if card is None:
         raise SystemExit(f"no model card at {card_file}")
     card.setdefault("evaluation", {})[key] = {
-        k: report[k] for k in ("protocol", "identity_disjoint", "accuracy_mean", "accuracy_std",
+        k: report[k] for k in ("protocol", "identity_disjoint", "flip_tta", "accuracy_mean",
+                               "accuracy_std",
                                "auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "pairs")
         if k in report} | {"encoders": [
             {k: g[k] for k in ("folds", "weights", "weights_sha256", "identity_disjoint")}
             for g in report.get("encoders", [])]}
     thr = report.get("threshold_mean", report.get("threshold"))
+    # The threshold holds for embeddings made the way the evaluation made them.
+    card["inference"] = {"flip_tta": bool(report["flip_tta"])}
     card["threshold"] = {
         "value": round(float(thr), 4),
         "method": f"mean of the per-fold accuracy-maximising thresholds of {key} "
@@ -179,7 +188,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="folder with lfw-deepfunneled/ and the pairs files")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--flip", action="store_true", help="add the mirrored crop's embedding")
+    p.add_argument("--flip", choices=["on", "off", "card"], default="card",
+                   help="mirror-image test-time augmentation: on, off, or as each model card "
+                        "says (default); --write-card records the choice in the card")
     p.add_argument("--out", type=Path, help="JSON report path")
     p.add_argument("--roc", type=Path, help="ROC plot PNG path")
     p.add_argument("--label", default="faceverify", help="name in the ROC legend")
@@ -191,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(argv)
     kw = {"cache_dir": args.cache_dir} if args.cache_dir else {}
+    flip = {"on": True, "off": False, "card": None}[args.flip]
     lfw = load_aligned_folder(args.lfw_dir / "lfw-deepfunneled", "lfw", **kw)
     if args.protocol == "view2":
         groups = {k: Path(v) for k, v in (s.split("=", 1) for s in args.weights_for_folds)}
@@ -198,14 +210,13 @@ def main(argv: list[str] | None = None) -> int:
             groups = {"1-10": args.weights}
         if not groups:
             raise SystemExit("give --weights or --weights-for-folds")
-        report, d, same = evaluate_view2(args.lfw_dir, groups, lfw, args.device, args.flip)
+        report, d, same = evaluate_view2(args.lfw_dir, groups, lfw, args.device, flip)
         key = "lfw_view2"
     else:
         if not args.weights:
             raise SystemExit("View 1 needs --weights")
-        report, d, same = evaluate_view1(args.lfw_dir, args.weights, lfw, args.device, args.flip)
+        report, d, same = evaluate_view1(args.lfw_dir, args.weights, lfw, args.device, flip)
         key = "lfw_view1"
-    report["flip_tta"] = args.flip
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

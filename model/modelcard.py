@@ -17,6 +17,8 @@ def render_markdown(card: dict[str, Any]) -> str:
         f"- Embedding: {card.get('embedding_dim')}-d, L2-normalised; distance: {card.get('distance')}",
         f"- Preprocessing: {card.get('preprocessing', {}).get('description', '')} "
         f"(version `{card.get('preprocessing', {}).get('version')}`)",
+        f"- Mirror-image test-time augmentation: "
+        f"{'on' if (card.get('inference') or {}).get('flip_tta') else 'off'}",
         f"- Weights: `{card.get('weights_file')}`, sha256 `{card.get('weights_sha256')}`",
         f"- Code commit: `{card.get('code_commit')}`",
         "",

@@ -94,3 +94,20 @@ def test_missing_weights_file(tmp_path):
 def test_card_json_is_valid(saved):
     _, path = saved
     assert json.loads(path.with_suffix(".json").read_text())["weights_sha256"]
+
+
+def test_flip_tta_makes_embeddings_mirror_invariant_and_comes_from_the_card(saved):
+    _, path = saved
+    card = json.loads(path.with_suffix(".json").read_text())
+    plain, _ = load_encoder(path)
+    assert plain.flip_tta is False
+    card["inference"] = {"flip_tta": True}
+    write_card(path, card)
+    tta, _ = load_encoder(path)
+    assert tta.flip_tta is True
+    x = torch.randn(3, 3, 112, 112)
+    with torch.no_grad():
+        assert torch.allclose(tta(x), tta(x.flip(3)), atol=1e-5)
+        assert not torch.allclose(plain(x), plain(x.flip(3)), atol=1e-3)
+        expected = torch.nn.functional.normalize(plain.backbone(x) + plain.backbone(x.flip(3)))
+        assert torch.allclose(tta(x), expected, atol=1e-5)
