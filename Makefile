@@ -45,18 +45,18 @@ TRAIN   := OMP_NUM_THREADS=1 $(PY) -m model.train --threads 1 --no-progress --ma
 weights: $(STAMP)
 	mkdir -p runs/logs
 	$(TRAIN) --name fold-a --exclude-identities-from $(LFW_DIR)/pairs.txt --exclude-folds 1-5 \
-	    --eval-pairs $(LFW_DIR)/pairs.txt --eval-folds 1-5 --output-dir runs/weights > runs/logs/fold-a.log 2>&1 & \
+	    --eval-pairs $(LFW_DIR)/pairs.txt --eval-folds 1-5 --output-dir weights/eval > runs/logs/fold-a.log 2>&1 & \
 	$(TRAIN) --name fold-b --exclude-identities-from $(LFW_DIR)/pairs.txt --exclude-folds 6-10 \
-	    --eval-pairs $(LFW_DIR)/pairs.txt --eval-folds 6-10 --output-dir runs/weights > runs/logs/fold-b.log 2>&1 & \
+	    --eval-pairs $(LFW_DIR)/pairs.txt --eval-folds 6-10 --output-dir weights/eval > runs/logs/fold-b.log 2>&1 & \
 	$(TRAIN) --name faceverify-mfn > runs/logs/faceverify-mfn.log 2>&1 & \
 	wait
 	$(MAKE) evaluate
 
 evaluate: $(STAMP)
 	$(PY) -m model.evaluate --protocol view2 --lfw-dir $(LFW_DIR) \
-	    --weights-for-folds 1-5=runs/weights/fold-a.safetensors \
-	    --weights-for-folds 6-10=runs/weights/fold-b.safetensors \
-	    --out bench/results/lfw_view2_disjoint.json --roc docs/roc_view2.png \
+	    --weights-for-folds 1-5=weights/eval/fold-a.safetensors \
+	    --weights-for-folds 6-10=weights/eval/fold-b.safetensors \
+	    --flip off --out bench/results/lfw_view2_disjoint.json --roc docs/roc_view2.png \
 	    --write-card weights/faceverify-mfn.json
 
 # Render every deploy/k8s overlay (and overlay + component) with the real kustomize, validate
