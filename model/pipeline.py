@@ -53,7 +53,10 @@ def crops_to_tensor(crops: np.ndarray | torch.Tensor | Sequence[np.ndarray]) -> 
     if isinstance(crops, torch.Tensor):
         t = crops
     else:
-        t = torch.from_numpy(np.ascontiguousarray(np.stack(list(crops)) if not isinstance(crops, np.ndarray) else crops))
+        arr = crops if isinstance(crops, np.ndarray) else np.stack(list(crops))
+        if not (arr.flags.writeable and arr.flags.c_contiguous):
+            arr = np.array(arr)  # e.g. a slice of the read-only memory-mapped crop cache
+        t = torch.from_numpy(arr)
     return (t.permute(0, 3, 1, 2).float() - PIXEL_MEAN) / PIXEL_STD
 
 
