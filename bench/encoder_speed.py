@@ -1,10 +1,13 @@
 """Encoder candidates: parameters, FLOPs and CPU speed at 112x112.
 
-    python -m bench.encoder_speed [--threads 1] [--batch 64] [--out bench/results/encoder_speed.json]
+    python -m bench.encoder_speed [--threads 1] [--batch 64] [--teacher] [--out bench/results/encoder_speed.json]
 
 Inference img/s (batch of `--batch`, median of repeats) and training img/s (forward +
 backward + AdamW step on a P×K-sized batch) for each candidate, in one run so the ratios
-compare like with like.
+compare like with like. `--teacher` also times the distillation teacher, dlib's ResNet
+encoder (`compute_face_descriptor` on a real LFW photo whose 5 landmarks were found
+beforehand, so only the encoder is timed; needs the `distill` extra), in the same process and
+thread setting, and reports each candidate's single-image speed-up over it.
 """
 from __future__ import annotations
 
@@ -23,8 +26,10 @@ CANDIDATES = {
                                "depth": [2, 1, 3, 1, 1], "final_channels": 256},
     "mobilefacenet-1.0": {"arch": "mobilefacenet", "embedding_dim": 128},
     "mnv3s-1.0": {"arch": "mnv3s", "embedding_dim": 128},
+    "iresnet-narrow": {"arch": "iresnet", "embedding_dim": 128},
     "koch (origin)": {"arch": "koch", "embedding_dim": 128},
 }
+TEACHER_PHOTO = Path("../shared/data/lfw/lfw-deepfunneled/Colin_Powell/Colin_Powell_0001.jpg")
 
 
 def flops_per_image(model: torch.nn.Module) -> float:
@@ -65,12 +70,33 @@ def measure(name: str, arch: dict, batch: int, repeats: int) -> dict:
             "single_image_ms": 1000 * t_one, "train_img_s": batch / t_train}
 
 
+def measure_teacher(repeats: int, photo: Path = TEACHER_PHOTO) -> dict:
+    """dlib's face encoder on one face: landmarks found first (untimed), then
+    `compute_face_descriptor` (chip extraction + ResNet) timed alone."""
+    import dlib
+    import numpy as np
+    from PIL import Image
+
+    from model import teacher
+    _, shape_predictor, encoder = teacher._load_dlib()
+    image = np.asarray(Image.open(photo).convert("RGB"))
+    (top, right, bottom, left), _ = teacher._face_box(image)
+    shape = shape_predictor(image, dlib.rectangle(left, top, right, bottom))
+    t_one = timed(lambda: encoder.compute_face_descriptor(image, shape, 1), repeats * 3)
+    import face_recognition_models as frm
+    size_mb = Path(frm.face_recognition_model_location()).stat().st_size / 1e6
+    return {"name": "dlib ResNet (teacher)", "model_file_MB": round(size_mb, 1),
+            "single_image_ms": 1000 * t_one,
+            "note": "dlib_face_recognition_resnet_model_v1 via dlib " + dlib.__version__}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--only", nargs="*", help="candidate names to run")
+    p.add_argument("--teacher", action="store_true", help="also time dlib's encoder")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -80,10 +106,18 @@ def main() -> None:
         print(f"{r['name']:24s} {r['params_M']:7.2f}M {r['mflops']:8.1f} MFLOPs "
               f"infer {r['infer_img_s']:7.1f} img/s  1-img {r['single_image_ms']:6.1f} ms  "
               f"train {r['train_img_s']:6.1f} img/s")
+    teacher_row = None
+    if args.teacher:
+        teacher_row = measure_teacher(args.repeats)
+        print(f"{teacher_row['name']:24s} 1-img {teacher_row['single_image_ms']:6.1f} ms")
+        for r in rows:
+            r["speedup_vs_teacher"] = teacher_row["single_image_ms"] / r["single_image_ms"]
+            print(f"  {r['name']:24s} {r['speedup_vs_teacher']:5.1f}x faster than the teacher")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"threads": args.threads, "batch": args.batch,
-                                        "torch": torch.__version__, "rows": rows}, indent=2))
+                                        "torch": torch.__version__, "rows": rows,
+                                        "teacher": teacher_row}, indent=2))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
   global depthwise conv (GDC) head that keeps the face's spatial layout. Width and depth are
   configurable.
 - `mnv3s`: torchvision's MobileNetV3-Small trunk with the same GDC head.
+- `iresnet`: a narrow IResNet (insightface's `iresnet` blocks: BN-conv-BN-PReLU-conv-BN with a
+  projection shortcut), sized for CPU: a stride-2 stem, three stride-2 stages, the GDC head.
 - `koch`: the origin tutorial's Koch-et-al. convnet (64@10, 128@7, 128@4, 256@4, fc 4096),
   with its fc layer sized to the actual input; kept as a reference point.
 """
@@ -64,7 +66,7 @@ class MobileFaceNet(nn.Module):
                  depth: list[int] | None = None, final_channels: int = 512,
                  dropout: float = 0.0, input_size: int = 112):
         super().__init__()
-        c = lambda n: max(8, int(round(n * width / 8)) * 8)  # noqa: E731
+        c = lambda n: max(8, int(round(n * width / 8)) * 8)
         stem = c(64)
         layers: list[nn.Module] = [_conv_bn(3, stem, 3, 2), _conv_bn(stem, stem, 3, 1, groups=stem)]
         cin = stem
@@ -101,6 +103,44 @@ class MobileNetV3SmallFace(nn.Module):
         return self.head(self.features(x))
 
 
+class IBasicBlock(nn.Module):
+    """IResNet's pre-activation-style basic block (stride on the first conv, for CPU cost)."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(cout), nn.PReLU(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(cout))
+        self.shortcut = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) + self.shortcut(x)
+
+
+class NarrowIResNet(nn.Module):
+    def __init__(self, embedding_dim: int = 128, stem: int = 32,
+                 widths: list[int] | None = None, blocks: list[int] | None = None,
+                 final_channels: int = 256, dropout: float = 0.0, input_size: int = 112):
+        super().__init__()
+        widths = widths or [48, 64, 128]
+        blocks = blocks or [2, 2, 2]
+        layers: list[nn.Module] = [_conv_bn(3, stem, 3, 2)]
+        cin = stem
+        for w, n in zip(widths, blocks):
+            for i in range(n):
+                layers.append(IBasicBlock(cin, w, 2 if i == 0 else 1))
+                cin = w
+        layers.append(_conv_bn(cin, final_channels, 1))
+        self.features = nn.Sequential(*layers)
+        spatial = input_size // 2 // 2 ** len(widths)
+        self.head = GDCHead(final_channels, spatial, embedding_dim, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
 class KochNet(nn.Module):
     """Koch et al. (2015) Siamese convnet, fc sized to the real feature map."""
 
@@ -120,7 +160,8 @@ class KochNet(nn.Module):
         return self.head(self.features(x))
 
 
-ARCHITECTURES = {"mobilefacenet": MobileFaceNet, "mnv3s": MobileNetV3SmallFace, "koch": KochNet}
+ARCHITECTURES = {"mobilefacenet": MobileFaceNet, "mnv3s": MobileNetV3SmallFace,
+                 "iresnet": NarrowIResNet, "koch": KochNet}
 
 
 def build_backbone(config: dict[str, Any]) -> nn.Module:

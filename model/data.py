@@ -10,10 +10,10 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -54,7 +54,7 @@ class AlignedImages:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def subset(self, keep: np.ndarray | Sequence[int]) -> "AlignedImages":
+    def subset(self, keep: np.ndarray | Sequence[int]) -> AlignedImages:
         keep = np.asarray(keep, dtype=np.int64)
         return AlignedImages(self.crops[keep], [self.paths[i] for i in keep],
                              [self.identities[i] for i in keep], [self.methods[i] for i in keep])
@@ -63,7 +63,7 @@ class AlignedImages:
         return {p: i for i, p in enumerate(self.paths)}
 
     @staticmethod
-    def concat(parts: Sequence["AlignedImages"]) -> "AlignedImages":
+    def concat(parts: Sequence[AlignedImages]) -> AlignedImages:
         return AlignedImages(
             np.concatenate([p.crops for p in parts]) if len(parts) > 1 else parts[0].crops,
             [x for p in parts for x in p.paths], [x for p in parts for x in p.identities],
@@ -153,13 +153,18 @@ def load_aligned_folder(root: str | Path, name: str | None = None,
 
 
 class PKSampler:
-    """Batches of P identities × K images each (identities with ≥ 2 images only).
+    """Batches of P identities × K images each (identities with ≥ 2 images only), plus
+    `extra` images drawn uniformly from the whole set (singletons included: distillation
+    has a target for every image, and for a pair loss they are still genuine negatives).
 
     Identities with fewer than K images are sampled with replacement. Each rank of a
     distributed run draws from its own seeded stream, so replicas see different batches.
     """
 
-    def __init__(self, labels: Sequence[int], p: int, k: int, seed: int = 0, rank: int = 0):
+    def __init__(self, labels: Sequence[int], p: int, k: int, seed: int = 0, rank: int = 0,
+                 extra: int = 0):
+        self.extra = extra
+        self.n = len(labels)
         by_label: dict[int, list[int]] = {}
         for i, lab in enumerate(labels):
             by_label.setdefault(int(lab), []).append(i)
@@ -172,6 +177,8 @@ class PKSampler:
 
     def __len__(self) -> int:
         """Batches per epoch: one pass over the images of multi-image identities."""
+        if self.extra:
+            return max(1, self.n // (self.p * self.k + self.extra))
         return max(1, self.images_in_groups // (self.p * self.k))
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -181,15 +188,21 @@ class PKSampler:
             for g in chosen:
                 members = self.groups[g]
                 batch.append(self.rng.choice(members, size=self.k, replace=len(members) < self.k))
+            if self.extra:
+                batch.append(self.rng.choice(self.n, size=min(self.extra, self.n), replace=False))
             yield np.concatenate(batch)
 
 
 def augment(batch: torch.Tensor, generator: torch.Generator, flip: float = 0.5,
-            max_shift: int = 6, scale_jitter: float = 0.08, color: float = 0.25) -> torch.Tensor:
-    """Augment normalised (N, 3, H, W) crops: flip, small scale/shift, colour jitter."""
+            max_shift: int = 6, scale_jitter: float = 0.08, color: float = 0.25,
+            return_flips: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Augment normalised (N, 3, H, W) crops: flip, small scale/shift, colour jitter.
+
+    With `return_flips`, also the (N,) bool mask of mirrored crops (which teacher view is
+    the target of each)."""
     n, _, h, w = batch.shape
     dev = batch.device
-    rand = lambda *s: torch.rand(*s, generator=generator).to(dev)  # noqa: E731
+    rand = lambda *s: torch.rand(*s, generator=generator).to(dev)
     do_flip = rand(n) < flip
     batch = torch.where(do_flip[:, None, None, None], batch.flip(3), batch)
     if max_shift or scale_jitter:
@@ -211,4 +224,5 @@ def augment(batch: torch.Tensor, generator: torch.Generator, flip: float = 0.5,
         batch = (batch - mean) * contrast + mean + bright
         grey_mask = rand(n) < 0.1  # occasional greyscale: LFW has black-and-white photos
         batch = torch.where(grey_mask[:, None, None, None], batch.mean(1, keepdim=True).expand_as(batch), batch)
-    return batch.clamp(-1, 1)
+    batch = batch.clamp(-1, 1)
+    return (batch, do_flip.cpu()) if return_flips else batch

@@ -10,7 +10,10 @@ folds *of the same group* (the ones that encoder is also disjoint from).
 Images where MTCNN finds no face are aligned with the centred-face fallback (LFW photos are
 face-centred) so every pair gets a score; their number is reported.
 Outputs a JSON report and a ROC plot; `--write-card` stores the result and the calibrated
-threshold in a model card.
+threshold in a model card. `--with-teacher` also scores the same pairs, with the same
+protocol, by the distillation teacher (dlib's ResNet: Euclidean distance between its raw
+vectors, face_recognition's metric; vectors from the teacher store, model/teacher.py), so
+student and teacher figures sit side by side.
 """
 from __future__ import annotations
 
@@ -43,15 +46,36 @@ def disjointness(card: dict | None, pairs_file: str, folds: set[int]) -> bool | 
     if not excluded or excluded.get("pairs_file") != Path(pairs_file).name:
         return False
     ex_folds = excluded.get("folds")
-    return ex_folds == "all" or folds.issubset(set(ex_folds))
+    own = ex_folds == "all" or folds.issubset(set(ex_folds))
+    init = card["training"].get("init_from")
+    if own and init:  # a warm start: the weights it started from must be disjoint too
+        return bool(disjointness({"training": init}, pairs_file, folds))
+    return own
 
 
-def score_pairs(pairs: list[Pair], weights: Path, lfw, device: str, flip: bool | None
-                ) -> tuple[np.ndarray, dict | None, int, bool]:
+TEACHER = Path("teacher:dlib")  # stands for the distillation teacher where weights go
+
+
+def score_pairs_by_teacher(pairs: list[Pair], lfw_dir: Path) -> np.ndarray:
+    from model import teacher
+    images = lfw_dir / "lfw-deepfunneled"
+    paths = sorted({x for p in pairs for x in (p.left, p.right)})
+    store, _ = teacher.open_store()
+    vectors = teacher.lookup(store, [images / x for x in paths])[:, 0]
+    pos = {x: i for i, x in enumerate(paths)}
+    left = vectors[[pos[p.left] for p in pairs]]
+    right = vectors[[pos[p.right] for p in pairs]]
+    return np.linalg.norm(left - right, axis=1)
+
+
+def score_pairs(pairs: list[Pair], weights: Path, lfw, device: str, flip: bool | None,
+                lfw_dir: Path = Path(DEFAULT_LFW)) -> tuple[np.ndarray, dict | None, int, bool]:
     """Distances for pairs under one encoder, how many of their images had no face, and
     whether mirror-image test-time augmentation was used.
 
     flip: mirror-image test-time augmentation; None → what the encoder's model card says."""
+    if weights == TEACHER:
+        return score_pairs_by_teacher(pairs, lfw_dir), None, 0, False
     encoder, card = load_encoder(weights, device=device)
     if flip is not None:
         encoder.flip_tta = flip
@@ -78,8 +102,8 @@ def evaluate_view2(lfw_dir: Path, groups: dict[str, Path], lfw, device: str, fli
     for spec, weights in groups.items():
         folds = parse_folds(spec) or set(all_folds)
         sel = np.isin(fold_of, sorted(folds))
-        dist_g, card, no_face, flip_used = score_pairs([p for p, s in zip(pairs, sel) if s], weights, lfw,
-                                            device, flip)
+        dist_g, card, no_face, flip_used = score_pairs(
+            [p for p, s in zip(pairs, sel) if s], weights, lfw, device, flip, lfw_dir)
         d[sel] = dist_g
         results = kfold_accuracy(dist_g, same[sel], fold_of[sel])
         fold_results += results
@@ -114,8 +138,8 @@ def evaluate_view1(lfw_dir: Path, weights: Path, lfw, device: str, flip: bool
                    ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     dev_train = read_pairs(lfw_dir / "pairsDevTrain.txt")
     dev_test = read_pairs(lfw_dir / "pairsDevTest.txt")
-    d_train, card, _, _ = score_pairs(dev_train, weights, lfw, device, flip)
-    d_test, _, no_face, flip_used = score_pairs(dev_test, weights, lfw, device, flip)
+    d_train, card, _, _ = score_pairs(dev_train, weights, lfw, device, flip, lfw_dir)
+    d_test, _, no_face, flip_used = score_pairs(dev_test, weights, lfw, device, flip, lfw_dir)
     same_train = np.array([p.same for p in dev_train])
     same_test = np.array([p.same for p in dev_test])
     t = best_threshold(d_train, same_train)
@@ -195,6 +219,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--roc", type=Path, help="ROC plot PNG path")
     p.add_argument("--label", default="faceverify", help="name in the ROC legend")
     p.add_argument("--write-card", type=Path, help="store the result in this model card")
+    p.add_argument("--with-teacher", action="store_true",
+                   help="also score the same pairs by the distillation teacher (needs the "
+                        "`distill` extra, or its vectors in the teacher store)")
     return p.parse_args(argv)
 
 
@@ -217,13 +244,29 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("View 1 needs --weights")
         report, d, same = evaluate_view1(args.lfw_dir, args.weights, lfw, args.device, flip)
         key = "lfw_view1"
+    curves = {f"{args.label} (AUC {report['auc']:.3f})": (d, same)}
+    if args.with_teacher:
+        if args.protocol == "view2":
+            teacher_report, td, tsame = evaluate_view2(args.lfw_dir, {"1-10": TEACHER}, lfw,
+                                                       args.device, False)
+        else:
+            teacher_report, td, tsame = evaluate_view1(args.lfw_dir, TEACHER, lfw, args.device,
+                                                       False)
+        teacher_report["note"] = ("dlib_face_recognition_resnet_model_v1 (face_recognition's "
+                                  "encoder), raw vectors, Euclidean distance; trained by its "
+                                  "author on ~3 M faces of 7,485 people chosen to avoid LFW")
+        report["teacher"] = teacher_report
+        curves[f"teacher: dlib ResNet (AUC {teacher_report['auc']:.3f})"] = (td, tsame)
+        log.info("teacher on the same pairs: accuracy %.2f%%, AUC %.4f, TAR@FAR1%% %.2f%%",
+                 100 * teacher_report["accuracy_mean"], teacher_report["auc"],
+                 100 * teacher_report["tar_at_far_1e-2"])
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
     if args.roc:
-        plot_roc({f"{args.label} (AUC {report['auc']:.3f})": (d, same)}, args.roc)
+        plot_roc(curves, args.roc)
     if args.write_card:
         update_card(card_path(args.write_card), key, report)
     acc = report["accuracy_mean"]

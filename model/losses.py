@@ -75,6 +75,34 @@ class BatchHardTripletLoss(nn.Module):
         return losses[valid].mean() if valid.any() else d.new_zeros(())
 
 
+class DistillationLoss(nn.Module):
+    """Match the student's unit embeddings to the teacher's (centred, unit) vectors.
+
+    - `cosine`: mean of 1 - cos(student_i, teacher_i) — each face's position in the
+      teacher's space (needs equal dimensions);
+    - `relational`: mean squared difference between the two batches' cosine-similarity
+      matrices, off the diagonal — only the pairwise relations, which are what verification
+      uses (any dimensions).
+    """
+
+    KINDS = ("cosine", "relational")
+
+    def __init__(self, kind: str = "cosine"):
+        super().__init__()
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown distillation loss {kind!r}; choose from {self.KINDS}")
+        self.kind = kind
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        s = nn.functional.normalize(student, dim=1)
+        t = nn.functional.normalize(teacher, dim=1)
+        if self.kind == "cosine":
+            return (1 - (s * t).sum(1)).mean()
+        n = len(s)
+        off = ~torch.eye(n, dtype=torch.bool, device=s.device)
+        return (s @ s.T - t @ t.T)[off].pow(2).mean()
+
+
 LOSSES = {"contrastive": ContrastiveLoss, "triplet": BatchHardTripletLoss}
 
 

@@ -2,14 +2,15 @@
 
 Config-driven (model/configs/default.yaml; every key has a flag), P×K batches from
 identity folders, contrastive loss by default, periodic evaluation on LFW pairs, resumable
-checkpoints, a wall-clock budget (--max-minutes), and DDP under
+checkpoints, a wall-clock budget (--max-minutes), knowledge distillation from dlib's face
+ResNet on top of the contrastive loss (--distill cosine|relational; model/teacher.py), warm
+starts from earlier weights (--init-from, identity exclusions checked), and DDP under
 `torchrun --nproc-per-node N -m model.train ...` (gloo on CPU, nccl on CUDA).
 Writes weights/<name>.safetensors and its model card.
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import math
@@ -17,7 +18,7 @@ import os
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from model.checkpoint import save_weights, write_card
+from model.checkpoint import load_encoder, save_weights, write_card
 from model.data import AlignedImages, PKSampler, augment, load_aligned_folder
 from model.detect import resolve_device
 from model.encoder import SiameseEncoder, embed_crops, pair_distance
 from model.lfw import identities_in, parse_folds, read_pairs
-from model.losses import build_loss
+from model.losses import DistillationLoss, build_loss
 from model.metrics import summarize
 from model.pipeline import PIPELINE_VERSION, PIXEL_MEAN, PIXEL_STD, crops_to_tensor
 
@@ -58,7 +59,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any]) -> dict[str,
 
 def _deep_update(base: dict, new: dict) -> None:
     for k, v in new.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict) and k != "roots":
+        if isinstance(v, dict) and isinstance(base.get(k), dict) and k not in ("roots", "arch"):
             _deep_update(base[k], v)
         else:
             base[k] = v
@@ -78,6 +79,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loss", choices=["contrastive", "triplet"])
     p.add_argument("--margin", type=float)
     p.add_argument("--arch", help='JSON, e.g. \'{"arch": "mnv3s", "embedding_dim": 128}\'')
+    p.add_argument("--distill", choices=["off", "cosine", "relational"],
+                   help="distillation loss to the teacher's centred vectors (default: config)")
+    p.add_argument("--teacher-store", help="teacher-vector store (default: config distill.store)")
+    p.add_argument("--distill-targets", choices=["centred", "whitened"],
+                   help="how the teacher's vectors are normalised before matching")
+    p.add_argument("--distill-weight", type=float, help="weight of the distillation term")
+    p.add_argument("--contrastive-weight", type=float, help="weight of the pair-loss term")
+    p.add_argument("--extra-per-batch", type=int,
+                   help="images drawn uniformly from the whole set on top of each P×K batch")
+    p.add_argument("--init-from", metavar="WEIGHTS",
+                   help="start from these weights (their architecture; their training must "
+                        "have excluded at least this run's identities)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-minutes", type=float, help="wall-clock budget; the LR schedule fits it")
     p.add_argument("--max-steps", type=int, help="stop after this many steps (smoke tests)")
@@ -115,7 +128,10 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         "data.exclude_folds": args.exclude_folds,
         "eval.pairs": args.eval_pairs, "eval.folds": args.eval_folds,
         "eval.every_epochs": args.eval_every, "run_dir": args.run_dir,
-        "output_dir": args.output_dir,
+        "output_dir": args.output_dir, "distill.loss": args.distill,
+        "distill.weight": args.distill_weight,
+        "distill.store": args.teacher_store, "distill.targets": args.distill_targets, "distill.contrastive_weight": args.contrastive_weight,
+        "sampler.extra": args.extra_per_batch, "init_from": args.init_from,
     }
 
 
@@ -190,6 +206,72 @@ def load_training_data(config: dict[str, Any], cache_dir: str | None, progress: 
     return data, lfw, summary
 
 
+def distill_enabled(config: dict[str, Any]) -> bool:
+    return (config.get("distill") or {}).get("loss") not in (None, False, "off")
+
+
+def teacher_targets(config: dict[str, Any], data: AlignedImages, ddp: Dist, progress: bool
+                    ) -> tuple[torch.Tensor, dict[str, Any]]:
+    """(N, 2, 128) centred unit teacher vectors [original, mirrored] for the training images.
+
+    Looked up in the teacher store (seeded from the precomputed file when one is configured);
+    images it lacks go through dlib in a process pool, once, by rank 0. Only training images
+    (after exclusions) are looked up, and the centring mean is theirs alone."""
+    from model import teacher
+    cfg = config["distill"]
+    roots = config["data"]["roots"]
+    files = []
+    for path in data.paths:
+        name, rel = path.split("/", 1)
+        files.append(Path(roots[name]) / rel)
+    seeded = computed = 0
+    if ddp.main:
+        store, seeded = teacher.open_store(cfg["store"], cfg.get("precomputed"),
+                                           cfg.get("precomputed_roots"))
+        keys = [teacher.image_key(f) for f in files]
+        computed = teacher.compute_missing(store, files, workers=cfg.get("workers", 2),
+                                           keys=keys, progress=progress)
+    ddp.barrier()
+    if not ddp.main:
+        store = teacher.TeacherStore(cfg["store"])
+    raw = teacher.lookup(store, files)
+    targets, mean = teacher.centred_targets(raw)
+    kind = cfg.get("targets", "centred")
+    if kind == "whitened":
+        targets, _ = teacher.whitened_targets(raw)
+    elif kind != "centred":
+        raise SystemExit(f"distill.targets must be centred or whitened, not {kind!r}")
+    summary = {"teacher": teacher.TEACHER_NAME, "loss": cfg["loss"], "weight": cfg["weight"],
+               "contrastive_weight": cfg["contrastive_weight"],
+               "views": list(teacher.VIEWS), "targets": kind + (
+                   " (training-set mean unit vector subtracted"
+                   + (", PCA-whitened" if kind == "whitened" else "") + ", renormalised)"),
+               "mean_norm": round(float(np.linalg.norm(mean)), 4),
+               "images": len(files), "seeded_from_precomputed": seeded,
+               "computed_by_teacher": computed}
+    return torch.from_numpy(targets), summary
+
+
+def init_summary(path: str, data_summary: dict[str, Any]) -> tuple[SiameseEncoder, dict[str, Any]]:
+    """Load warm-start weights; refuse them if their training saw identities this run
+    excludes (that would break the identity-disjointness of the result)."""
+    from model.evaluate import disjointness
+    encoder, card = load_encoder(path)
+    training = (card or {}).get("training") or {}
+    excluded = data_summary.get("excluded")
+    if excluded:
+        folds = set(range(1, 100)) if excluded["folds"] == "all" else set(excluded["folds"])
+        if not disjointness(card, excluded["pairs_file"], folds):
+            raise SystemExit(f"--init-from {path}: its training did not exclude the identities "
+                             f"of {excluded['pairs_file']} folds {excluded['folds']} (see its card)")
+    summary = {"weights": Path(path).name, "sha256": (card or {}).get("weights_sha256"),
+               "excluded": training.get("excluded"), "images": training.get("images"),
+               "loss": training.get("loss"), "distill": training.get("distill"),
+               "wall_clock_minutes": training.get("wall_clock_minutes"),
+               "init_from": training.get("init_from")}
+    return encoder, summary
+
+
 class PairEvaluator:
     """Scores a pairs file with the current encoder (monitoring during training)."""
 
@@ -255,12 +337,22 @@ def train(config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     label_of = {ident: i for i, ident in enumerate(identities)}
     labels = np.array([label_of[i] for i in data.identities])
     sampler = PKSampler(labels, config["sampler"]["p"], config["sampler"]["k"],
-                        seed=config["seed"], rank=ddp.rank)
+                        seed=config["seed"], rank=ddp.rank,
+                        extra=config["sampler"].get("extra", 0))
+    targets, distill_fn = None, None
+    if distill_enabled(config):
+        targets, data_summary["distill"] = teacher_targets(config, data, ddp, progress)
+        distill_fn = DistillationLoss(config["distill"]["loss"])
+    if config.get("init_from") and not (args.resume and (run_dir / "last.pt").exists()):
+        init_encoder, data_summary["init_from"] = init_summary(config["init_from"], data_summary)
+        config["arch"] = init_encoder.arch
     evaluator = None
     if ddp.main and config["eval"].get("pairs") not in (None, "none") and lfw is not None:
         evaluator = PairEvaluator(config["eval"]["pairs"], config["eval"].get("folds"), lfw)
 
     encoder = SiameseEncoder(config["arch"]).to(device)
+    if data_summary.get("init_from"):
+        encoder.load_state_dict(init_encoder.state_dict())
     model: torch.nn.Module = encoder
     if ddp.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -310,6 +402,7 @@ def train(config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {state['epoch'] + 1}/{epochs}",
                    disable=not progress, unit="step", dynamic_ncols=True)
         t_epoch, seen, loss_sum, steps = time.time(), 0, 0.0, 0
+        parts_sum = {"pair": 0.0, "distill": 0.0}
         for batch_idx in sampler:
             frac = progress_of(state["step"], time.time() - started)
             if frac >= 1.0:
@@ -322,11 +415,21 @@ def train(config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             order = np.sort(batch_idx)  # sorted reads are kinder to a memory-mapped cache
             x = crops_to_tensor(torch.from_numpy(np.ascontiguousarray(crops[order])))
             y = torch.from_numpy(labels[order]).to(device)
-            x = augment(x, gen, **config["augment"]).to(device, non_blocking=True)
+            x, flipped = augment(x, gen, **config["augment"], return_flips=True)
+            x = x.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu"
                                 else torch.float16, enabled=use_amp):
                 emb = model(x)
-            loss = loss_fn(emb.float(), y)
+            pair_loss = loss_fn(emb.float(), y)
+            loss = pair_loss
+            if distill_fn is not None:
+                # each crop's target is the teacher's vector of the same view (mirrored or not)
+                target = targets[torch.from_numpy(order), flipped.long()].to(device)
+                distill_loss = distill_fn(emb.float(), target)
+                loss = (config["distill"]["contrastive_weight"] * pair_loss
+                        + config["distill"]["weight"] * distill_loss)
+                parts_sum["distill"] += distill_loss.item()
+            parts_sum["pair"] += pair_loss.item()
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -348,6 +451,8 @@ def train(config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         state["elapsed"] = time.time() - started
         entry = {"epoch": round(state["step"] / steps_per_epoch, 2), "step": state["step"],
                  "loss": loss_sum / max(steps, 1),
+                 "pair_loss": parts_sum["pair"] / max(steps, 1),
+                 **({"distill_loss": parts_sum["distill"] / max(steps, 1)} if distill_fn else {}),
                  "images_per_s": seen * ddp.world / max(time.time() - t_epoch, 1e-9),
                  "minutes": state["elapsed"] / 60, "lr": optimizer.param_groups[0]["lr"]}
         last = done or state["epoch"] >= epochs
@@ -428,6 +533,8 @@ def _write_outputs(config, encoder, state, data_summary, final_eval, device, arg
             "data": data_summary.get("datasets"), "images": data_summary["images"],
             "identities": data_summary["identities"],
             "excluded": data_summary.get("excluded"),
+            "init_from": data_summary.get("init_from"),
+            "distill": data_summary.get("distill"),
             "loss": config["loss"], "optimizer": config["optim"], "sampler": config["sampler"],
             "epochs": state["epoch"], "steps": state["step"],
             "wall_clock_minutes": round(state["elapsed"] / 60, 1), "device": str(device),
@@ -435,7 +542,7 @@ def _write_outputs(config, encoder, state, data_summary, final_eval, device, arg
             "monitor_eval": final_eval,
         },
         "code_commit": git_commit(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "weights_file": out.name, "weights_sha256": sha,
     }
     write_card(out, card)

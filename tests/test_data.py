@@ -58,3 +58,25 @@ def test_exclusion_keeps_training_identity_disjoint(small_lfw, cache_dir):
     assert set(SMALL_IDENTITIES) - fold1 == set(data.identities)
     assert len(lfw) == len(SMALL_IDENTITIES) * IMAGES_PER_IDENTITY
     assert summary["excluded"]["identities"] == 4 and summary["excluded"]["folds"] == [1]
+
+
+def test_pk_sampler_extra_images_come_from_the_whole_set_singletons_included():
+    labels = np.array([0] * 4 + [1] * 4 + [2] * 4 + list(range(3, 23)))  # 20 singletons
+    sampler = PKSampler(labels, p=2, k=2, seed=0, extra=6)
+    assert len(sampler) == len(labels) // (2 * 2 + 6)
+    seen_singletons = set()
+    for batch in sampler:
+        assert len(batch) == 2 * 2 + 6
+        assert len(set(labels[batch[:4]])) == 2
+        seen_singletons |= {i for i in batch[4:] if labels[i] >= 3}
+    assert seen_singletons  # images no P×K batch could use still reach training
+
+
+def test_augment_reports_which_crops_it_mirrored():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(32, 3, 8, 8) * 2 - 1
+    out, flipped = augment(x, gen, flip=0.5, max_shift=0, scale_jitter=0, color=0,
+                           return_flips=True)
+    assert flipped.dtype == torch.bool and 0 < flipped.sum() < 32
+    assert torch.equal(out[flipped], x[flipped].flip(3))
+    assert torch.equal(out[~flipped], x[~flipped])

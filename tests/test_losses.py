@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from model.losses import BatchHardTripletLoss, ContrastiveLoss, contrastive_loss
+from model.losses import BatchHardTripletLoss, ContrastiveLoss, DistillationLoss, contrastive_loss
 
 
 def test_contrastive_pair_values_by_hand():
@@ -46,3 +46,26 @@ def test_contrastive_gradient_is_finite_for_identical_embeddings():
     ContrastiveLoss()(emb, torch.tensor([0, 0, 1])).backward()
     assert torch.isfinite(emb.grad).all()
     assert not math.isnan(float(emb.grad.abs().sum()))
+
+
+def test_cosine_distillation_by_hand():
+    loss = DistillationLoss("cosine")
+    s = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    assert loss(s, s * 3).item() == pytest.approx(0.0, abs=1e-6)  # scale does not matter
+    t = torch.tensor([[0.0, 1.0], [0.0, -1.0]])  # orthogonal, then opposite: (1 + 2) / 2
+    assert loss(s, t).item() == pytest.approx(1.5)
+
+
+def test_relational_distillation_matches_relations_not_coordinates():
+    torch.manual_seed(0)
+    teacher = torch.nn.functional.normalize(torch.randn(16, 8), dim=1)
+    rotation, _ = torch.linalg.qr(torch.randn(8, 8))
+    loss = DistillationLoss("relational")
+    assert loss(teacher @ rotation, teacher).item() == pytest.approx(0.0, abs=1e-6)
+    assert DistillationLoss("cosine")(teacher @ rotation, teacher).item() > 0.1
+    assert loss(torch.randn(16, 8), teacher).item() > 0.01
+    # hand value: two students at 90 degrees, teachers identical → (0 - 1)^2 on both off-diagonals
+    assert loss(torch.tensor([[1.0, 0.0], [0.0, 1.0]]),
+                torch.tensor([[1.0, 0.0], [1.0, 0.0]])).item() == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        DistillationLoss("mse-on-logits")

@@ -71,3 +71,45 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(small_lfw, small_align
     for k in a:
         assert (a[k] == b[k]).all(), k
     assert (tmp_path / "weights/ddp.safetensors").exists()  # only rank 0 writes the weights
+
+
+def test_distillation_run_pulls_the_student_towards_the_teacher(small_lfw, small_aligned,
+                                                               cache_dir, tmp_path):
+    from model.train import main
+    from tests.test_teacher import precomputed_or_skip
+    precomputed_or_skip()
+    store = tmp_path / "teacher.npz"
+    main(train_args(small_lfw, cache_dir, tmp_path, "--name", "kd", "--epochs", "12",
+                    "--eval-pairs", "none", "--distill", "relational", "--distill-weight", "10",
+                    "--extra-per-batch", "8", "--teacher-store", str(store), "--seed", "2"))
+    history = [json.loads(x) for x in (tmp_path / "runs/kd/log.jsonl").read_text().splitlines()]
+    first = sum(h["distill_loss"] for h in history[:3]) / 3
+    last = sum(h["distill_loss"] for h in history[-3:]) / 3
+    assert last < 0.9 * first, (first, last)
+    _, card = load_encoder(tmp_path / "weights/kd.safetensors")
+    kd = card["training"]["distill"]
+    assert kd["loss"] == "relational" and kd["images"] == 120
+    assert kd["seeded_from_precomputed"] > 0 and kd["computed_by_teacher"] == 0
+    assert 0.5 < kd["mean_norm"] < 1  # the shared direction that centring removed
+
+
+def test_warm_start_only_from_weights_that_never_saw_the_excluded_identities(
+        small_lfw, small_aligned, cache_dir, tmp_path):
+    from model.evaluate import disjointness
+    from model.train import main
+    pairs = str(small_lfw / "pairs.txt")
+    common = ["--eval-pairs", "none", "--epochs", "1", "--batch-p", "4",
+              "--exclude-identities-from", pairs]
+    main(train_args(small_lfw, cache_dir, tmp_path, "--name", "base", *common,
+                    "--exclude-folds", "1-2"))
+    base = str(tmp_path / "weights/base.safetensors")
+    main(train_args(small_lfw, cache_dir, tmp_path, "--name", "warm", *common,
+                    "--exclude-folds", "1", "--init-from", base))
+    _, card = load_encoder(tmp_path / "weights/warm.safetensors")
+    assert card["training"]["init_from"]["weights"] == "base.safetensors"
+    assert disjointness(card, pairs, {1}) is True
+    # the warm-started weights inherit the base's knowledge: fold 2 is not disjoint for "warm"
+    assert disjointness(card, pairs, {2}) is False
+    with pytest.raises(SystemExit, match="did not exclude"):
+        main(train_args(small_lfw, cache_dir, tmp_path, "--name", "leaky", *common,
+                        "--exclude-folds", "3", "--init-from", base))
