@@ -10,7 +10,7 @@
 # The GPU image needs the NVIDIA container toolkit on the host and a device reservation:
 # docker-compose.gpu.yml.
 #
-# The default weights, weights/faceverify-mfn.safetensors + .json, are baked into the image.
+# The default weights, weights/faceverify-encoder.safetensors + .json, are baked into the image.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -57,7 +57,7 @@ RUN pip check && \
 COPY app /opt/app/app
 COPY model /opt/app/model
 COPY weights /opt/app/weights
-RUN for f in faceverify-mfn.safetensors faceverify-mfn.json; do \
+RUN for f in faceverify-encoder.safetensors faceverify-encoder.json; do \
       test -s "/opt/app/weights/$f" || { echo "weights/$f is missing: build from a tree with the default weights (see docs/deploy.md)" >&2; exit 1; }; \
     done; \
     find /opt/app -name '__pycache__' -prune -exec rm -rf {} +; \
@@ -91,7 +91,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     OMP_NUM_THREADS=2 \
     FACEVERIFY_TORCH_THREADS=2 \
     FACEVERIFY_DETECT_WORKERS=2 \
-    FACEVERIFY_WEIGHTS=/app/weights/faceverify-mfn.safetensors
+    FACEVERIFY_WEIGHTS=/app/weights/faceverify-encoder.safetensors
 
 WORKDIR /app
 USER 10001:10001

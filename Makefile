@@ -25,11 +25,11 @@ browser:
 # Retake docs/demo.png (the demo page after verifying two photos of one person) with the
 # default weights, through the browser test.
 demo-screenshot: $(STAMP) browser
-	@test -f weights/faceverify-mfn.safetensors || { echo "no default weights: make weights first"; exit 1; }
+	@test -f weights/faceverify-encoder.safetensors || { echo "no default weights: make weights first"; exit 1; }
 	FACEVERIFY_DEMO_SCREENSHOT=docs/demo.png $(PY) -m pytest -q tests/test_demo_page.py \
 	    -k test_verify_two_photos
 
-# The service on the default weights (weights/faceverify-mfn.safetensors; FACEVERIFY_* settings
+# The service on the default weights (weights/faceverify-encoder.safetensors; FACEVERIFY_* settings
 # from the environment, see docs/api.md). `make serve HOST=0.0.0.0 PORT=9000` to change the bind.
 HOST ?= 127.0.0.1
 PORT ?= 8000
@@ -57,7 +57,7 @@ evaluate: $(STAMP)
 	$(PY) -m model.evaluate --protocol view2 --lfw-dir $(LFW_DIR) \
 	    --weights-for-folds 1-5=weights/eval/fold-a.safetensors \
 	    --weights-for-folds 6-10=weights/eval/fold-b.safetensors \
-	    --flip off --out bench/results/lfw_view2_disjoint.json --roc docs/roc_view2.png \
+	    --flip off --with-teacher --out bench/results/lfw_view2_disjoint.json --roc docs/roc_view2.png \
 	    --write-card weights/faceverify-encoder.json
 
 # Render every deploy/k8s overlay (and overlay + component) with the real kustomize, validate

@@ -13,7 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "FACEVERIFY_"
-DEFAULT_WEIGHTS = "weights/faceverify-mfn.safetensors"
+DEFAULT_WEIGHTS = "weights/faceverify-encoder.safetensors"
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 

@@ -184,7 +184,7 @@ async def metrics(request: Request) -> Response:
 @router.get("/model", tags=["model"], dependencies=[Depends(require_api_key)],
             responses={200: {"description": "the model card (JSON written beside the weights)",
                              "content": {"application/json": {"example": {
-                                 "name": "faceverify-mfn", "version": "0.1.0",
+                                 "name": "faceverify-encoder", "version": "0.2.0",
                                  "embedding_dim": 128, "threshold": {"value": 1.04},
                                  "weights_sha256": "3f1c…"}}}},
                        **error_responses(401, 503)},

@@ -13,7 +13,7 @@ _FACE_EXAMPLE = {
                   [143.9, 166.8]],
     "score": 0.99982, "faces_found": 1,
 }
-_MODEL_EXAMPLE = {"name": "faceverify-mfn", "version": "0.1.0",
+_MODEL_EXAMPLE = {"name": "faceverify-encoder", "version": "0.2.0",
                   "sha256": "3f1c2a9e0b7d4c6a8e5f1b2c3d4e5f60718293a4b5c6d7e8f9a0b1c2d3e4f5a6"}
 
 

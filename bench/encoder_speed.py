@@ -22,11 +22,11 @@ import torch
 from model.encoder import SiameseEncoder
 
 CANDIDATES = {
-    "mfn-0.5-slim (default)": {"arch": "mobilefacenet", "embedding_dim": 128, "width": 0.5,
+    "mfn-0.5-slim": {"arch": "mobilefacenet", "embedding_dim": 128, "width": 0.5,
                                "depth": [2, 1, 3, 1, 1], "final_channels": 256},
     "mobilefacenet-1.0": {"arch": "mobilefacenet", "embedding_dim": 128},
     "mnv3s-1.0": {"arch": "mnv3s", "embedding_dim": 128},
-    "iresnet-narrow": {"arch": "iresnet", "embedding_dim": 128},
+    "iresnet-narrow (default)": {"arch": "iresnet", "embedding_dim": 128},
     "koch (origin)": {"arch": "koch", "embedding_dim": 128},
 }
 TEACHER_PHOTO = Path("../shared/data/lfw/lfw-deepfunneled/Colin_Powell/Colin_Powell_0001.jpg")

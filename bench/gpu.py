@@ -75,7 +75,7 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
     p.add_argument("--weights", type=Path, default=Path(os.environ.get(
-        "FACEVERIFY_WEIGHTS", "weights/faceverify-mfn.safetensors")))
+        "FACEVERIFY_WEIGHTS", "weights/faceverify-encoder.safetensors")))
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 128, 512])
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--load-duration", type=float, default=10)

@@ -1,6 +1,6 @@
 """Speed under load: a closed-loop load generator against a real server it starts itself.
 
-    python -m bench.load [--weights weights/faceverify-mfn.safetensors] [--duration 15]
+    python -m bench.load [--weights weights/faceverify-encoder.safetensors] [--duration 15]
                          [--embed-duration 8] [--concurrency 1 4 16 64] [--out bench/results/load.json]
 
 For each batching setting (the service's default, and "off": FACEVERIFY_MAX_BATCH_SIZE=2, the
@@ -415,7 +415,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", type=Path, default=Path(os.environ.get(
-        "FACEVERIFY_WEIGHTS", "weights/faceverify-mfn.safetensors")))
+        "FACEVERIFY_WEIGHTS", "weights/faceverify-encoder.safetensors")))
     p.add_argument("--lfw-dir", type=Path, default=DEFAULT_LFW)
     p.add_argument("--pairs", type=int, default=400, help="distinct View 2 pairs to cycle")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])

@@ -290,7 +290,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--peer-python", default=str(ROOT / ".peer/bin/python"))
     p.add_argument("--lfw-dir", type=Path, default=DEFAULT_LFW)
     p.add_argument("--weights", type=Path, default=Path(os.environ.get(
-        "FACEVERIFY_WEIGHTS", "weights/faceverify-mfn.safetensors")),
+        "FACEVERIFY_WEIGHTS", "weights/faceverify-encoder.safetensors")),
         help="faceverify encoder for the timing runs")
     p.add_argument("--faceverify-report", type=Path,
                    default=Path("bench/results/lfw_view2_disjoint.json"))

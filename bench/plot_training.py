@@ -1,6 +1,6 @@
 """Training curves from model cards: loss and monitoring AUC against wall-clock minutes.
 
-    python -m bench.plot_training weights/faceverify-mfn.json weights/eval/fold-a.json \
+    python -m bench.plot_training weights/faceverify-encoder.json weights/eval/fold-a.json \
         weights/eval/fold-b.json --out docs/training_curves.png
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main() -> None:
         monitor = (card["training"].get("monitor_eval") or {}).get("pairs_file", "")
         ax_auc.plot([h["minutes"] for h in ev], [h["eval"]["auc"] for h in ev], marker="o",
                     label=f"{label} ({monitor})")
-    ax_loss.set(xlabel="minutes", ylabel="training loss (contrastive)", title="loss")
+    ax_loss.set(xlabel="minutes", ylabel="training loss (total of its terms)", title="loss")
     ax_auc.set(xlabel="minutes", ylabel="ROC AUC", title="monitoring pairs")
     for ax in (ax_loss, ax_auc):
         ax.grid(alpha=0.3)

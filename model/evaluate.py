@@ -188,6 +188,11 @@ def update_card(card_file: Path, key: str, report: dict[str, Any]) -> None:
         if k in report} | {"encoders": [
             {k: g[k] for k in ("folds", "weights", "weights_sha256", "identity_disjoint")}
             for g in report.get("encoders", [])]}
+    if report.get("teacher"):
+        card["evaluation"][key]["teacher_same_pairs"] = {
+            k: report["teacher"][k] for k in ("accuracy_mean", "accuracy_std", "auc", "eer",
+                                              "tar_at_far_1e-2", "tar_at_far_1e-3", "note")
+            if k in report["teacher"]}
     thr = report.get("threshold_mean", report.get("threshold"))
     # The threshold holds for embeddings made the way the evaluation made them.
     card["inference"] = {"flip_tta": bool(report["flip_tta"])}
@@ -252,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             teacher_report, td, tsame = evaluate_view1(args.lfw_dir, TEACHER, lfw, args.device,
                                                        False)
+        teacher_report["identity_disjoint"] = None  # trained elsewhere; no card to prove it
         teacher_report["note"] = ("dlib_face_recognition_resnet_model_v1 (face_recognition's "
                                   "encoder), raw vectors, Euclidean distance; trained by its "
                                   "author on ~3 M faces of 7,485 people chosen to avoid LFW")

@@ -44,8 +44,16 @@ def render_markdown(card: dict[str, Any]) -> str:
             f" TAR@FAR0.1% {_pct(res.get('tar_at_far_1e-3'))}, EER {_pct(res.get('eer'))}")
     tr = card.get("training") or {}
     lines += ["", "## Training"]
-    for key in ("command", "data", "images", "identities", "excluded", "loss", "epochs",
-                "steps", "wall_clock_minutes", "device"):
+    for name, res in ev.items():
+        teacher = res.get("teacher_same_pairs") if isinstance(res, dict) else None
+        if teacher:
+            lines.append(
+                f"- the distillation teacher on the same pairs ({name}): accuracy "
+                f"{_pct(teacher.get('accuracy_mean'))} ± {100 * teacher.get('accuracy_std', 0):.2f}"
+                f", AUC {teacher.get('auc', float('nan')):.4f}, TAR@FAR1% "
+                f"{_pct(teacher.get('tar_at_far_1e-2'))}, TAR@FAR0.1% {_pct(teacher.get('tar_at_far_1e-3'))}")
+    for key in ("command", "data", "images", "identities", "excluded", "loss", "distill",
+                "init_from", "epochs", "steps", "wall_clock_minutes", "device"):
         if key in tr:
             lines.append(f"- {key.replace('_', ' ')}: {tr[key]}")
     lines.append("")

@@ -23,7 +23,7 @@ from tests.conftest import ROOT
 
 TINY_ARCH = json.dumps({"arch": "mobilefacenet", "embedding_dim": 32, "width": 0.25,
                         "depth": [1, 1, 1, 1, 1], "final_channels": 64})
-DEFAULT_WEIGHTS = ROOT / "weights" / "faceverify-mfn.safetensors"
+DEFAULT_WEIGHTS = ROOT / "weights" / "faceverify-encoder.safetensors"
 
 
 def train_tiny_encoder(small_lfw: Path, cache_dir: Path, out: Path) -> Path:

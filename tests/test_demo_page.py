@@ -12,7 +12,7 @@ people), a composite of three LFW faces, and files the service refuses.
 
 The server runs with an API key and a small upload limit so that one server covers the key
 field, the "too large" message and the rest. Weights: the default weights
-(weights/faceverify-mfn.safetensors) when they are there, and then the verdicts must be right
+(weights/faceverify-encoder.safetensors) when they are there, and then the verdicts must be right
 (same person / different people); otherwise the tiny real encoder from the `tiny_weights`
 fixture, and the test checks only that a verdict is shown. `FACEVERIFY_DEMO_WEIGHTS=<path>`
 overrides the choice (verdicts then not checked).

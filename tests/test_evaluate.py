@@ -69,3 +69,24 @@ def test_view1_threshold_from_devtrain(small_lfw, small_aligned, cache_dir, tmp_
     report = json.loads(out.read_text())
     assert report["protocol"].startswith("LFW View 1")
     assert report["identity_disjoint"] is False and report["pairs"] == 12
+
+
+def test_teacher_scored_on_the_same_pairs_beside_the_student(small_lfw, small_aligned, cache_dir,
+                                                             tmp_path):
+    """--with-teacher: dlib's figures on exactly the student's pairs, in the report, the ROC
+    and the model card."""
+    from model.evaluate import main
+    from tests.test_teacher import precomputed_or_skip
+    precomputed_or_skip()
+    make_encoder(tmp_path / "s.safetensors", "all", 0)
+    out = tmp_path / "report.json"
+    main(["--protocol", "view2", "--lfw-dir", str(small_lfw), "--cache-dir", str(cache_dir),
+          "--weights", str(tmp_path / "s.safetensors"), "--with-teacher", "--out", str(out),
+          "--roc", str(tmp_path / "roc.png"), "--write-card", str(tmp_path / "s.json")])
+    report = json.loads(out.read_text())
+    teacher = report["teacher"]
+    assert teacher["pairs"] == report["pairs"] == 16
+    assert teacher["identity_disjoint"] is None  # not ours to prove: trained elsewhere
+    assert teacher["auc"] > 0.9 and teacher["accuracy_mean"] >= 0.75  # dlib on easy LFW pairs
+    card = read_card(tmp_path / "s.safetensors")
+    assert card["evaluation"]["lfw_view2"]["teacher_same_pairs"]["auc"] == teacher["auc"]

@@ -259,7 +259,7 @@ def test_configmap_holds_only_real_settings_with_valid_values(rendered, monkeypa
                        str(int(float(c["resources"]["limits"]["cpu"]))))
     s = Settings(_env_file=None)
     assert s.device == DEVICES[overlay]
-    assert str(s.weights) == "/app/weights/faceverify-mfn.safetensors"
+    assert str(s.weights) == "/app/weights/faceverify-encoder.safetensors"
     assert s.max_concurrent_requests <= s.max_queue
 
 

@@ -298,8 +298,8 @@ end
 # The build context is the tree itself, with the committed default weights baked in; the
 # smoke test checks their verdicts.
 begin "build context (weights)"
-[[ -s $ROOT/weights/faceverify-mfn.safetensors && -s $ROOT/weights/faceverify-mfn.json ]] \
-  || die "weights/faceverify-mfn.safetensors + .json are missing (make weights, see docs/accuracy.md)"
+[[ -s $ROOT/weights/faceverify-encoder.safetensors && -s $ROOT/weights/faceverify-encoder.json ]] \
+  || die "weights/faceverify-encoder.safetensors + .json are missing (make weights, see docs/accuracy.md)"
 CONTEXT=$ROOT
 EXPECT_VERDICTS=(--expect-verdicts)
 API_PORT=$(free_port_range 4)
