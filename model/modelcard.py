@@ -42,8 +42,6 @@ def render_markdown(card: dict[str, Any]) -> str:
             + (f" ± {100 * std:.2f}" if std is not None else "")
             + f", AUC {res.get('auc', float('nan')):.4f}, TAR@FAR1% {_pct(res.get('tar_at_far_1e-2'))},"
             f" TAR@FAR0.1% {_pct(res.get('tar_at_far_1e-3'))}, EER {_pct(res.get('eer'))}")
-    tr = card.get("training") or {}
-    lines += ["", "## Training"]
     for name, res in ev.items():
         teacher = res.get("teacher_same_pairs") if isinstance(res, dict) else None
         if teacher:
@@ -52,6 +50,8 @@ def render_markdown(card: dict[str, Any]) -> str:
                 f"{_pct(teacher.get('accuracy_mean'))} ± {100 * teacher.get('accuracy_std', 0):.2f}"
                 f", AUC {teacher.get('auc', float('nan')):.4f}, TAR@FAR1% "
                 f"{_pct(teacher.get('tar_at_far_1e-2'))}, TAR@FAR0.1% {_pct(teacher.get('tar_at_far_1e-3'))}")
+    tr = card.get("training") or {}
+    lines += ["", "## Training"]
     for key in ("command", "data", "images", "identities", "excluded", "loss", "distill",
                 "init_from", "epochs", "steps", "wall_clock_minutes", "device"):
         if key in tr:

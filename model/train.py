@@ -332,6 +332,7 @@ def train(config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     run_dir = Path(config["run_dir"]) / config["name"]
     run_dir.mkdir(parents=True, exist_ok=True)
 
+    config["code_commit"] = git_commit()  # the code this run started with
     data, lfw, data_summary = load_training_data(config, args.cache_dir, progress)
     identities = sorted(set(data.identities))
     label_of = {ident: i for i, ident in enumerate(identities)}
@@ -541,7 +542,7 @@ def _write_outputs(config, encoder, state, data_summary, final_eval, device, arg
             "history": state["history"],
             "monitor_eval": final_eval,
         },
-        "code_commit": git_commit(),
+        "code_commit": config.get("code_commit") or git_commit(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "weights_file": out.name, "weights_sha256": sha,
     }
