@@ -215,9 +215,10 @@ def compute_missing(store: TeacherStore, paths: Sequence[str | Path], workers: i
 
 
 def lookup(store: TeacherStore, paths: Sequence[str | Path], workers: int = 2,
-           progress: bool = False) -> np.ndarray:
-    """(N, 2, 128) raw teacher vectors for these image files, computing what is missing."""
-    keys = [image_key(p) for p in paths]
+           progress: bool = False, keys: Sequence[str] | None = None) -> np.ndarray:
+    """(N, 2, 128) raw teacher vectors for these image files, computing what is missing
+    (`keys`: their `image_key`s, when the caller has them already)."""
+    keys = list(keys) if keys is not None else [image_key(p) for p in paths]
     compute_missing(store, paths, workers=workers, keys=keys, progress=progress)
     return np.stack([store.get(k) for k in keys]) if keys else np.zeros((0, 2, EMBEDDING_DIM), np.float32)
 

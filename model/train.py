@@ -129,8 +129,9 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         "eval.pairs": args.eval_pairs, "eval.folds": args.eval_folds,
         "eval.every_epochs": args.eval_every, "run_dir": args.run_dir,
         "output_dir": args.output_dir, "distill.loss": args.distill,
-        "distill.weight": args.distill_weight,
-        "distill.store": args.teacher_store, "distill.targets": args.distill_targets, "distill.contrastive_weight": args.contrastive_weight,
+        "distill.weight": args.distill_weight, "distill.store": args.teacher_store,
+        "distill.targets": args.distill_targets,
+        "distill.contrastive_weight": args.contrastive_weight,
         "sampler.extra": args.extra_per_batch, "init_from": args.init_from,
     }
 
@@ -224,17 +225,17 @@ def teacher_targets(config: dict[str, Any], data: AlignedImages, ddp: Dist, prog
     for path in data.paths:
         name, rel = path.split("/", 1)
         files.append(Path(roots[name]) / rel)
+    keys = [teacher.image_key(f) for f in files]
     seeded = computed = 0
     if ddp.main:
         store, seeded = teacher.open_store(cfg["store"], cfg.get("precomputed"),
                                            cfg.get("precomputed_roots"))
-        keys = [teacher.image_key(f) for f in files]
         computed = teacher.compute_missing(store, files, workers=cfg.get("workers", 2),
                                            keys=keys, progress=progress)
     ddp.barrier()
     if not ddp.main:
         store = teacher.TeacherStore(cfg["store"])
-    raw = teacher.lookup(store, files)
+    raw = teacher.lookup(store, files, keys=keys)
     targets, mean = teacher.centred_targets(raw)
     kind = cfg.get("targets", "centred")
     if kind == "whitened":
