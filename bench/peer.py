@@ -323,17 +323,16 @@ def main(argv=None) -> int:
                        "landmarks, num_jitters=1", "no_face": "centre box (70, 180, 180, 70)"},
               "faceverify": {"weights": str(args.weights)}}
     pairs = view2_pairs(args.lfw_dir, args.pairs_per_fold)
-    rels = sorted({x for p in pairs for x in (p.left, p.right)})
+    from model.lfw import pair_images
+    rels, left_row, right_row = pair_images(pairs)
     same = np.array([p.same for p in pairs])
     folds = np.array([p.fold for p in pairs])
     with tempfile.TemporaryDirectory(prefix="bench-peer-") as tmp_name:
         tmp = Path(tmp_name)
         if not args.skip_accuracy:
             emb, cached = peer_embeddings(args, rels, tmp)
-            pos = {x: i for i, x in enumerate(rels)}
-            left = emb["emb"][[pos[p.left] for p in pairs]]
-            right = emb["emb"][[pos[p.right] for p in pairs]]
-            d_peer = np.linalg.norm(left - right, axis=1).astype(float)
+            d_peer = np.linalg.norm(emb["emb"][left_row] - emb["emb"][right_row],
+                                    axis=1).astype(float)
             peer = metrics_of(d_peer, same, folds)
             peer.update({"pairs": len(pairs), "photos": len(rels),
                          "photos_without_face": int((emb["faces_found"] == 0).sum()),

@@ -31,7 +31,7 @@ import torch
 from model.checkpoint import card_path, load_encoder, read_card, write_card
 from model.data import load_aligned_folder
 from model.encoder import embed_crops, pair_distance
-from model.lfw import Pair, parse_folds, read_pairs
+from model.lfw import Pair, pair_images, parse_folds, read_pairs
 from model.metrics import accuracy_at, best_threshold, kfold_accuracy, roc_curve, summarize
 
 log = logging.getLogger("faceverify.evaluate")
@@ -59,13 +59,10 @@ TEACHER = Path("teacher:dlib")  # stands for the distillation teacher where weig
 def score_pairs_by_teacher(pairs: list[Pair], lfw_dir: Path) -> np.ndarray:
     from model import teacher
     images = lfw_dir / "lfw-deepfunneled"
-    paths = sorted({x for p in pairs for x in (p.left, p.right)})
+    paths, left, right = pair_images(pairs)
     store, _ = teacher.open_store()
     vectors = teacher.lookup(store, [images / x for x in paths])[:, 0]
-    pos = {x: i for i, x in enumerate(paths)}
-    left = vectors[[pos[p.left] for p in pairs]]
-    right = vectors[[pos[p.right] for p in pairs]]
-    return np.linalg.norm(left - right, axis=1)
+    return np.linalg.norm(vectors[left] - vectors[right], axis=1)
 
 
 def score_pairs(pairs: list[Pair], weights: Path, lfw, device: str, flip: bool | None,
@@ -80,14 +77,12 @@ def score_pairs(pairs: list[Pair], weights: Path, lfw, device: str, flip: bool |
     if flip is not None:
         encoder.flip_tta = flip
     index = lfw.index()
-    paths = sorted({x for p in pairs for x in (p.left, p.right)})
+    paths, left, right = pair_images(pairs)
     rows = [index[f"lfw/{x}"] for x in paths]
     no_face = sum(lfw.methods[r] != "detected" for r in rows)
     emb = embed_crops(encoder, lfw.crops[rows])
-    pos = {x: i for i, x in enumerate(paths)}
-    left = torch.tensor([pos[p.left] for p in pairs])
-    right = torch.tensor([pos[p.right] for p in pairs])
-    return pair_distance(emb[left], emb[right]).numpy(), card, no_face, encoder.flip_tta
+    d = pair_distance(emb[torch.from_numpy(left)], emb[torch.from_numpy(right)])
+    return d.numpy(), card, no_face, encoder.flip_tta
 
 
 def evaluate_view2(lfw_dir: Path, groups: dict[str, Path], lfw, device: str, flip: bool

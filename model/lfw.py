@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Pair:
@@ -46,6 +48,15 @@ def read_pairs(path: str | Path) -> list[Pair]:
         else:
             raise ValueError(f"{path}: malformed line {i + 2}: {' '.join(row)}")
     return pairs
+
+
+def pair_images(pairs: list[Pair]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The distinct images of these pairs (sorted), and for each pair the row of its left
+    and of its right image in that list — so each image is embedded once."""
+    paths = sorted({x for p in pairs for x in (p.left, p.right)})
+    row = {x: i for i, x in enumerate(paths)}
+    return (paths, np.array([row[p.left] for p in pairs], dtype=np.int64),
+            np.array([row[p.right] for p in pairs], dtype=np.int64))
 
 
 def identities_in(pairs: list[Pair], folds: set[int] | None = None) -> set[str]:

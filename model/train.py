@@ -30,7 +30,7 @@ from model.checkpoint import load_encoder, save_weights, write_card
 from model.data import AlignedImages, PKSampler, augment, load_aligned_folder
 from model.detect import resolve_device
 from model.encoder import SiameseEncoder, embed_crops, pair_distance
-from model.lfw import identities_in, parse_folds, read_pairs
+from model.lfw import identities_in, pair_images, parse_folds, read_pairs
 from model.losses import DistillationLoss, build_loss
 from model.metrics import summarize
 from model.pipeline import PIPELINE_VERSION, PIXEL_MEAN, PIXEL_STD, crops_to_tensor
@@ -253,7 +253,8 @@ def teacher_targets(config: dict[str, Any], data: AlignedImages, ddp: Dist, prog
     return torch.from_numpy(targets), summary
 
 
-def init_summary(path: str, data_summary: dict[str, Any]) -> tuple[SiameseEncoder, dict[str, Any]]:
+def init_summary(path: str, data_summary: dict[str, Any], excluded_from: str | None
+                 ) -> tuple[SiameseEncoder, dict[str, Any]]:
     """Load warm-start weights; refuse them if their training saw identities this run
     excludes (that would break the identity-disjointness of the result)."""
     from model.evaluate import disjointness
@@ -261,7 +262,8 @@ def init_summary(path: str, data_summary: dict[str, Any]) -> tuple[SiameseEncode
     training = (card or {}).get("training") or {}
     excluded = data_summary.get("excluded")
     if excluded:
-        folds = set(range(1, 100)) if excluded["folds"] == "all" else set(excluded["folds"])
+        folds = ({p.fold for p in read_pairs(excluded_from)} if excluded["folds"] == "all"
+                 else set(excluded["folds"]))
         if not disjointness(card, excluded["pairs_file"], folds):
             raise SystemExit(f"--init-from {path}: its training did not exclude the identities "
                              f"of {excluded['pairs_file']} folds {excluded['folds']} (see its card)")
@@ -280,11 +282,9 @@ class PairEvaluator:
         fold_set = parse_folds(folds)
         self.pairs = [p for p in read_pairs(pairs_file) if fold_set is None or p.fold in fold_set]
         index = lfw.index()
-        paths = sorted({x for p in self.pairs for x in (p.left, p.right)})
+        paths, left, right = pair_images(self.pairs)
         self.crops = lfw.crops[[index[f"lfw/{x}"] for x in paths]]
-        pos = {x: i for i, x in enumerate(paths)}
-        self.left = torch.tensor([pos[p.left] for p in self.pairs])
-        self.right = torch.tensor([pos[p.right] for p in self.pairs])
+        self.left, self.right = torch.from_numpy(left), torch.from_numpy(right)
         self.same = np.array([p.same for p in self.pairs])
         self.name = f"{Path(pairs_file).name}" + (f" folds {folds}" if folds else "")
 
@@ -346,7 +346,8 @@ def train(config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         targets, data_summary["distill"] = teacher_targets(config, data, ddp, progress)
         distill_fn = DistillationLoss(config["distill"]["loss"])
     if config.get("init_from") and not (args.resume and (run_dir / "last.pt").exists()):
-        init_encoder, data_summary["init_from"] = init_summary(config["init_from"], data_summary)
+        init_encoder, data_summary["init_from"] = init_summary(
+            config["init_from"], data_summary, config["data"].get("exclude_identities_from"))
         config["arch"] = init_encoder.arch
     evaluator = None
     if ddp.main and config["eval"].get("pairs") not in (None, "none") and lfw is not None:
