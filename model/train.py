@@ -1,11 +1,12 @@
 """Train the Siamese encoder: `python -m model.train [--config FILE] [flags]`.
 
-Config-driven (model/configs/default.yaml; every key has a flag), P×K batches from
-identity folders, contrastive loss by default, periodic evaluation on LFW pairs, resumable
-checkpoints, a wall-clock budget (--max-minutes), knowledge distillation from dlib's face
-ResNet on top of the contrastive loss (--distill cosine|relational; model/teacher.py), warm
-starts from earlier weights (--init-from, identity exclusions checked), and DDP under
-`torchrun --nproc-per-node N -m model.train ...` (gloo on CPU, nccl on CUDA).
+Config-driven (model/configs/default.yaml, typed and checked by model/train_config.py; every
+key has a flag), P×K batches from identity folders, contrastive loss by default, periodic
+evaluation on LFW pairs, resumable checkpoints, a wall-clock budget (--max-minutes), knowledge
+distillation from dlib's face ResNet on top of the contrastive loss (--distill
+cosine|relational; model/teacher.py), warm starts from earlier weights (--init-from, identity
+exclusions checked), and DDP under `torchrun --nproc-per-node N -m model.train ...` (gloo on
+CPU, nccl on CUDA).
 Writes weights/<name>.safetensors and its model card.
 """
 from __future__ import annotations
@@ -18,6 +19,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,35 +37,26 @@ from model.lfw import identities_in, pair_images, parse_folds, read_pairs
 from model.losses import DistillationLoss, build_loss
 from model.metrics import summarize
 from model.pipeline import PIPELINE_VERSION, PIXEL_MEAN, PIXEL_STD, crops_to_tensor
+from model.train_config import ConfigError, OptimConfig, TrainConfig, load_config
 
 log = logging.getLogger("faceverify.train")
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 
 
 # --------------------------------------------------------------------------- configuration
-def load_config(path: str | Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Default config ← config file ← flags (dotted keys such as 'optim.lr')."""
-    import yaml
-    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    if path:
-        _deep_update(config, yaml.safe_load(Path(path).read_text()) or {})
-    for dotted, value in overrides.items():
-        if value is None:
-            continue
-        node = config
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return config
-
-
-def _deep_update(base: dict, new: dict) -> None:
-    for k, v in new.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict) and k not in ("roots", "arch"):
-            _deep_update(base[k], v)
-        else:
-            base[k] = v
+# argparse dest → the config key its flag overrides (the flag is "--" + dest with dashes)
+FLAG_KEYS: dict[str, str] = {
+    "name": "name", "loss": "loss.name", "margin": "loss.margin", "arch": "arch",
+    "epochs": "epochs", "max_minutes": "max_minutes", "lr": "optim.lr",
+    "optimizer": "optim.name", "batch_p": "sampler.p", "batch_k": "sampler.k",
+    "warmup_steps": "optim.warmup_steps", "seed": "seed", "data": "data.roots",
+    "exclude_identities_from": "data.exclude_identities_from",
+    "exclude_folds": "data.exclude_folds", "eval_pairs": "eval.pairs",
+    "eval_folds": "eval.folds", "eval_every": "eval.every_epochs", "run_dir": "run_dir",
+    "output_dir": "output_dir", "distill": "distill.loss", "distill_weight": "distill.weight",
+    "teacher_store": "distill.store", "distill_targets": "distill.targets",
+    "contrastive_weight": "distill.contrastive_weight", "extra_per_batch": "sampler.extra",
+    "init_from": "init_from",
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -117,23 +111,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "name": args.name, "loss.name": args.loss, "loss.margin": args.margin,
-        "arch": json.loads(args.arch) if args.arch else None, "epochs": args.epochs,
-        "max_minutes": args.max_minutes, "optim.lr": args.lr, "optim.name": args.optimizer,
-        "sampler.p": args.batch_p, "sampler.k": args.batch_k,
-        "optim.warmup_steps": args.warmup_steps, "seed": args.seed,
-        "data.roots": dict(d.split("=", 1) for d in args.data) if args.data else None,
-        "data.exclude_identities_from": args.exclude_identities_from,
-        "data.exclude_folds": args.exclude_folds,
-        "eval.pairs": args.eval_pairs, "eval.folds": args.eval_folds,
-        "eval.every_epochs": args.eval_every, "run_dir": args.run_dir,
-        "output_dir": args.output_dir, "distill.loss": args.distill,
-        "distill.weight": args.distill_weight, "distill.store": args.teacher_store,
-        "distill.targets": args.distill_targets,
-        "distill.contrastive_weight": args.contrastive_weight,
-        "sampler.extra": args.extra_per_batch, "init_from": args.init_from,
-    }
+    """Config key → value of each flag (None where not given): --arch parsed as JSON, the
+    --data NAME=PATH list as a mapping."""
+    values = vars(args) | {
+        "arch": json.loads(args.arch) if args.arch else None,
+        "data": dict(d.split("=", 1) for d in args.data) if args.data else None}
+    return {key: values[dest] for dest, key in FLAG_KEYS.items()}
+
+
+def flag_sources() -> dict[str, str]:
+    """Config key → the flag that sets it, for ConfigError messages."""
+    return {key: "flag --" + dest.replace("_", "-") for dest, key in FLAG_KEYS.items()}
 
 
 # --------------------------------------------------------------------------- distributed
@@ -181,21 +169,21 @@ class Dist:
 
 
 # --------------------------------------------------------------------------- data
-def load_training_data(config: dict[str, Any], cache_dir: str | None, progress: bool
+def load_training_data(config: TrainConfig, cache_dir: str | None, progress: bool
                        ) -> tuple[AlignedImages, AlignedImages | None, dict[str, Any]]:
     """Training images (after exclusions) and the full LFW set (for evaluation)."""
     kw = {"progress": progress} | ({"cache_dir": cache_dir} if cache_dir else {})
     parts, lfw = [], None
-    for name, root in config["data"]["roots"].items():
+    for name, root in config.data.roots.items():
         part = load_aligned_folder(root, name, **kw)
         parts.append(part)
         if name == "lfw":
             lfw = part
     data = AlignedImages.concat(parts)
-    summary: dict[str, Any] = {"datasets": dict(config["data"]["roots"])}
-    excl_file = config["data"].get("exclude_identities_from")
+    summary: dict[str, Any] = {"datasets": dict(config.data.roots)}
+    excl_file = config.data.exclude_identities_from
     if excl_file:
-        folds = parse_folds(config["data"].get("exclude_folds"))
+        folds = parse_folds(config.data.exclude_folds)
         excluded = identities_in(read_pairs(excl_file), folds)
         keep = [i for i, ident in enumerate(data.identities) if ident not in excluded]
         summary["excluded"] = {"pairs_file": Path(excl_file).name,
@@ -207,11 +195,7 @@ def load_training_data(config: dict[str, Any], cache_dir: str | None, progress: 
     return data, lfw, summary
 
 
-def distill_enabled(config: dict[str, Any]) -> bool:
-    return (config.get("distill") or {}).get("loss") not in (None, False, "off")
-
-
-def teacher_targets(config: dict[str, Any], data: AlignedImages, ddp: Dist, progress: bool
+def teacher_targets(config: TrainConfig, data: AlignedImages, ddp: Dist, progress: bool
                     ) -> tuple[torch.Tensor, dict[str, Any]]:
     """(N, 2, 128) centred unit teacher vectors [original, mirrored] for the training images.
 
@@ -219,8 +203,8 @@ def teacher_targets(config: dict[str, Any], data: AlignedImages, ddp: Dist, prog
     images it lacks go through dlib in a process pool, once, by rank 0. Only training images
     (after exclusions) are looked up, and the centring mean is theirs alone."""
     from model import teacher
-    cfg = config["distill"]
-    roots = config["data"]["roots"]
+    cfg = config.distill
+    roots = config.data.roots
     files = []
     for path in data.paths:
         name, rel = path.split("/", 1)
@@ -228,22 +212,19 @@ def teacher_targets(config: dict[str, Any], data: AlignedImages, ddp: Dist, prog
     keys = [teacher.image_key(f) for f in files]
     seeded = computed = 0
     if ddp.main:
-        store, seeded = teacher.open_store(cfg["store"], cfg.get("precomputed"),
-                                           cfg.get("precomputed_roots"))
-        computed = teacher.compute_missing(store, files, workers=cfg.get("workers", 2),
+        store, seeded = teacher.open_store(cfg.store, cfg.precomputed, cfg.precomputed_roots)
+        computed = teacher.compute_missing(store, files, workers=cfg.workers,
                                            keys=keys, progress=progress)
     ddp.barrier()
     if not ddp.main:
-        store = teacher.TeacherStore(cfg["store"])
+        store = teacher.TeacherStore(cfg.store)
     raw = teacher.lookup(store, files, keys=keys)
     targets, mean = teacher.centred_targets(raw)
-    kind = cfg.get("targets", "centred")
+    kind = cfg.targets  # centred | whitened (TrainConfig allows no other)
     if kind == "whitened":
         targets, _ = teacher.whitened_targets(raw)
-    elif kind != "centred":
-        raise SystemExit(f"distill.targets must be centred or whitened, not {kind!r}")
-    summary = {"teacher": teacher.TEACHER_NAME, "loss": cfg["loss"], "weight": cfg["weight"],
-               "contrastive_weight": cfg["contrastive_weight"],
+    summary = {"teacher": teacher.TEACHER_NAME, "loss": cfg.loss, "weight": cfg.weight,
+               "contrastive_weight": cfg.contrastive_weight,
                "views": list(teacher.VIEWS), "targets": kind + (
                    " (training-set mean unit vector subtracted"
                    + (", PCA-whitened" if kind == "whitened" else "") + ", renormalised)"),
@@ -302,16 +283,16 @@ def lr_factor(progress: float, step: int, warmup: int, schedule: str) -> float:
     return warm
 
 
-def build_optimizer(params, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig
+                    ) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for p in params:
         (decay if p.ndim > 1 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg["weight_decay"]},
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    if cfg["name"] == "sgd":
-        return torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg.get("momentum", 0.9),
-                               nesterov=True)
-    return torch.optim.AdamW(groups, lr=cfg["lr"])
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 def git_commit() -> str | None:
@@ -322,189 +303,305 @@ def git_commit() -> str | None:
         return None
 
 
-def train(config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+@dataclass
+class TrainState:
+    """Where training stands; saved (as a dict) in every checkpoint, restored by --resume."""
+    epoch: int = 0         # full epochs done (a budget/step stop leaves a partial one uncounted)
+    step: int = 0
+    elapsed: float = 0.0   # training seconds so far, over every session of a resumed run
+    history: list[dict[str, Any]] = field(default_factory=list)  # one log entry per epoch
+
+
+@dataclass
+class TrainingRun:
+    """What set-up builds in each process; the epochs, evaluation and outputs work on it."""
+    config: TrainConfig    # the effective one: with --init-from, `arch` is the weights'
+    args: argparse.Namespace
+    ddp: Dist
+    device: torch.device
+    progress: bool         # progress bars (rank 0, unless --no-progress)
+    run_dir: Path
+    code_commit: str | None  # the code this run started with
+    data: AlignedImages
+    labels: np.ndarray     # identity number of each training image
+    data_summary: dict[str, Any]
+    sampler: PKSampler
+    encoder: SiameseEncoder
+    model: torch.nn.Module  # the encoder, DDP-wrapped when distributed
+    loss_fn: torch.nn.Module
+    distill_fn: DistillationLoss | None
+    targets: torch.Tensor | None  # teacher vectors [image, view] when distilling
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    gen: torch.Generator   # this rank's augmentation stream
+    evaluator: PairEvaluator | None  # rank 0 only
+    state: TrainState
+    total_steps: int       # epochs × steps per epoch, capped by --max-steps
+    budget_s: float | None  # --max-minutes, in seconds
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.run_dir / "last.pt"
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.sampler)
+
+    def schedule_progress(self, elapsed: float) -> float:
+        """Fraction of the run done: of its steps, or of the wall-clock budget when that is
+        further along (so the LR schedule fits --max-minutes). The max over ranks, so that
+        every rank stops at the same step (a collective: every rank calls it each step)."""
+        p = self.state.step / self.total_steps
+        if self.budget_s:
+            p = max(p, elapsed / self.budget_s)
+        return self.ddp.max(p)
+
+
+def train(config: TrainConfig, args: argparse.Namespace) -> dict[str, Any]:
+    """Set up, run epochs until the epochs, the budget or --max-steps are spent (evaluating
+    and checkpointing as configured), then write the weights and their card."""
+    run = set_up(config, args)
+    started = time.time() - run.state.elapsed  # a resumed run's clock goes on where it stopped
+    stopped = False
+    while run.state.epoch < run.config.epochs and not stopped:
+        entry, stopped = run_epoch(run, started)
+        last = stopped or run.state.epoch >= run.config.epochs
+        scores = periodic_evaluation(run, last)
+        if scores is not None:
+            entry["eval"] = scores
+        record_epoch(run, entry, last)
+    return finish(run)
+
+
+# --------------------------------------------------------------------------- set-up
+def set_up(config: TrainConfig, args: argparse.Namespace) -> TrainingRun:
+    """Device and DDP, training data and sampler, teacher targets, warm start, evaluator,
+    encoder, loss and optimiser, then the checkpoint when resuming. The order is part of
+    the result: each rank seeds torch first, and the warm-start encoder is built (drawing
+    from that stream) before the fresh one."""
     device = resolve_device(args.device)
     ddp = Dist(device)
     device = ddp.device
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(config["seed"] + ddp.rank)
+    torch.manual_seed(config.seed + ddp.rank)
     progress = ddp.main and not args.no_progress
-    run_dir = Path(config["run_dir"]) / config["name"]
+    run_dir = Path(config.run_dir) / config.name
     run_dir.mkdir(parents=True, exist_ok=True)
+    code_commit = git_commit()
 
-    config["code_commit"] = git_commit()  # the code this run started with
     data, lfw, data_summary = load_training_data(config, args.cache_dir, progress)
     identities = sorted(set(data.identities))
     label_of = {ident: i for i, ident in enumerate(identities)}
     labels = np.array([label_of[i] for i in data.identities])
-    sampler = PKSampler(labels, config["sampler"]["p"], config["sampler"]["k"],
-                        seed=config["seed"], rank=ddp.rank,
-                        extra=config["sampler"].get("extra", 0))
+    sampler = PKSampler(labels, config.sampler.p, config.sampler.k, seed=config.seed,
+                        rank=ddp.rank, extra=config.sampler.extra)
     targets, distill_fn = None, None
-    if distill_enabled(config):
+    if config.distill.enabled:
         targets, data_summary["distill"] = teacher_targets(config, data, ddp, progress)
-        distill_fn = DistillationLoss(config["distill"]["loss"])
-    if config.get("init_from") and not (args.resume and (run_dir / "last.pt").exists()):
+        distill_fn = DistillationLoss(config.distill.loss)
+    init_encoder = None
+    if config.init_from and not (args.resume and (run_dir / "last.pt").exists()):
         init_encoder, data_summary["init_from"] = init_summary(
-            config["init_from"], data_summary, config["data"].get("exclude_identities_from"))
-        config["arch"] = init_encoder.arch
+            config.init_from, data_summary, config.data.exclude_identities_from)
+        config = config.model_copy(update={"arch": init_encoder.arch})
     evaluator = None
-    if ddp.main and config["eval"].get("pairs") not in (None, "none") and lfw is not None:
-        evaluator = PairEvaluator(config["eval"]["pairs"], config["eval"].get("folds"), lfw)
+    if ddp.main and config.eval.pairs not in (None, "none") and lfw is not None:
+        evaluator = PairEvaluator(config.eval.pairs, config.eval.folds, lfw)
 
-    encoder = SiameseEncoder(config["arch"]).to(device)
-    if data_summary.get("init_from"):
+    encoder = SiameseEncoder(config.arch).to(device)
+    if init_encoder is not None:
         encoder.load_state_dict(init_encoder.state_dict())
     model: torch.nn.Module = encoder
     if ddp.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
             encoder, device_ids=[device.index] if device.type == "cuda" else None)
-    loss_fn = build_loss(config["loss"]["name"],
-                         **{k: v for k, v in config["loss"].items() if k != "name"})
-    optimizer = build_optimizer(encoder.parameters(), config["optim"])
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    gen = torch.Generator().manual_seed(config["seed"] * 1000 + ddp.rank)
-
-    state = {"epoch": 0, "step": 0, "elapsed": 0.0, "history": []}
-    ckpt_path = run_dir / "last.pt"
-    if args.resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        encoder.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        state = ck["state"]
-        sampler.rng.bit_generator.state = ck["sampler_rng"][ddp.rank]
-        gen.set_state(ck["torch_rng"][ddp.rank])
-        if ddp.main:
-            log.info("resumed from %s at epoch %d step %d", ckpt_path, state["epoch"], state["step"])
-
-    epochs = config["epochs"]
-    steps_per_epoch = len(sampler)
-    total_steps = epochs * steps_per_epoch
+    total_steps = config.epochs * len(sampler)
     if args.max_steps:
         total_steps = min(total_steps, args.max_steps)
-    budget_s = config["max_minutes"] * 60 if config.get("max_minutes") else None
+    run = TrainingRun(
+        config=config, args=args, ddp=ddp, device=device, progress=progress, run_dir=run_dir,
+        code_commit=code_commit, data=data, labels=labels, data_summary=data_summary,
+        sampler=sampler, encoder=encoder, model=model,
+        loss_fn=build_loss(config.loss.name, **config.loss.model_dump(exclude={"name"})),
+        distill_fn=distill_fn, targets=targets,
+        optimizer=build_optimizer(encoder.parameters(), config.optim),
+        scaler=torch.amp.GradScaler("cuda", enabled=device.type == "cuda"),
+        gen=torch.Generator().manual_seed(config.seed * 1000 + ddp.rank),
+        evaluator=evaluator, state=TrainState(), total_steps=total_steps,
+        budget_s=config.max_minutes * 60 if config.max_minutes else None)
+    if args.resume and run.ckpt_path.exists():
+        _resume(run)
     if ddp.main:
         log.info("training %s on %d images / %d identities (%d steps/epoch, world %d, %s)",
-                 config["name"], len(data), len(identities), steps_per_epoch, ddp.world, device)
-        (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+                 config.name, len(data), len(identities), run.steps_per_epoch, ddp.world, device)
+        (run_dir / "config.json").write_text(
+            json.dumps(config.to_dict() | {"code_commit": code_commit}, indent=2))
+    return run
 
-    def progress_of(step: int, elapsed: float) -> float:
-        p = step / total_steps
-        if budget_s:
-            p = max(p, elapsed / budget_s)
-        return ddp.max(p)
 
+def _resume(run: TrainingRun) -> None:
+    """Continue from last.pt: weights, optimiser, state and this rank's RNG streams."""
+    ck = torch.load(run.ckpt_path, map_location="cpu", weights_only=False)
+    run.encoder.load_state_dict(ck["model"])
+    run.optimizer.load_state_dict(ck["optimizer"])
+    run.state = TrainState(**ck["state"])
+    run.sampler.rng.bit_generator.state = ck["sampler_rng"][run.ddp.rank]
+    run.gen.set_state(ck["torch_rng"][run.ddp.rank])
+    if run.ddp.main:
+        log.info("resumed from %s at epoch %d step %d", run.ckpt_path, run.state.epoch,
+                 run.state.step)
+
+
+# --------------------------------------------------------------------------- one epoch
+def run_epoch(run: TrainingRun, started: float) -> tuple[dict[str, Any], bool]:
+    """The steps of one epoch, or of its part until the schedule ends (--max-minutes) or
+    --max-steps is reached. Returns the epoch's log entry (mean losses, throughput, LR) and
+    whether training stops here. `started`: when the run's clock started (time.time())."""
     from tqdm import tqdm
-    crops = data.crops
-    done = False
-    started = time.time() - state["elapsed"]
-    while state["epoch"] < epochs and not done:
-        encoder.train()
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {state['epoch'] + 1}/{epochs}",
-                   disable=not progress, unit="step", dynamic_ncols=True)
-        t_epoch, seen, loss_sum, steps = time.time(), 0, 0.0, 0
-        parts_sum = {"pair": 0.0, "distill": 0.0}
-        for batch_idx in sampler:
-            frac = progress_of(state["step"], time.time() - started)
-            if frac >= 1.0:
-                done = True
-                break
-            factor = lr_factor(frac, state["step"], config["optim"]["warmup_steps"],
-                               config["optim"]["schedule"])
-            for g in optimizer.param_groups:
-                g["lr"] = config["optim"]["lr"] * factor
-            order = np.sort(batch_idx)  # sorted reads are kinder to a memory-mapped cache
-            x = crops_to_tensor(torch.from_numpy(np.ascontiguousarray(crops[order])))
-            y = torch.from_numpy(labels[order]).to(device)
-            x, flipped = augment(x, gen, **config["augment"], return_flips=True)
-            x = x.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu"
-                                else torch.float16, enabled=use_amp):
-                emb = model(x)
-            pair_loss = loss_fn(emb.float(), y)
-            loss = pair_loss
-            if distill_fn is not None:
-                # each crop's target is the teacher's vector of the same view (mirrored or not)
-                target = targets[torch.from_numpy(order), flipped.long()].to(device)
-                distill_loss = distill_fn(emb.float(), target)
-                loss = (config["distill"]["contrastive_weight"] * pair_loss
-                        + config["distill"]["weight"] * distill_loss)
-                parts_sum["distill"] += distill_loss.item()
-            parts_sum["pair"] += pair_loss.item()
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            state["step"] += 1
-            seen += len(x)
-            loss_sum += loss.item()
-            steps += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / steps:.4f}",
-                            img_s=f"{seen * ddp.world / (time.time() - t_epoch):.0f}",
-                            lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-            if args.max_steps and state["step"] >= args.max_steps:
-                done = True
-                break
-        bar.close()
-        if not done:
-            state["epoch"] += 1  # a full epoch; a budget/step stop leaves a partial one
-        state["elapsed"] = time.time() - started
-        entry = {"epoch": round(state["step"] / steps_per_epoch, 2), "step": state["step"],
-                 "loss": loss_sum / max(steps, 1),
-                 "pair_loss": parts_sum["pair"] / max(steps, 1),
-                 **({"distill_loss": parts_sum["distill"] / max(steps, 1)} if distill_fn else {}),
-                 "images_per_s": seen * ddp.world / max(time.time() - t_epoch, 1e-9),
-                 "minutes": state["elapsed"] / 60, "lr": optimizer.param_groups[0]["lr"]}
-        last = done or state["epoch"] >= epochs
-        if evaluator and (last or state["epoch"] % config["eval"]["every_epochs"] == 0):
-            res = evaluator(encoder)
-            entry["eval"] = {k: res[k] for k in ("auc", "accuracy_at_best_threshold", "eer",
-                                                 "tar_at_far_1e-2", "best_threshold")}
-        state["history"].append(entry)
-        if ddp.main:
-            log.info("epoch %s", json.dumps(entry))
-            with open(run_dir / "log.jsonl", "a") as f:
-                f.write(json.dumps(entry) + "\n")
-        if last or state["epoch"] % config["checkpoint_every_epochs"] == 0:
-            _save_checkpoint(ckpt_path if ddp.main else None, encoder, optimizer, state,
-                             sampler, gen, ddp)
-        ddp.barrier()
-
-    ddp.sync_buffers(encoder)
-    if args.save_replicas:
-        save_weights(encoder, Path(args.save_replicas) / f"rank{ddp.rank}.safetensors")
-    result = {"encoder": encoder, "state": state, "data": data_summary, "rank": ddp.rank}
-    if ddp.main:
-        final_eval = evaluator(encoder) if evaluator else None
-        result["weights"] = _write_outputs(config, encoder, state, data_summary, final_eval,
-                                           device, args)
-    ddp.barrier()
-    ddp.close()
-    return result
+    state, world = run.state, run.ddp.world
+    run.encoder.train()
+    bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {state.epoch + 1}/{run.config.epochs}",
+               disable=not run.progress, unit="step", dynamic_ncols=True)
+    t_epoch, seen, steps, stopped = time.time(), 0, 0, False
+    sums = {"loss": 0.0, "pair": 0.0, "distill": 0.0}
+    for batch_idx in run.sampler:
+        frac = run.schedule_progress(time.time() - started)
+        if frac >= 1.0:
+            stopped = True
+            break
+        loss, pair_loss, distill_loss = train_step(run, batch_idx, frac)
+        sums["loss"] += loss
+        sums["pair"] += pair_loss
+        if distill_loss is not None:
+            sums["distill"] += distill_loss
+        seen += len(batch_idx)
+        steps += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{sums['loss'] / steps:.4f}",
+                        img_s=f"{seen * world / (time.time() - t_epoch):.0f}",
+                        lr=f"{run.optimizer.param_groups[0]['lr']:.2e}")
+        if run.args.max_steps and state.step >= run.args.max_steps:
+            stopped = True
+            break
+    bar.close()
+    if not stopped:
+        state.epoch += 1  # a full epoch; a budget/step stop leaves a partial one
+    state.elapsed = time.time() - started
+    n = max(steps, 1)
+    entry = {"epoch": round(state.step / run.steps_per_epoch, 2), "step": state.step,
+             "loss": sums["loss"] / n, "pair_loss": sums["pair"] / n,
+             **({"distill_loss": sums["distill"] / n} if run.distill_fn else {}),
+             "images_per_s": seen * world / max(time.time() - t_epoch, 1e-9),
+             "minutes": state.elapsed / 60, "lr": run.optimizer.param_groups[0]["lr"]}
+    return entry, stopped
 
 
-def _save_checkpoint(path, encoder, optimizer, state, sampler, gen, ddp: Dist) -> None:
-    """Resumable checkpoint (trusted, our own file): model, optimiser, RNG streams per rank."""
-    sampler_states = [sampler.rng.bit_generator.state]
-    torch_states = [gen.get_state()]
+def train_step(run: TrainingRun, batch_idx: np.ndarray, frac: float
+               ) -> tuple[float, float, float | None]:
+    """One optimiser step on one batch, at schedule position `frac` (0..1).
+    Returns (loss, pair loss, distillation loss or None)."""
+    optim, device = run.config.optim, run.device
+    factor = lr_factor(frac, run.state.step, optim.warmup_steps, optim.schedule)
+    for g in run.optimizer.param_groups:
+        g["lr"] = optim.lr * factor
+    crops = run.data.crops
+    order = np.sort(batch_idx)  # sorted reads are kinder to a memory-mapped cache
+    x = crops_to_tensor(torch.from_numpy(np.ascontiguousarray(crops[order])))
+    y = torch.from_numpy(run.labels[order]).to(device)
+    x, flipped = augment(x, run.gen, **run.config.augment.model_dump(), return_flips=True)
+    x = x.to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu"
+                        else torch.float16, enabled=device.type == "cuda"):
+        emb = run.model(x)
+    pair_loss = run.loss_fn(emb.float(), y)
+    loss, distill_value = pair_loss, None
+    if run.distill_fn is not None:
+        # each crop's target is the teacher's vector of the same view (mirrored or not)
+        target = run.targets[torch.from_numpy(order), flipped.long()].to(device)
+        distill_loss = run.distill_fn(emb.float(), target)
+        loss = (run.config.distill.contrastive_weight * pair_loss
+                + run.config.distill.weight * distill_loss)
+        distill_value = distill_loss.item()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.state.step += 1
+    return loss.item(), pair_loss.item(), distill_value
+
+
+def record_epoch(run: TrainingRun, entry: dict[str, Any], last: bool) -> None:
+    """Append the epoch's entry to the history and log.jsonl; checkpoint when due (every
+    rank takes part: the checkpoint gathers each rank's RNG state)."""
+    run.state.history.append(entry)
+    if run.ddp.main:
+        log.info("epoch %s", json.dumps(entry))
+        with open(run.run_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(entry) + "\n")
+    if last or run.state.epoch % run.config.checkpoint_every_epochs == 0:
+        _save_checkpoint(run)
+    run.ddp.barrier()
+
+
+def _save_checkpoint(run: TrainingRun) -> None:
+    """Resumable checkpoint (trusted, our own file): model, optimiser, RNG streams per rank.
+    Called on every rank; rank 0 writes it."""
+    ddp = run.ddp
+    sampler_states = [run.sampler.rng.bit_generator.state]
+    torch_states = [run.gen.get_state()]
     if ddp.enabled:
         gathered: list = [None] * ddp.world
         dist.all_gather_object(gathered, (sampler_states[0], torch_states[0]))
         sampler_states = [g[0] for g in gathered]
         torch_states = [g[1] for g in gathered]
-    if path is None:
+    if not ddp.main:
         return
-    tmp = Path(path).with_suffix(".tmp")
-    torch.save({"model": encoder.state_dict(), "optimizer": optimizer.state_dict(),
-                "state": state, "sampler_rng": sampler_states, "torch_rng": torch_states}, tmp)
-    tmp.replace(path)
+    tmp = run.ckpt_path.with_suffix(".tmp")
+    torch.save({"model": run.encoder.state_dict(), "optimizer": run.optimizer.state_dict(),
+                "state": asdict(run.state), "sampler_rng": sampler_states,
+                "torch_rng": torch_states}, tmp)
+    tmp.replace(run.ckpt_path)
 
 
-def _write_outputs(config, encoder, state, data_summary, final_eval, device, args) -> Path:
-    out = Path(config["output_dir"]) / f"{config['name']}.safetensors"
+# --------------------------------------------------------------------------- evaluation
+# the monitor's figures kept in each evaluated epoch's log entry
+MONITORED = ("auc", "accuracy_at_best_threshold", "eer", "tar_at_far_1e-2", "best_threshold")
+
+
+def periodic_evaluation(run: TrainingRun, last: bool) -> dict[str, Any] | None:
+    """The monitor's headline figures every eval.every_epochs full epochs and after the last
+    epoch; None when not due or without an evaluator (ranks > 0, eval.pairs none)."""
+    if run.evaluator is None or not (last or run.state.epoch % run.config.eval.every_epochs == 0):
+        return None
+    scores = run.evaluator(run.encoder)
+    return {k: scores[k] for k in MONITORED}
+
+
+def final_evaluation(run: TrainingRun) -> dict[str, Any] | None:
+    """Every figure of the monitor on the final encoder (its threshold goes in the card)."""
+    return run.evaluator(run.encoder) if run.evaluator else None
+
+
+# --------------------------------------------------------------------------- outputs
+def finish(run: TrainingRun) -> dict[str, Any]:
+    """Make the replicas identical, then (rank 0) evaluate and write the weights and card."""
+    ddp = run.ddp
+    ddp.sync_buffers(run.encoder)
+    if run.args.save_replicas:
+        save_weights(run.encoder, Path(run.args.save_replicas) / f"rank{ddp.rank}.safetensors")
+    result = {"encoder": run.encoder, "state": asdict(run.state), "data": run.data_summary,
+              "rank": ddp.rank}
+    if ddp.main:
+        result["weights"] = _write_outputs(run, final_evaluation(run))
+    ddp.barrier()
+    ddp.close()
+    return result
+
+
+def _write_outputs(run: TrainingRun, final_eval: dict[str, Any] | None) -> Path:
+    config, encoder, state, data_summary = run.config, run.encoder, run.state, run.data_summary
+    out = Path(config.output_dir) / f"{config.name}.safetensors"
     sha = save_weights(encoder, out)
     threshold: dict[str, Any] = {"value": None, "method": "not calibrated"}
     if final_eval:
@@ -517,7 +614,7 @@ def _write_outputs(config, encoder, state, data_summary, final_eval, device, arg
             "at_far_1e-3": final_eval["threshold_at_far_1e-3"],
         }
     card = {
-        "name": config["name"], "version": config.get("version", "0.1.0"),
+        "name": config.name, "version": config.version,
         "architecture": encoder.arch,
         "parameters": sum(p.numel() for p in encoder.parameters()),
         "embedding_dim": encoder.embedding_dim,
@@ -538,13 +635,14 @@ def _write_outputs(config, encoder, state, data_summary, final_eval, device, arg
             "excluded": data_summary.get("excluded"),
             "init_from": data_summary.get("init_from"),
             "distill": data_summary.get("distill"),
-            "loss": config["loss"], "optimizer": config["optim"], "sampler": config["sampler"],
-            "epochs": state["epoch"], "steps": state["step"],
-            "wall_clock_minutes": round(state["elapsed"] / 60, 1), "device": str(device),
-            "history": state["history"],
+            "loss": config.loss.model_dump(), "optimizer": config.optim.model_dump(),
+            "sampler": config.sampler.model_dump(),
+            "epochs": state.epoch, "steps": state.step,
+            "wall_clock_minutes": round(state.elapsed / 60, 1), "device": str(run.device),
+            "history": state.history,
             "monitor_eval": final_eval,
         },
-        "code_commit": config.get("code_commit") or git_commit(),
+        "code_commit": run.code_commit or git_commit(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "weights_file": out.name, "weights_sha256": sha,
     }
@@ -557,7 +655,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         stream=sys.stdout)
     args = parse_args(argv)
-    config = load_config(args.config, overrides_from(args))
+    try:
+        config = load_config(args.config, overrides_from(args), sources=flag_sources())
+    except ConfigError as exc:
+        raise SystemExit(f"ConfigError: {exc}") from None
     train(config, args)
     return 0
 

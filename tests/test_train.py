@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -134,3 +135,89 @@ def test_warm_start_only_from_weights_that_never_saw_the_excluded_identities(
     with pytest.raises(SystemExit, match="did not exclude"):
         main(train_args(small_lfw, cache_dir, tmp_path, "--name", "leaky", *common,
                         "--exclude-folds", "3", "--init-from", base))
+
+
+# ---------------------------------------------------------------------------- the typed config
+CONFIGS = sorted((ROOT / "model" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("snippet, key", [
+    ("optim: {lrr: 1}\n", "optim.lrr"),
+    ("epochss: 3\n", "epochss"),
+    ("distill:\n  loss: relational\n  wieght: 2\n", "distill.wieght"),
+])
+def test_an_unknown_key_in_a_config_file_is_rejected_naming_it_and_the_file(tmp_path, snippet,
+                                                                           key):
+    from model.train_config import ConfigError, load_config
+    path = tmp_path / "foo.yaml"
+    path.write_text(snippet)
+    where = re.escape(str(path))
+    with pytest.raises(ConfigError, match=rf"unknown key '{key}' in {where}; known: "):
+        load_config(path, {})
+
+
+def test_the_cli_stops_on_an_unknown_key_before_training(tmp_path):
+    from model.train import main
+    path = tmp_path / "typo.yaml"
+    path.write_text("optim:\n  lrr: 0.1\n")
+    with pytest.raises(SystemExit, match=r"unknown key 'optim.lrr' in \S*typo.yaml; known: name"):
+        main(["--config", str(path), "--run-dir", str(tmp_path / "runs"),
+              "--data", f"none={tmp_path / 'none'}"])
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(SystemExit, match=r"'arch' in flag --arch: .*dictionary"):
+        main(["--arch", "[1, 2]", "--run-dir", str(tmp_path / "runs"),
+              "--data", f"none={tmp_path / 'none'}"])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_wrong_value_or_an_unknown_override_names_its_key():
+    from model.train_config import ConfigError, load_config
+    with pytest.raises(ConfigError, match=r"unknown key 'optim.lrr' in override 'optim.lrr'"):
+        load_config(None, {"optim.lrr": 0.1})
+    with pytest.raises(ConfigError, match=r"'sampler.p' in override 'sampler.p': .*integer"):
+        load_config(None, {"sampler.p": "many"})
+    with pytest.raises(ConfigError, match=r"'optim.schedule' .*'cosine' or 'constant'"):
+        load_config(None, {"optim.schedule": "linear"})
+
+
+def test_flags_override_the_file_and_land_in_the_typed_config():
+    from model.train import overrides_from, parse_args
+    from model.train_config import TrainConfig, load_config
+    args = parse_args(["--config", str(ROOT / "model/configs/distill.yaml"), "--lr", "0.01",
+                       "--batch-p", "8", "--extra-per-batch", "3", "--data", "mine=/data/faces",
+                       "--arch", TINY_ARCH, "--eval-folds", "1-5", "--name", "typed"])
+    config = load_config(args.config, overrides_from(args))
+    assert isinstance(config, TrainConfig)
+    assert config.optim.lr == 0.01 and config.sampler.p == 8 and config.sampler.extra == 3
+    assert config.data.roots == {"mine": "/data/faces"}  # --data replaces the roots
+    assert config.arch == json.loads(TINY_ARCH)          # --arch replaces the whole mapping
+    assert config.eval.folds == "1-5" and config.name == "typed"
+    assert config.distill.loss == "relational" and config.distill.enabled  # from the file
+    assert config.sampler.k == 4 and config.optim.name == "adamw"         # from default.yaml
+    assert config.to_dict()["optim"]["lr"] == 0.01
+
+
+def test_the_config_classes_defaults_are_default_yaml():
+    """TrainConfig() and model/configs/default.yaml describe the same recipe."""
+    from model.train_config import TrainConfig, load_config
+    assert load_config(None, {}) == TrainConfig()
+    assert not TrainConfig().distill.enabled
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_the_shipped_configs_load_and_keep_every_value_they_set(path):
+    import yaml
+
+    from model.train_config import TrainConfig, load_config
+    config = load_config(path, {})
+    plain = config.to_dict()
+    json.dumps(plain)  # what config.json and the model card get
+    assert TrainConfig.model_validate(plain) == config
+
+    def check(written: dict, loaded: dict, where: str) -> None:
+        for key, value in written.items():
+            if isinstance(value, dict) and key not in ("arch", "roots"):
+                check(value, loaded[key], f"{where}{key}.")
+            else:
+                assert loaded[key] == value, f"{path.name}: {where}{key}"
+    check(yaml.safe_load(path.read_text()), plain, "")
