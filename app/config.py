@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     precision: Literal["auto", "fp32", "fp16"] = Field("auto", description=(
         "Encoder precision. auto: fp16 on CUDA when the warm-up check shows the embeddings "
         "stay within `fp16_tolerance` of fp32, else fp32. Always fp32 on the CPU."))
+    runtime: Literal["auto", "torch", "onnxruntime"] = Field("auto", description=(
+        "Where the encoder runs on the CPU. auto: ONNX Runtime (exported from the torch module "
+        "at start-up) when it is installed and its embeddings agree with torch's within 1e-4, "
+        "else torch; onnxruntime: the same, but failing to start is an error. Always torch "
+        "on CUDA."))
     fp16_tolerance: float = Field(1e-3, gt=0, description=(
         "Largest Euclidean distance between fp16 and fp32 embeddings accepted by the "
         "precision=auto check."))

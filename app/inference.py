@@ -1,7 +1,8 @@
 """The encoder's forward pass as the batcher calls it: uint8 crops in, unit embeddings out.
 
-Preprocessing is `model.pipeline.crops_to_tensor`, the same function training and evaluation
-use. On CUDA the uint8 batch is copied from pinned memory with a non-blocking copy (4x fewer
+Preprocessing is the encoder's own spec (`encoder.spec.to_tensor`, model/preprocess.py), the
+same normalisation training and evaluation use; the crop size comes from it too. On the CPU it runs in torch or in ONNX Runtime (model/runtime.py, chosen at start-up by the
+`runtime` setting, with a parity check). On CUDA the uint8 batch is copied from pinned memory with a non-blocking copy (4x fewer
 bytes than float32), normalised on the device, and run in half precision when the warm-up
 check shows fp16 embeddings stay within tolerance of fp32.
 """
@@ -13,16 +14,18 @@ import threading
 import torch
 
 from model.encoder import SiameseEncoder
-from model.pipeline import crops_to_tensor
 
 log = logging.getLogger("faceverify.inference")
 
 
 class EncoderRunner:
     def __init__(self, encoder: SiameseEncoder, device: torch.device, precision: str = "auto",
-                 fp16_tolerance: float = 1e-3):
+                 fp16_tolerance: float = 1e-3, runtime: str = "auto"):
+        from model.runtime import choose_runtime
         self.encoder = encoder.eval()
         self.device = device
+        # The CPU forward pass: torch, or ONNX Runtime over a graph exported from the module.
+        self.runtime, self._cpu_forward = choose_runtime(self.encoder, device, runtime)
         self.cuda = device.type == "cuda"
         self.requested_precision = precision
         self.fp16_tolerance = fp16_tolerance
@@ -35,36 +38,41 @@ class EncoderRunner:
         return "fp16" if self.dtype == torch.float16 else "fp32"
 
     @property
+    def crop_shape(self) -> tuple[int, int, int]:
+        size = self.encoder.spec.crop_size
+        return size, size, 3
+
+    @property
     def embedding_dim(self) -> int:
         return self.encoder.embedding_dim
 
     def __call__(self, crops: torch.Tensor) -> torch.Tensor:
-        """(N, 112, 112, 3) uint8 → (N, D) float32 unit embeddings on the CPU."""
+        """(N, S, S, 3) uint8 → (N, D) float32 unit embeddings on the CPU."""
         with self._lock, torch.inference_mode():
             return self._forward(crops, self.dtype)
 
     def _forward(self, crops: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         if self.cuda:
             x = crops.pin_memory().to(self.device, non_blocking=True)
-            x = crops_to_tensor(x)
+            x = self.encoder.prepare(x)
             model = self._fp16_model if dtype == torch.float16 else self.encoder
             emb = model(x.to(dtype))
             emb = torch.nn.functional.normalize(emb.float(), dim=1)
             return emb.cpu()
-        return self.encoder(crops_to_tensor(crops)).float()
+        return self._cpu_forward(self.encoder.prepare(crops)).float()
 
     def warm_up(self, batch_sizes: list[int]) -> None:
         """Run the encoder at the given batch sizes; choose fp16 on CUDA where it holds."""
         gen = torch.Generator().manual_seed(0)
         with self._lock, torch.inference_mode():
             for n in batch_sizes:
-                crops = torch.randint(0, 256, (n, 112, 112, 3), dtype=torch.uint8, generator=gen)
+                crops = torch.randint(0, 256, (n, *self.crop_shape), dtype=torch.uint8, generator=gen)
                 self._forward(crops, torch.float32)
             if not self.cuda or self.requested_precision == "fp32":
                 return
             import copy
             self._fp16_model = copy.deepcopy(self.encoder).half().eval()
-            crops = torch.randint(0, 256, (max(batch_sizes), 112, 112, 3), dtype=torch.uint8,
+            crops = torch.randint(0, 256, (max(batch_sizes), *self.crop_shape), dtype=torch.uint8,
                                   generator=gen)
             ref = self._forward(crops, torch.float32)
             half = self._forward(crops, torch.float16)
@@ -78,7 +86,7 @@ class EncoderRunner:
                             extra={"fp16_max_distance_error": err,
                                    "tolerance": self.fp16_tolerance})
             for n in batch_sizes:
-                crops = torch.randint(0, 256, (n, 112, 112, 3), dtype=torch.uint8,
+                crops = torch.randint(0, 256, (n, *self.crop_shape), dtype=torch.uint8,
                                       generator=gen)
                 self._forward(crops, self.dtype)
             torch.cuda.synchronize(self.device)

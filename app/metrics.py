@@ -59,7 +59,8 @@ class Metrics:
         self.faces_not_found = Counter("faceverify_faces_not_found",
                                        "Images in which no face was detected.", registry=r)
         self.model_info = Gauge("faceverify_model_info", "The loaded model (value is 1).",
-                                ["name", "version", "device", "precision", "sha256"],
+                                ["name", "version", "device", "precision", "runtime",
+                                 "preprocessing", "sha256"],
                                 registry=r)
         self.ready = Gauge("faceverify_ready", "1 when warmed up and serving.", registry=r)
 
@@ -70,9 +71,11 @@ class Metrics:
         if not ok:
             self.batch_errors.inc()
 
-    def set_model(self, name: str, version: str, device: str, precision: str, sha256: str):
+    def set_model(self, name: str, version: str, device: str, precision: str, sha256: str,
+                  runtime: str = "torch", preprocessing: str = ""):
         self.model_info.clear()
         self.model_info.labels(name=name, version=version, device=device, precision=precision,
+                               runtime=runtime, preprocessing=preprocessing,
                                sha256=sha256[:12]).set(1)
 
     def render(self) -> bytes:

@@ -60,7 +60,7 @@ def _wants_crops(request: Request) -> bool:
 
 
 def crop_png_base64(crop: np.ndarray) -> str:
-    """An aligned (112, 112, 3) uint8 RGB crop as base64 PNG (lossless: the encoder's input)."""
+    """An aligned (S, S, 3) uint8 RGB crop as base64 PNG (lossless: the encoder's input)."""
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(crop), "RGB").save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode("ascii")

@@ -13,17 +13,17 @@ _FACE_EXAMPLE = {
                   [143.9, 166.8]],
     "score": 0.99982, "faces_found": 1,
 }
-_MODEL_EXAMPLE = {"name": "faceverify-encoder", "version": "0.2.0",
+_MODEL_EXAMPLE = {"name": "faceverify-encoder", "version": "0.3.0",
                   "sha256": "3f1c2a9e0b7d4c6a8e5f1b2c3d4e5f60718293a4b5c6d7e8f9a0b1c2d3e4f5a6"}
 
 
-CROPS_DESCRIPTION = ("only with `?return_crops=true`: the aligned 112x112 RGB crop of each face "
-                     "the encoder compared, as base64 PNG, in the order of the images; absent "
-                     "otherwise")
+CROPS_DESCRIPTION = ("only with `?return_crops=true`: the aligned RGB crop of each face the "
+                     "encoder compared (the model card's crop size: 150x150 for the default "
+                     "encoder), as base64 PNG, in the order of the images; absent otherwise")
 RETURN_CROPS_PARAMETER = {
     "name": "return_crops", "in": "query", "required": False,
     "schema": {"type": "boolean", "default": False},
-    "description": "true: add `crops`, the aligned 112x112 face crops the encoder saw (base64 "
+    "description": "true: add `crops`, the aligned face crops the encoder saw (base64 "
                    "PNG), to the response",
 }
 
@@ -182,7 +182,7 @@ def upload_request_body(fields: list[str], example_b64: str = "/9j/4AAQSkZJRgABA
                                      "server override or the model card's"},
         "detect": {"type": "boolean", "default": True,
                    "description": "false: the image is already an aligned face crop "
-                                  "(resized to 112x112, no detection)"},
+                                  "(resized to the model card's crop size, no detection)"},
     }
     if len(fields) == 1:
         common = {"detect": common["detect"]}

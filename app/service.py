@@ -87,16 +87,26 @@ class Service:
         self.model_ref = {"name": str(card.get("name", s.weights.stem)),
                           "version": str(card.get("version", "")),
                           "sha256": str(card["weights_sha256"])}
-        self.runner = EncoderRunner(encoder, device, s.precision, s.fp16_tolerance)
+        try:
+            self.runner = EncoderRunner(encoder, device, s.precision, s.fp16_tolerance,
+                                        s.runtime)
+        except RuntimeError as exc:  # runtime=onnxruntime that cannot run here
+            raise StartupError(f"cannot start the encoder runtime: {exc}") from None
         detect_device = s.detect_device or str(device)
-        self.faces = FaceStage(FacePipeline(device=detect_device), s.detect_workers,
+        try:
+            pipeline = FacePipeline(device=detect_device, spec=encoder.spec)
+        except (OSError, ValueError) as exc:  # the landmark model the spec needs
+            raise StartupError(f"cannot build the face pipeline for preprocessing "
+                               f"{encoder.spec.version!r}: {exc}") from None
+        self.faces = FaceStage(pipeline, s.detect_workers,
                                s.max_pixels, on_no_face=self.metrics.faces_not_found.inc)
         log.info("model loaded", extra={
             "weights": str(s.weights), "model_name": self.model_ref["name"],
             "model_version": self.model_ref["version"],
             "weights_sha256": self.model_ref["sha256"], "device": str(device),
             "detect_device": detect_device, "threshold": self.threshold,
-            "embedding_dim": encoder.embedding_dim,
+            "embedding_dim": encoder.embedding_dim, "preprocessing": encoder.spec.version,
+            "runtime": self.runner.runtime,
             "load_ms": round((time.perf_counter() - t0) * 1000, 1)})
 
     def start(self) -> None:
@@ -125,7 +135,8 @@ class Service:
             return
         self.metrics.set_model(self.model_ref["name"], self.model_ref["version"],
                                str(self.device), self.runner.precision,
-                               self.model_ref["sha256"])
+                               self.model_ref["sha256"], runtime=self.runner.runtime,
+                               preprocessing=self.runner.encoder.spec.version)
         self.ready = True
         self.metrics.ready.set(1)
         log.info("ready")

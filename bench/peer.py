@@ -66,9 +66,9 @@ def faceverify_worker(argv: list[str]) -> int:
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     from model.checkpoint import load_encoder
     from model.imageio import decode_image
-    from model.pipeline import FacePipeline, crops_to_tensor
+    from model.pipeline import FacePipeline
     encoder, _ = load_encoder(args.weights, device="cpu")
-    pipeline = FacePipeline(device="cpu")
+    pipeline = FacePipeline(device="cpu", spec=encoder.spec)
     paths = [Path(args.root) / r for r in Path(args.images).read_text().splitlines() if r]
 
     def align(img):
@@ -76,7 +76,7 @@ def faceverify_worker(argv: list[str]) -> int:
 
     with torch.inference_mode():
         warm = align(decode_image(paths[0]))
-        encoder(crops_to_tensor(warm.crop[None]))
+        encoder(encoder.prepare(warm.crop[None]))
         pre = [align(decode_image(x)).crop for x in paths] if args.mode == "encode" else None
         if args.sync:
             print("ready", flush=True)
@@ -88,7 +88,7 @@ def faceverify_worker(argv: list[str]) -> int:
         for i, path in enumerate(paths):
             if pre is not None:
                 t2 = time.perf_counter()
-                encoder(crops_to_tensor(pre[i][None]))
+                encoder(encoder.prepare(pre[i][None]))
                 times[i, 2] = time.perf_counter() - t2
                 continue
             t0 = time.perf_counter()
@@ -97,7 +97,7 @@ def faceverify_worker(argv: list[str]) -> int:
             face = align(img)
             found[i] = face.faces_found
             t2 = time.perf_counter()
-            encoder(crops_to_tensor(face.crop[None]))
+            encoder(encoder.prepare(face.crop[None]))
             times[i] = (t1 - t0, t2 - t1, time.perf_counter() - t2)
         end = time.time()
     np.savez(args.out, faces_found=found, times=times, start=start, end=end)

@@ -1,4 +1,4 @@
-"""Backbones for the Siamese encoder, all for 112x112 RGB input, built from a config dict.
+"""Backbones for the Siamese encoder (112x112 RGB input unless noted), built from a config dict.
 
 - `mobilefacenet`: MobileFaceNet-style (Chen et al. 2018): inverted residuals, PReLU, and a
   global depthwise conv (GDC) head that keeps the face's spatial layout. Width and depth are
@@ -6,6 +6,8 @@
 - `mnv3s`: torchvision's MobileNetV3-Small trunk with the same GDC head.
 - `iresnet`: a narrow IResNet (insightface's `iresnet` blocks: BN-conv-BN-PReLU-conv-BN with a
   projection shortcut), sized for CPU: a stride-2 stem, three stride-2 stages, the GDC head.
+- `dlib-resnet`: dlib's face-recognition ResNet (150x150 chips; model/dlib_resnet.py), which
+  `python -m model.convert_dlib` fills with dlib's public-domain weights.
 - `koch`: the origin tutorial's Koch-et-al. convnet (64@10, 128@7, 128@4, 256@4, fc 4096),
   with its fc layer sized to the actual input; kept as a reference point.
 """
@@ -15,6 +17,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from model.dlib_resnet import DlibResNet
 
 
 def _conv_bn(cin: int, cout: int, k: int, s: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
@@ -161,7 +165,7 @@ class KochNet(nn.Module):
 
 
 ARCHITECTURES = {"mobilefacenet": MobileFaceNet, "mnv3s": MobileNetV3SmallFace,
-                 "iresnet": NarrowIResNet, "koch": KochNet}
+                 "iresnet": NarrowIResNet, "koch": KochNet, "dlib-resnet": DlibResNet}
 
 
 def build_backbone(config: dict[str, Any]) -> nn.Module:

@@ -1,7 +1,9 @@
 """Weights files (safetensors, never pickle) and their model cards.
 
 `weights/<name>.safetensors` holds the encoder's tensors and, in its metadata, the
-architecture config and preprocessing version, so the file alone rebuilds the encoder.
+architecture config and the preprocessing spec (model/preprocess.py), so the file alone
+rebuilds the encoder and says how to align faces for it; weights whose spec this code cannot
+reproduce are refused.
 `weights/<name>.json` is the model card; its `weights_sha256` must match the file.
 """
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import torch
 
 from model.encoder import SiameseEncoder
-from model.pipeline import PIPELINE_VERSION
+from model.preprocess import SpecError, spec_from_metadata
 
 
 class WeightsError(RuntimeError):
@@ -40,8 +42,8 @@ def save_weights(encoder: SiameseEncoder, path: str | Path) -> str:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    meta = {"arch": json.dumps(encoder.arch), "pipeline_version": PIPELINE_VERSION,
-            "format": "faceverify-encoder-v1"}
+    meta = {"arch": json.dumps(encoder.arch), "pipeline_version": encoder.spec.version,
+            "preprocessing": encoder.spec.to_json(), "format": "faceverify-encoder-v1"}
     tmp = path.with_suffix(".tmp")
     save_file(state, str(tmp), metadata=meta)
     tmp.replace(path)
@@ -102,11 +104,16 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu",
                            f"truncated?): {exc}") from exc
     if "arch" not in meta:
         raise WeightsError(f"{path} has no architecture metadata; not a faceverify encoder")
-    if meta.get("pipeline_version") != PIPELINE_VERSION:
-        raise WeightsError(f"{path} was trained with preprocessing {meta.get('pipeline_version')!r}"
-                           f" but this code aligns faces as {PIPELINE_VERSION!r}")
+    try:
+        spec = spec_from_metadata(meta)
+    except SpecError as exc:
+        raise WeightsError(f"{path}: {exc}") from None
+    card_spec = (card or {}).get("preprocessing") or {}
+    if card_spec.get("version") not in (None, spec.version):
+        raise WeightsError(f"{path}: the model card's preprocessing {card_spec.get('version')!r}"
+                           f" is not the weights' {spec.version!r}")
     flip_tta = bool(((card or {}).get("inference") or {}).get("flip_tta", False))
-    encoder = SiameseEncoder(json.loads(meta["arch"]), flip_tta=flip_tta)
+    encoder = SiameseEncoder(json.loads(meta["arch"]), flip_tta=flip_tta, spec=spec)
     try:
         encoder.load_state_dict(state)
     except RuntimeError as exc:

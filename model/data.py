@@ -1,8 +1,9 @@
 """Training data: identity folders, a cache of aligned crops, P×K sampling, augmentation.
 
 Layout: `root/<Identity>/<image>` (LFW's layout). Every image is detected and aligned once by
-the shared `FacePipeline`; the uint8 crops are cached under `cache_dir`, keyed by the dataset's
-file list and `PIPELINE_VERSION`, so epochs never pay for detection.
+the shared `FacePipeline` as the encoder's preprocessing spec says; the uint8 crops are cached
+under `cache_dir`, keyed by the dataset's file list and the spec's version, so epochs never pay
+for detection.
 """
 from __future__ import annotations
 
@@ -18,8 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.align import CROP_SIZE
-from model.pipeline import PIPELINE_VERSION
+from model.preprocess import DEFAULT_SPEC, PreprocessSpec
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def scan_identity_folders(root: str | Path) -> list[str]:
 class AlignedImages:
     """Aligned crops of a set of images, with their identities."""
 
-    crops: np.ndarray  # (N, 112, 112, 3) uint8
+    crops: np.ndarray  # (N, S, S, 3) uint8
     paths: list[str]  # dataset-prefixed relative paths, e.g. "lfw/Aaron_Eckhart/..._0001.jpg"
     identities: list[str]  # one per image, dataset-prefixed for non-LFW sets
     methods: list[str]  # "detected" or "centred_fallback"
@@ -70,8 +70,8 @@ class AlignedImages:
             [x for p in parts for x in p.methods])
 
 
-def _cache_key(root: Path, rel_paths: list[str]) -> str:
-    h = hashlib.sha256(PIPELINE_VERSION.encode())
+def _cache_key(root: Path, rel_paths: list[str], spec: PreprocessSpec) -> str:
+    h = hashlib.sha256(spec.version.encode())
     for rel in rel_paths:
         h.update(rel.encode())
         h.update(str((root / rel).stat().st_size).encode())
@@ -81,11 +81,12 @@ def _cache_key(root: Path, rel_paths: list[str]) -> str:
 _worker_pipeline = None
 
 
-def _init_worker(device: str) -> None:
+def _init_worker(device: str, spec_json: str) -> None:
     global _worker_pipeline
     torch.set_num_threads(1)
     from model.pipeline import FacePipeline
-    _worker_pipeline = FacePipeline(device=device)
+    _worker_pipeline = FacePipeline(device=device,
+                                    spec=PreprocessSpec.from_dict(json.loads(spec_json)))
 
 
 def _align_chunk(args: tuple[str, list[str]]) -> tuple[np.ndarray, list[str]]:
@@ -97,8 +98,8 @@ def _align_chunk(args: tuple[str, list[str]]) -> tuple[np.ndarray, list[str]]:
 
 
 def align_folder(root: str | Path, rel_paths: list[str], workers: int = 2,
-                 device: str = "cpu", chunk: int = 16, progress: bool = True
-                 ) -> tuple[np.ndarray, list[str]]:
+                 device: str = "cpu", chunk: int = 16, progress: bool = True,
+                 spec: PreprocessSpec = DEFAULT_SPEC) -> tuple[np.ndarray, list[str]]:
     """Detect and align every image (centred fallback where no face is found)."""
     from tqdm import tqdm
     chunks = [(str(root), rel_paths[i:i + chunk]) for i in range(0, len(rel_paths), chunk)]
@@ -106,12 +107,13 @@ def align_folder(root: str | Path, rel_paths: list[str], workers: int = 2,
     bar = tqdm(total=len(rel_paths), desc=f"align {Path(root).name}", disable=not progress,
                unit="img")
     if workers <= 1:
-        _init_worker(device)
+        _init_worker(device, spec.to_json())
         results: Iterator = map(_align_chunk, chunks)
         for c, m in results:
             crops.append(c), methods.extend(m), bar.update(len(m))
     else:
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(device,)) as ex:
+        with ProcessPoolExecutor(workers, initializer=_init_worker,
+                                 initargs=(device, spec.to_json())) as ex:
             for c, m in ex.map(_align_chunk, chunks):
                 crops.append(c), methods.extend(m), bar.update(len(m))
     bar.close()
@@ -120,7 +122,8 @@ def align_folder(root: str | Path, rel_paths: list[str], workers: int = 2,
 
 def load_aligned_folder(root: str | Path, name: str | None = None,
                         cache_dir: str | Path = DEFAULT_CACHE_DIR, workers: int = 2,
-                        device: str = "cpu", progress: bool = True) -> AlignedImages:
+                        device: str = "cpu", progress: bool = True,
+                        spec: PreprocessSpec = DEFAULT_SPEC) -> AlignedImages:
     """Aligned crops of every image under an identity-folder root, built once and cached.
 
     `name` prefixes paths and (for non-LFW sets) identities, so sets can be combined.
@@ -128,7 +131,7 @@ def load_aligned_folder(root: str | Path, name: str | None = None,
     root = Path(root)
     name = name or root.name
     rel_paths = scan_identity_folders(root)
-    key = _cache_key(root, rel_paths)
+    key = _cache_key(root, rel_paths, spec)
     cache_dir = Path(cache_dir)
     npy, meta_path = cache_dir / f"{name}-{key}.npy", cache_dir / f"{name}-{key}.json"
     if npy.exists() and meta_path.exists():
@@ -137,14 +140,14 @@ def load_aligned_folder(root: str | Path, name: str | None = None,
     else:
         log.info("aligning %d images under %s (cached as %s)", len(rel_paths), root, npy)
         crops, methods = align_folder(root, rel_paths, workers=workers, device=device,
-                                      progress=progress)
+                                      progress=progress, spec=spec)
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = npy.with_suffix(".tmp.npy")
         np.save(tmp, crops)
         tmp.replace(npy)
-        meta_path.write_text(json.dumps({"root": str(root), "pipeline": PIPELINE_VERSION,
+        meta_path.write_text(json.dumps({"root": str(root), "pipeline": spec.version,
                                          "paths": rel_paths, "methods": methods}))
-    if crops.shape[1:] != (CROP_SIZE, CROP_SIZE, 3) or len(crops) != len(rel_paths):
+    if crops.shape[1:] != (spec.crop_size, spec.crop_size, 3) or len(crops) != len(rel_paths):
         raise ValueError(f"aligned cache {npy} does not match {root}; delete it and rebuild")
     identities = [r.split("/", 1)[0] for r in rel_paths]
     if name != "lfw":

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.backbones import build_backbone
+from model.preprocess import PreprocessSpec, spec_for_arch
 
 DEFAULT_ARCH: dict[str, Any] = {"arch": "mobilefacenet", "embedding_dim": 128}
 
@@ -20,20 +21,29 @@ class SiameseEncoder(nn.Module):
     """`flip_tta`: in eval mode, embed the crop and its mirror image and normalise their sum
     (test-time augmentation). It is an inference setting, not part of the weights: the model
     card's `inference.flip_tta` sets it when the encoder is loaded, so evaluation and the
-    service embed faces the same way."""
+    service embed faces the same way.
 
-    def __init__(self, arch: dict[str, Any] | None = None, flip_tta: bool = False):
+    `spec`: the preprocessing the weights were trained with (crop geometry and pixel
+    normalisation, model/preprocess.py); it travels with the weights file."""
+
+    def __init__(self, arch: dict[str, Any] | None = None, flip_tta: bool = False,
+                 spec: PreprocessSpec | None = None):
         super().__init__()
         self.arch = dict(arch or DEFAULT_ARCH)
         self.backbone = build_backbone(self.arch)
         self.flip_tta = flip_tta
+        self.spec = spec or spec_for_arch(self.arch)
+
+    def prepare(self, crops) -> torch.Tensor:
+        """(N, S, S, 3) uint8 aligned crops → the normalised input tensor (on the CPU)."""
+        return self.spec.to_tensor(crops)
 
     @property
     def embedding_dim(self) -> int:
         return int(self.arch.get("embedding_dim", 128))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, 112, 112) normalised crops → (N, D) unit vectors."""
+        """(N, 3, S, S) normalised crops → (N, D) unit vectors."""
         emb = self.backbone(x)
         if self.flip_tta and not self.training:
             emb = emb + self.backbone(x.flip(3))
@@ -52,14 +62,13 @@ def pair_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def embed_crops(encoder: SiameseEncoder, crops, batch_size: int = 256) -> torch.Tensor:
-    """Embed (N, 112, 112, 3) uint8 aligned crops in batches; returns (N, D) on the CPU."""
-    from model.pipeline import crops_to_tensor
+    """Embed (N, S, S, 3) uint8 aligned crops in batches; returns (N, D) on the CPU."""
     device = next(encoder.parameters()).device
     was_training = encoder.training
     encoder.eval()
     out = []
     for i in range(0, len(crops), batch_size):
-        x = crops_to_tensor(crops[i:i + batch_size]).to(device)
+        x = encoder.prepare(crops[i:i + batch_size]).to(device)
         out.append(encoder(x).float().cpu())
     encoder.train(was_training)
     return torch.cat(out) if out else torch.empty(0, encoder.embedding_dim)

@@ -65,7 +65,22 @@ def score_pairs_by_teacher(pairs: list[Pair], lfw_dir: Path) -> np.ndarray:
     return np.linalg.norm(vectors[left] - vectors[right], axis=1)
 
 
-def score_pairs(pairs: list[Pair], weights: Path, lfw, device: str, flip: bool | None,
+class AlignedLfw:
+    """LFW's images aligned for each preprocessing spec an evaluation needs (built once per
+    spec and cached on disk by model.data)."""
+
+    def __init__(self, lfw_dir: Path, **kw: Any):
+        self.root = Path(lfw_dir) / "lfw-deepfunneled"
+        self.kw = kw
+        self._sets: dict[str, Any] = {}
+
+    def __call__(self, spec):
+        if spec.version not in self._sets:
+            self._sets[spec.version] = load_aligned_folder(self.root, "lfw", spec=spec, **self.kw)
+        return self._sets[spec.version]
+
+
+def score_pairs(pairs: list[Pair], weights: Path, lfw: AlignedLfw, device: str, flip: bool | None,
                 lfw_dir: Path = Path(DEFAULT_LFW)) -> tuple[np.ndarray, dict | None, int, bool]:
     """Distances for pairs under one encoder, how many of their images had no face, and
     whether mirror-image test-time augmentation was used.
@@ -76,6 +91,7 @@ def score_pairs(pairs: list[Pair], weights: Path, lfw, device: str, flip: bool |
     encoder, card = load_encoder(weights, device=device)
     if flip is not None:
         encoder.flip_tta = flip
+    lfw = lfw(encoder.spec)
     index = lfw.index()
     paths, left, right = pair_images(pairs)
     rows = [index[f"lfw/{x}"] for x in paths]
@@ -230,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     kw = {"cache_dir": args.cache_dir} if args.cache_dir else {}
     flip = {"on": True, "off": False, "card": None}[args.flip]
-    lfw = load_aligned_folder(args.lfw_dir / "lfw-deepfunneled", "lfw", **kw)
+    lfw = AlignedLfw(args.lfw_dir, **kw)
     if args.protocol == "view2":
         groups = {k: Path(v) for k, v in (s.split("=", 1) for s in args.weights_for_folds)}
         if args.weights:

@@ -36,7 +36,7 @@ from model.encoder import SiameseEncoder, embed_crops, pair_distance
 from model.lfw import identities_in, pair_images, parse_folds, read_pairs
 from model.losses import DistillationLoss, build_loss
 from model.metrics import summarize
-from model.pipeline import PIPELINE_VERSION, PIXEL_MEAN, PIXEL_STD, crops_to_tensor
+from model.preprocess import PreprocessSpec, spec_for_arch, spec_from_metadata
 from model.train_config import ConfigError, OptimConfig, TrainConfig, load_config
 
 log = logging.getLogger("faceverify.train")
@@ -169,10 +169,21 @@ class Dist:
 
 
 # --------------------------------------------------------------------------- data
+def training_spec(config: TrainConfig) -> PreprocessSpec:
+    """How this run aligns its faces: the warm-start weights' spec, else the architecture's."""
+    if config.init_from:
+        from safetensors import safe_open
+        with safe_open(str(config.init_from), "pt") as f:
+            return spec_from_metadata(f.metadata() or {})
+    return spec_for_arch(config.arch)
+
+
 def load_training_data(config: TrainConfig, cache_dir: str | None, progress: bool
                        ) -> tuple[AlignedImages, AlignedImages | None, dict[str, Any]]:
-    """Training images (after exclusions) and the full LFW set (for evaluation)."""
-    kw = {"progress": progress} | ({"cache_dir": cache_dir} if cache_dir else {})
+    """Training images (after exclusions) and the full LFW set (for evaluation), aligned
+    as the run's preprocessing spec says."""
+    kw = {"progress": progress, "spec": training_spec(config)} | (
+        {"cache_dir": cache_dir} if cache_dir else {})
     parts, lfw = [], None
     for name, root in config.data.roots.items():
         part = load_aligned_folder(root, name, **kw)
@@ -409,7 +420,7 @@ def set_up(config: TrainConfig, args: argparse.Namespace) -> TrainingRun:
     if ddp.main and config.eval.pairs not in (None, "none") and lfw is not None:
         evaluator = PairEvaluator(config.eval.pairs, config.eval.folds, lfw)
 
-    encoder = SiameseEncoder(config.arch).to(device)
+    encoder = SiameseEncoder(config.arch, spec=training_spec(config)).to(device)
     if init_encoder is not None:
         encoder.load_state_dict(init_encoder.state_dict())
     model: torch.nn.Module = encoder
@@ -507,7 +518,7 @@ def train_step(run: TrainingRun, batch_idx: np.ndarray, frac: float
         g["lr"] = optim.lr * factor
     crops = run.data.crops
     order = np.sort(batch_idx)  # sorted reads are kinder to a memory-mapped cache
-    x = crops_to_tensor(torch.from_numpy(np.ascontiguousarray(crops[order])))
+    x = run.encoder.prepare(torch.from_numpy(np.ascontiguousarray(crops[order])))
     y = torch.from_numpy(run.labels[order]).to(device)
     x, flipped = augment(x, run.gen, **run.config.augment.model_dump(), return_flips=True)
     x = x.to(device, non_blocking=True)
@@ -619,13 +630,7 @@ def _write_outputs(run: TrainingRun, final_eval: dict[str, Any] | None) -> Path:
         "parameters": sum(p.numel() for p in encoder.parameters()),
         "embedding_dim": encoder.embedding_dim,
         "distance": "euclidean between L2-normalised embeddings (sqrt(2 - 2 cos))",
-        "preprocessing": {
-            "version": PIPELINE_VERSION,
-            "description": "EXIF-upright RGB → MTCNN (facenet-pytorch 2.5.3) largest face, 5 "
-                           "landmarks → similarity transform onto the 112x112 5-point template "
-                           f"→ (x - {PIXEL_MEAN}) / {PIXEL_STD}",
-            "input_size": [112, 112], "channels": "RGB",
-        },
+        "preprocessing": encoder.spec.to_dict(),
         "threshold": threshold,
         "evaluation": {},
         "training": {

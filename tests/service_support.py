@@ -62,6 +62,15 @@ class Server:
         return self.log_path.read_text(errors="replace")[-n:]
 
 
+def crop_size(weights: Path) -> int:
+    """The side of the aligned crops these weights take (their preprocessing spec)."""
+    from safetensors import safe_open
+
+    from model.preprocess import spec_from_metadata
+    with safe_open(str(weights), "pt") as f:
+        return spec_from_metadata(f.metadata() or {}).crop_size
+
+
 def server_env(weights: Path, **settings) -> dict[str, str]:
     env = dict(os.environ)
     env = {k: v for k, v in env.items() if not k.startswith("FACEVERIFY_") or k ==
@@ -120,7 +129,7 @@ def running_server(weights: Path, log_path: Path, timeout: float = 180, **settin
 # ----------------------------------------------------------------- offline reference
 class Reference:
     """Embeddings of LFW photos computed with model/ code only, the way the offline
-    evaluator computes them: decode_image → FacePipeline.align → crops_to_tensor → encoder.
+    evaluator computes them: decode_image → FacePipeline.align → encoder.prepare → encoder.
 
     A pair's two photos are aligned in one MTCNN call and encoded in one batch, as the
     service does; batching changes the float rounding of MTCNN's landmarks (by ~0.01 px),
@@ -130,14 +139,17 @@ class Reference:
         import torch
 
         from model.checkpoint import load_encoder
+        from model.pipeline import FacePipeline
         self.encoder, self.card = load_encoder(weights, device="cpu")
+        if pipeline.spec != self.encoder.spec:  # these weights align faces their own way
+            pipeline = FacePipeline(device="cpu", spec=self.encoder.spec)
         self.pipeline = pipeline
         self.cache: dict[tuple, tuple | None] = {}
         self.torch = torch
 
     def _embed(self, paths: tuple[Path, ...]):
         from model.imageio import decode_image
-        from model.pipeline import NoFaceError, crops_to_tensor
+        from model.pipeline import NoFaceError
         if paths not in self.cache:
             try:
                 faces = self.pipeline.align([decode_image(p) for p in paths], fallback="raise")
@@ -146,7 +158,7 @@ class Reference:
             else:
                 crops = np.stack([f.crop for f in faces])
                 with self.torch.inference_mode():
-                    emb = self.encoder(crops_to_tensor(crops)).double()
+                    emb = self.encoder(self.encoder.prepare(crops)).double()
                 self.cache[paths] = (emb, faces)
         return self.cache[paths]
 

@@ -34,7 +34,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ROOT, lfw_or_skip, lfw_photo
-from tests.service_support import DEFAULT_WEIGHTS, encode, running_server
+from tests.service_support import DEFAULT_WEIGHTS, crop_size, encode, running_server
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -236,13 +236,15 @@ def test_verify_two_photos_shows_verdicts_gauge_crops_and_boxes(driver, server, 
                                 ".style.left)")
     assert needle == pytest.approx(100 * min(same["distance"], 2) / 2, abs=0.01)
     assert "threshold" in drv.find_element("id", "gauge").get_attribute("aria-label")
-    # Both aligned crops render at 112x112, and the detected boxes are drawn on the previews.
+    # Both aligned crops render at the encoder's crop size, and the detected boxes are drawn
+    # on the previews.
+    size = crop_size(weights[0])
     for crop in ("crop1", "crop2"):
         wait_for(drv, f"document.getElementById('{crop}').complete && "
-                      f"document.getElementById('{crop}').naturalWidth === 112",
+                      f"document.getElementById('{crop}').naturalWidth === {size}",
                  what=f"{crop} rendered")
         assert drv.execute_script(f"return document.getElementById('{crop}').naturalHeight") \
-            == 112
+            == size
         assert visible(drv, f"#{crop}")
     boxes = drv.execute_script("""return [...document.querySelectorAll('#panel-verify .face-box')]
         .map(b => { const r = b.getBoundingClientRect(); return [b.hidden, r.width, r.height,
@@ -369,7 +371,7 @@ def test_api_key_lives_in_session_storage_and_is_sent(driver, server, photos):
     assert drv.execute_script("return sessionStorage.getItem('faceverify.apiKey')") is None
 
 
-def test_embed_tab_shows_the_size_and_copies_the_vector(driver, server, photos):
+def test_embed_tab_shows_the_size_and_copies_the_vector(driver, server, photos, weights):
     drv = driver
     open_page(drv, server)
     # Keyboard: the tabs follow the ARIA pattern (arrow keys move and select).
@@ -389,7 +391,8 @@ def test_embed_tab_shows_the_size_and_copies_the_vector(driver, server, photos):
     shown = json.loads(drv.find_element("id", "vector").get_attribute("value"))
     assert len(shown) == dim
     assert np.allclose(shown, r.json()["embedding"], atol=1e-4)
-    wait_for(drv, "document.getElementById('crop').naturalWidth === 112", what="embed crop")
+    wait_for(drv, f"document.getElementById('crop').naturalWidth === {crop_size(weights[0])}",
+             what="embed crop")
     assert visible(drv, "#panel-embed .face-box")
 
     drv.find_element("id", "copy-button").click()
@@ -406,7 +409,7 @@ def test_embed_tab_shows_the_size_and_copies_the_vector(driver, server, photos):
     assert drv.switch_to.active_element.get_attribute("id") == "image"
 
 
-def test_labels_and_a_narrow_screen(driver, server, photos, tmp_path):
+def test_labels_and_a_narrow_screen(driver, server, photos, tmp_path, weights):
     drv = driver
     open_page(drv, server, size=NARROW)
     # Every control has an accessible name.
@@ -418,7 +421,7 @@ def test_labels_and_a_narrow_screen(driver, server, photos, tmp_path):
     assert drv.execute_script("return document.documentElement.lang") == "en"
     assert no_horizontal_scroll(drv)
     assert verify_pair(drv, photos["powell_a"], photos["blair"]) == "result"
-    wait_for(drv, "document.getElementById('crop2').naturalWidth === 112")
+    wait_for(drv, f"document.getElementById('crop2').naturalWidth === {crop_size(weights[0])}")
     assert no_horizontal_scroll(drv)
     # The two drop zones stack on a narrow screen.
     tops = drv.execute_script("return [...document.querySelectorAll('#panel-verify .drop')]"

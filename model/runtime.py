@@ -1,0 +1,106 @@
+"""Where the encoder's forward pass runs: torch (eager) or ONNX Runtime on the CPU.
+
+The torch module stays the one definition of the network: the ONNX graph is exported from
+it (`torch.onnx.export`) when the service starts, and used only after its embeddings agree
+with torch's within `tolerance` on a fixed random batch. On CUDA the runtime is always torch.
+Measured choice (docs/benchmarks.md, `python -m bench.encoder_speed --runtimes`): on one CPU
+core ONNX Runtime runs dlib's ResNet several times faster than torch eager at batch 1, and
+without torch.compile's minute-long warm-up.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from typing import Callable
+
+import numpy as np
+import torch
+
+from model.encoder import SiameseEncoder
+
+log = logging.getLogger("faceverify.runtime")
+RUNTIMES = ("auto", "torch", "onnxruntime")
+
+
+class RuntimeUnavailable(RuntimeError):
+    """The requested runtime cannot run this encoder here (not installed, or it disagrees)."""
+
+
+def onnxruntime_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class OnnxEncoder:
+    """An ONNX Runtime session over the exported encoder: normalised (N, 3, S, S) float32 in,
+    (N, D) unit embeddings out (the flip-TTA sum and the L2 normalisation are in the graph)."""
+
+    def __init__(self, encoder: SiameseEncoder, threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise RuntimeUnavailable("onnxruntime is not installed") from None
+        size = encoder.spec.crop_size
+        was_training = encoder.training
+        encoder.eval()
+        buf = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(encoder, (torch.zeros(2, 3, size, size),), buf,
+                              input_names=["x"], output_names=["embedding"],
+                              dynamic_axes={"x": {0: "n"}, "embedding": {0: "n"}},
+                              dynamo=False)
+        encoder.train(was_training)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(buf.getvalue(), options,
+                                            providers=["CPUExecutionProvider"])
+        self.onnx_bytes = len(buf.getvalue())
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(self.session.run(None, {"x": arr})[0])
+
+
+def max_embedding_error(a: Callable[[torch.Tensor], torch.Tensor],
+                        b: Callable[[torch.Tensor], torch.Tensor], size: int,
+                        batch: int = 8, seed: int = 0) -> float:
+    """Largest L2 distance between two runtimes' embeddings of the same random crops."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, 3, size, size, generator=gen) * 2 - 1
+    with torch.inference_mode():
+        return float((a(x).float() - b(x).float()).norm(dim=1).max())
+
+
+def choose_runtime(encoder: SiameseEncoder, device: torch.device, requested: str = "auto",
+                   tolerance: float = 1e-4) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """(name, forward function on normalised input) for the encoder on `device`.
+
+    auto: ONNX Runtime on the CPU when it is installed and agrees with torch, else torch.
+    onnxruntime: the same, but a failure is an error (RuntimeUnavailable)."""
+    if requested not in RUNTIMES:
+        raise ValueError(f"unknown runtime {requested!r}; choose from {RUNTIMES}")
+    if requested == "torch" or device.type != "cpu":
+        if requested == "onnxruntime":
+            raise RuntimeUnavailable(f"onnxruntime runs on the CPU only here, not {device}")
+        return "torch", encoder
+    try:
+        ort_encoder = OnnxEncoder(encoder)
+        err = max_embedding_error(encoder, ort_encoder, encoder.spec.crop_size)
+        if not err <= tolerance:
+            raise RuntimeUnavailable(f"ONNX Runtime's embeddings differ from torch's by {err:.2e}"
+                                     f" (tolerance {tolerance:g})")
+    except Exception as exc:  # export or session failures of any kind: fall back on auto
+        if requested == "onnxruntime":
+            raise RuntimeUnavailable(f"cannot run the encoder in ONNX Runtime: {exc}") from exc
+        log.warning("ONNX Runtime unavailable for this encoder; using torch",
+                    extra={"reason": f"{type(exc).__name__}: {exc}"})
+        return "torch", encoder
+    log.info("encoder runs in ONNX Runtime", extra={"max_embedding_error": err})
+    return "onnxruntime", ort_encoder
