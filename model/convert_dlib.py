@@ -42,8 +42,8 @@ def convert(dat: Path) -> tuple[SiameseEncoder, dict[str, Any]]:
     """dlib's .dat → our encoder, plus what the card says about the source."""
     parsed = read_dlib_resnet(dat)
     if any(abs(a - b) > 1e-3 for a, b in zip(parsed["mean"], DLIB_CHIP150.mean)):
-        raise DlibFormatError(f"{dat}: input means {parsed['mean']} differ from the spec's "
-                              f"{DLIB_CHIP150.mean}")
+        raise DlibFormatError(dat, f"input means {parsed['mean']} differ from the spec's "
+                                   f"{DLIB_CHIP150.mean}")
     encoder = SiameseEncoder(ARCH, spec=DLIB_CHIP150)
     backbone: DlibResNet = encoder.backbone  # type: ignore[assignment]
     backbone.load_state_dict(dlib_resnet_state(parsed, backbone))
@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dat = args.dat or find_dat_file()
         if not dat.is_file():
-            raise DlibFormatError(f"{dat}: no such file ({DAT_FILE}, from the {DAT_PACKAGE} "
-                                  "package)")
+            raise DlibFormatError(dat, f"no such file ({DAT_FILE}, from the {DAT_PACKAGE} "
+                                       "package)")
         encoder, source = convert(dat)
     except DlibFormatError as exc:
         log.error("%s", exc)

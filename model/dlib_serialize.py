@@ -1,16 +1,19 @@
 """A reader for dlib's serialization format (dlib/serialize.h), enough for its model files.
 
 We read dlib's `.dat` files ourselves (no dlib at run time) to convert dlib's public-domain
-models into our own safetensors. The primitives, as dlib writes them:
+models into our own safetensors: the face ResNet (model/dlib_resnet.py) and the 5-point
+shape predictor (model/dlib_landmarks.py). The primitives, as dlib writes them:
 
 - integers: one control byte (the number of magnitude bytes, | 0x80 when negative), then the
   magnitude, little-endian;
-- floating point ("portable" form): an int64 mantissa then an int16 exponent, each an integer
-  as above; the value is mantissa·2^exponent (dlib/float_details.h; the exponent's extreme
-  values stand for inf and NaN);
-- strings and std::vector: a size (integer), then the items;
+- floating point ("portable" form, float_details.h): an int64 mantissa then an int16
+  exponent, each an integer as above; the value is mantissa·2^exponent, except that the
+  exponents 32000 / 32001 / 32002 stand for +inf / -inf / NaN;
+- strings, std::vector and dlib::matrix: a size (matrices: rows and columns, negated), then
+  the items;
 - dnn tensors: a version integer (2), four dimensions (num_samples, k, nr, nc), then the raw
   little-endian float32 values.
+Every error is a `DlibFormatError` that names the file and the byte offset.
 """
 from __future__ import annotations
 
@@ -19,85 +22,192 @@ from pathlib import Path
 
 import numpy as np
 
+# dlib's float_details: exponents at or above is_inf are not exponents but special values.
+_IS_INF, _IS_NINF = 32000, 32001  # and anything above: NaN
+
 
 class DlibFormatError(ValueError):
-    """A dlib model file that is missing, truncated, or not what we expected."""
+    """A dlib model file that is truncated, corrupt, or not the model we expected."""
+
+    def __init__(self, path: str | Path, problem: str, offset: int | None = None):
+        where = f" at byte {offset}" if offset is not None else ""
+        super().__init__(f"{path}: not a valid dlib model file: {problem}{where}")
+        self.path = str(path)
+        self.problem = problem
+        self.offset = offset
 
 
-# float_details: exponents that encode non-finite values (dlib/float_details.h).
-_EXP_INF = 32000
-_EXP_NINF = 32001
-_EXP_NAN = 32002
+
+
+class FloatSink:
+    """Collects dlib portable floats as (mantissa, exponent) and converts them in bulk."""
+
+    __slots__ = ("exponent", "mantissa")
+
+    def __init__(self):
+        self.mantissa: list[int] = []
+        self.exponent: list[int] = []
+
+    def array(self) -> np.ndarray:
+        """float_details -> float: ldexp((float)mantissa, exponent), as dlib computes it."""
+        man = np.array(self.mantissa, dtype=np.int64).astype(np.float32)
+        exp = np.array(self.exponent, dtype=np.int64)
+        special = exp >= _IS_INF
+        with np.errstate(over="ignore", under="ignore"):
+            out = np.ldexp(man, np.where(special, 0, exp).astype(np.int32))
+        out[exp == _IS_INF] = np.inf
+        out[exp == _IS_NINF] = -np.inf
+        out[exp > _IS_NINF] = np.nan
+        return out.astype(np.float32, copy=False)
 
 
 class DlibReader:
-    """Sequential reader over the bytes of one dlib file; every error names that file."""
+    """Reads dlib's integer and float encodings from an in-memory file, in order.
 
-    def __init__(self, data: bytes, name: str = "<bytes>"):
+    Integers (serialize.h pack_int): one control byte, the byte count (low nibble) with 0x80
+    set when negative, then the magnitude little-endian. Floats (float_details): an int64
+    mantissa then an int16 exponent, each such an integer; the value is mantissa * 2^exponent.
+    """
+
+    def __init__(self, data: bytes, path: str | Path):
         self.data = data
-        self.name = name
         self.pos = 0
+        self.path = path
 
+    def fail(self, problem: str, offset: int | None = None):
+        raise DlibFormatError(self.path, problem, self.pos if offset is None else offset)
+
+    def integer(self, what: str, signed: bool = False, max_bytes: int = 8) -> int:
+        data, pos = self.data, self.pos
+        if pos >= len(data):
+            self.fail(f"file ends where {what} should start")
+        ctrl = data[pos]
+        # dlib masks the reserved bits: 0x70 for both, and the sign bit too for signed types
+        # (unsigned ones keep it, so a "negative" unsigned reads as a too-long integer).
+        size = ctrl & 0x0F if signed else ctrl & 0x8F
+        if size == 0 or size > max_bytes:
+            self.fail(f"bad integer control byte 0x{ctrl:02x} for {what}")
+        end = pos + 1 + size
+        if end > len(data):
+            self.fail(f"file ends inside {what}")
+        value = int.from_bytes(data[pos + 1:end], "little")
+        self.pos = end
+        if signed:
+            if value >= 1 << (8 * max_bytes - 1):
+                self.fail(f"{what} does not fit its {8 * max_bytes}-bit type", pos)
+            if ctrl & 0x80:
+                value = -value
+        return value
+
+    def count(self, what: str, limit: int) -> int:
+        """A std::vector or matrix size, refused when it cannot fit in the rest of the file."""
+        n = self.integer(what)
+        if n > limit:
+            self.fail(f"truncated or corrupt: {what} is {n}, more than the {limit} bytes left")
+        return n
+
+    def floats(self, n: int, sink: FloatSink, what: str) -> None:
+        """Read n consecutive floats into sink (the hot loop: inlined integer decoding)."""
+        data, pos, size_limit = self.data, self.pos, len(self.data)
+        man_out, exp_out = sink.mantissa, sink.exponent
+        for _ in range(n):
+            start = pos
+            if pos >= size_limit:
+                self.pos = pos
+                self.fail(f"file ends inside {what}")
+            ctrl = data[pos]
+            if ctrl & 0x70:
+                # dlib's pre-2013 text encoding of floats: not produced by any current model.
+                self.pos = pos
+                self.fail(f"{what} uses dlib's old text float encoding (unsupported)")
+            size = ctrl & 0x0F
+            end = pos + 1 + size
+            if size == 0 or end > size_limit:
+                self.pos = pos
+                self.fail(f"bad or truncated mantissa of {what}")
+            man = int.from_bytes(data[pos + 1:end], "little")
+            if man >> 63:
+                self.fail(f"mantissa of {what} does not fit in 64 bits", pos)
+            if ctrl & 0x80:
+                man = -man
+            pos = end
+            if pos >= size_limit:
+                self.pos = pos
+                self.fail(f"file ends inside {what}")
+            ctrl = data[pos]
+            size = ctrl & 0x0F
+            end = pos + 1 + size
+            if size == 0 or size > 2 or end > size_limit:
+                self.pos = pos
+                self.fail(f"bad or truncated exponent of {what}")
+            exp = int.from_bytes(data[pos + 1:end], "little")
+            if exp >> 15:
+                self.fail(f"exponent of {what} does not fit in 16 bits", start)
+            if ctrl & 0x80:
+                exp = -exp
+            pos = end
+            man_out.append(man)
+            exp_out.append(exp)
+        self.pos = pos
+
+    def float_column(self, sink: FloatSink, what: str) -> int:
+        """A dlib::matrix<float,0,1>: rows, columns (negated in the current format), values."""
+        start = self.pos
+        nr = self.integer(f"{what} rows", signed=True)
+        nc = self.integer(f"{what} columns", signed=True)
+        nr, nc = abs(nr), abs(nc)
+        if nc != 1:
+            self.fail(f"{what} has {nc} columns, expected a column vector", start)
+        left = len(self.data) - self.pos
+        if nr > left:
+            self.fail(f"truncated or corrupt: {what} has {nr} rows, more than the {left} bytes "
+                      "left", start)
+        self.floats(nr, sink, what)
+        return nr
+
+    # -- what the dnn model files add ----------------------------------------------------
     @classmethod
     def open(cls, path: str | Path) -> "DlibReader":
         path = Path(path)
         try:
-            return cls(path.read_bytes(), str(path))
+            return cls(path.read_bytes(), path)
         except OSError as exc:
-            raise DlibFormatError(f"cannot read dlib model file {path}: {exc}") from exc
+            raise DlibFormatError(path, f"cannot read it ({exc.strerror or exc})") from None
 
-    # -- primitives ---------------------------------------------------------------------
-    def error(self, what: str) -> DlibFormatError:
-        return DlibFormatError(f"{self.name}: {what} at byte {self.pos} (corrupt or truncated "
-                               "dlib model file?)")
+    def float(self, what: str = "a float") -> float:
+        sink = FloatSink()
+        self.floats(1, sink, what)
+        exp = sink.exponent[0]
+        if exp >= _IS_INF:
+            return math.inf if exp == _IS_INF else -math.inf if exp == _IS_NINF else math.nan
+        return math.ldexp(float(sink.mantissa[0]), exp)
 
-    def take(self, n: int) -> bytes:
-        if n < 0 or self.pos + n > len(self.data):
-            raise self.error(f"needed {n} more bytes, file has {len(self.data) - self.pos}")
+    def take(self, n: int, what: str) -> bytes:
+        if self.pos + n > len(self.data):
+            self.fail(f"file ends inside {what}")
         out = self.data[self.pos:self.pos + n]
         self.pos += n
         return out
 
-    def int(self) -> int:
-        control = self.take(1)[0]
-        size = control & 0x0F
-        if size > 8 or control & 0x70:
-            raise self.error(f"bad integer control byte 0x{control:02x}")
-        value = int.from_bytes(self.take(size), "little") if size else 0
-        return -value if control & 0x80 else value
+    def string(self, what: str = "a string") -> str:
+        n = self.count(f"the length of {what}", len(self.data) - self.pos)
+        return self.take(n, what).decode("latin-1")
 
-    def float(self) -> float:
-        mantissa, exponent = self.int(), self.int()
-        if exponent == _EXP_INF:
-            return math.inf
-        if exponent == _EXP_NINF:
-            return -math.inf
-        if exponent == _EXP_NAN:
-            return math.nan
-        return math.ldexp(float(mantissa), exponent)
-
-    def bool(self) -> bool:
-        return bool(self.take(1)[0])
-
-    def string(self) -> str:
-        n = self.int()
-        return self.take(n).decode("latin-1")
-
-    def tensor(self) -> np.ndarray:
+    def tensor(self, what: str = "a tensor") -> np.ndarray:
         """A dnn tensor: (num_samples, k, nr, nc) float32."""
-        version = self.int()
+        start = self.pos
+        version = self.integer(f"the version of {what}", signed=True, max_bytes=4)
         if version != 2:
-            raise self.error(f"unsupported tensor version {version}")
-        dims = tuple(self.int() for _ in range(4))
+            self.fail(f"{what} has version {version}, expected 2", start)
+        dims = tuple(self.integer(f"a dimension of {what}", signed=True) for _ in range(4))
         if any(d < 0 for d in dims):
-            raise self.error(f"bad tensor dimensions {dims}")
+            self.fail(f"{what} has dimensions {dims}", start)
         count = int(np.prod(dims))
-        raw = self.take(4 * count)
+        raw = self.take(4 * count, what)
         return np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(dims)
 
-    # -- navigation ---------------------------------------------------------------------
     def find_all(self, tag: str) -> list[int]:
-        """Offsets just past every serialized string `tag` (its size prefix included), so
+        """Offsets just past every serialized string `tag` (size prefix included), so that
         layer records can be read by their version tags without walking every field of the
         network objects around them."""
         raw = tag.encode("latin-1")

@@ -5,6 +5,7 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from model.align import TEMPLATE_112, apply_transform, similarity_transform
@@ -112,3 +113,43 @@ def test_huge_image_is_detected_on_a_downscaled_copy(pipeline):
     assert np.abs(np.array(big_face[0].landmarks) - lm_small).max() < 16  # 2 px at 250 px
     diff = np.abs(small_face[0].crop.astype(int) - big_face[0].crop.astype(int)).mean()
     assert diff < 8, diff
+
+
+# ------------------------------------------------------------------ dlib's chip (0.3 encoder)
+@pytest.fixture(scope="module")
+def chip_pipeline():
+    from model.pipeline import FacePipeline
+    from model.preprocess import DLIB_CHIP150
+    return FacePipeline(device="cpu", spec=DLIB_CHIP150)
+
+
+def test_dlib_chip_spec_gives_150px_chips_close_to_face_recognitions(chip_pipeline):
+    """Our path (MTCNN box → our port of dlib's 5-point predictor → dlib's chip) against
+    face_recognition's (HOG box → dlib's predictor → dlib's chip), through dlib's ResNet:
+    the descriptors differ only by where the two detectors put the box."""
+    from model.checkpoint import load_encoder
+    from model.teacher import lookup, open_store
+    from tests.conftest import ROOT
+    encoder, _ = load_encoder(ROOT / "weights" / "faceverify-encoder.safetensors")
+    paths = [lfw_photo(n, i) for n, i in PHOTOS]
+    faces = chip_pipeline.align([decode_image(p) for p in paths])
+    assert all(f.crop.shape == (150, 150, 3) and f.method == "detected" for f in faces)
+    assert all(len(f.extra["dlib_landmarks"]) == 5 for f in faces)
+    store, _ = open_store()
+    try:
+        teacher = lookup(store, paths)[:, 0]
+    except Exception as exc:  # no dlib and no precomputed vectors for these photos
+        pytest.skip(f"teacher vectors unavailable: {exc}")
+    teacher = teacher / np.linalg.norm(teacher, axis=1, keepdims=True)
+    with torch.inference_mode():
+        ours = encoder(encoder.prepare(np.stack([f.crop for f in faces]))).numpy()
+    gap = np.linalg.norm(ours - teacher, axis=1)
+    assert np.median(gap) < 0.06 and gap.max() < 0.15, gap  # same-person pairs: ~0.5-0.8
+
+
+def test_dlib_chip_fallback_and_detect_false_use_the_specs_size(chip_pipeline):
+    blank = Image.new("RGB", (250, 250), (10, 20, 30))
+    face = chip_pipeline.align([blank], fallback="centre")[0]
+    assert face.method == "centred_fallback" and face.crop.shape == (150, 150, 3)
+    face = chip_pipeline.align([Image.new("RGB", (300, 300), (200, 10, 10))], detect=False)[0]
+    assert face.crop.shape == (150, 150, 3) and face.crop[70, 70].tolist() == [200, 10, 10]

@@ -263,7 +263,7 @@ def test_convert_cli_names_a_missing_package_or_file(tmp_path, monkeypatch, caps
     (tmp_path / "broken.dat").write_bytes(tiny_dat()[:-3])
     assert dl.main(["convert", "--dat", str(tmp_path / "broken.dat"),
                     "--out", str(tmp_path / "x.safetensors")]) == 2
-    assert "broken.dat: not a valid dlib shape_predictor file" in capsys.readouterr().err
+    assert "broken.dat: not a valid dlib model file" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
 
 

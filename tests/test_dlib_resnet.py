@@ -33,19 +33,21 @@ def dat_or_skip():
 
 # ------------------------------------------------------------------ dlib's primitives
 def test_integers_are_a_control_byte_then_little_endian_magnitude():
-    r = DlibReader(bytes([0x01, 0x05, 0x02, 0x80, 0x12, 0x81, 0x07, 0x00]))
-    assert (r.int(), r.int(), r.int(), r.int()) == (5, 0x1280, -7, 0)
+    r = DlibReader(bytes([0x01, 0x05, 0x02, 0x80, 0x12, 0x81, 0x07]), "x.dat")
+    assert r.integer("a") == 5 and r.integer("b") == 0x1280
+    assert r.integer("c", signed=True) == -7
 
 
 def test_floats_are_mantissa_then_exponent():
-    # 3 * 2^-2 = 0.75; then the "infinity" exponent
-    r = DlibReader(bytes([0x01, 0x03, 0x81, 0x02]) + bytes([0x00, 0x02, 0x00, 0x7D]))
+    # 3 * 2^-2 = 0.75; then the "infinity" exponent 32000
+    data = bytes([0x01, 0x03, 0x81, 0x02]) + bytes([0x01, 0x01, 0x02, 0x00, 0x7D])
+    r = DlibReader(data, "x.dat")
     assert r.float() == 0.75 and r.float() == float("inf")
 
 
 def test_a_truncated_stream_names_the_file():
-    with pytest.raises(DlibFormatError, match="model.dat"):
-        DlibReader(bytes([0x04, 0x01]), "model.dat").int()
+    with pytest.raises(DlibFormatError, match="model.dat.*file ends"):
+        DlibReader(bytes([0x04, 0x01]), "model.dat").integer("a size")
 
 
 # ------------------------------------------------------------------ the architecture

@@ -16,7 +16,7 @@ def crops(n: int, seed: int = 0) -> torch.Tensor:
 
 def test_cpu_runner_is_the_offline_encoder(tiny_weights):
     encoder, _ = load_encoder(tiny_weights, "cpu")
-    runner = EncoderRunner(encoder, torch.device("cpu"), precision="auto")
+    runner = EncoderRunner(encoder, torch.device("cpu"), precision="auto", runtime="torch")
     runner.warm_up([1, 2, 4])
     assert runner.precision == "fp32"  # never fp16 on the CPU
     x = crops(5)
@@ -47,3 +47,31 @@ def test_cuda_runner_matches_the_cpu_within_tolerance(tiny_weights, precision):
     assert out.device.type == "cpu" and out.dtype == torch.float32
     tol = 1e-4 if runner.precision == "fp32" else 1e-2
     assert (out - ref).norm(dim=1).max() < tol
+
+
+# ------------------------------------------------------------------ the CPU runtime
+def test_onnxruntime_gives_the_torch_embeddings_within_1e_4():
+    pytest.importorskip("onnxruntime")
+    from model.runtime import OnnxEncoder, max_embedding_error
+    from tests.conftest import ROOT
+    encoder, _ = load_encoder(ROOT / "weights" / "faceverify-encoder.safetensors", "cpu")
+    assert max_embedding_error(encoder, OnnxEncoder(encoder), 150, batch=5) < 1e-4
+    runner = EncoderRunner(encoder, torch.device("cpu"), runtime="onnxruntime")
+    assert runner.runtime == "onnxruntime"
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (3, 150, 150, 3), dtype=torch.uint8, generator=g)
+    with torch.inference_mode():
+        ref = encoder(encoder.prepare(x))
+    assert (runner(x) - ref).norm(dim=1).max() < 1e-4
+
+
+def test_runtime_torch_is_honoured_and_auto_falls_back_without_onnxruntime(tiny_weights,
+                                                                          monkeypatch):
+    import sys
+    encoder, _ = load_encoder(tiny_weights, "cpu")
+    assert EncoderRunner(encoder, torch.device("cpu"), runtime="torch").runtime == "torch"
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    assert EncoderRunner(encoder, torch.device("cpu"), runtime="auto").runtime == "torch"
+    from model.runtime import RuntimeUnavailable
+    with pytest.raises(RuntimeUnavailable, match="onnxruntime"):
+        EncoderRunner(encoder, torch.device("cpu"), runtime="onnxruntime")

@@ -1,0 +1,108 @@
+"""Faces that fill a small part of a large frame: same verdicts as the photos alone?
+
+    python -m bench.large_frames [--pairs 600] [--weights weights/faceverify-encoder.safetensors]
+                                 [--out bench/results/large_frames.json]
+
+Each LFW View 2 photo (250x250) is pasted at its own scale, at a random position, into a
+2000x1500 canvas of mid-grey noise and JPEG-encoded (quality 95), as a phone photo with a
+small face would arrive. Both versions of every pair go through the service's own face path
+(decode_image → FacePipeline.align, the model card's preprocessing → encoder) and the model
+card's threshold; the report gives the share of pairs with the same verdict, the distance
+changes, and images where no face was found.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+CANVAS = (2000, 1500)
+
+
+def paste_into_canvas(photo: Image.Image, rng: np.random.Generator,
+                      canvas: tuple[int, int] = CANVAS) -> bytes:
+    """The photo at its own scale at a random position in a noisy canvas, as JPEG bytes."""
+    noise = rng.normal(128, 20, (canvas[1] // 10, canvas[0] // 10, 3)).clip(0, 255)
+    frame = Image.fromarray(noise.astype(np.uint8)).resize(canvas, Image.Resampling.BILINEAR)
+    x = int(rng.integers(0, canvas[0] - photo.width))
+    y = int(rng.integers(0, canvas[1] - photo.height))
+    frame.paste(photo.convert("RGB"), (x, y))
+    buf = io.BytesIO()
+    frame.save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from model.checkpoint import load_encoder
+    from model.imageio import decode_image
+    from model.lfw import read_pairs
+    from model.pipeline import FacePipeline, NoFaceError
+
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--lfw-dir", type=Path, default=Path("../shared/data/lfw"))
+    p.add_argument("--weights", type=Path,
+                   default=Path("weights/faceverify-encoder.safetensors"))
+    p.add_argument("--pairs", type=int, default=600, help="View 2 pairs, spread over folds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    encoder, card = load_encoder(args.weights)
+    threshold = float(card["threshold"]["value"])
+    pipeline = FacePipeline(device="cpu", spec=encoder.spec)
+    pairs = read_pairs(args.lfw_dir / "pairs.txt")
+    rng = np.random.default_rng(args.seed)
+    chosen = [pairs[i] for i in np.linspace(0, len(pairs) - 1, args.pairs).round().astype(int)]
+    images = args.lfw_dir / "lfw-deepfunneled"
+
+    def embed(data: list[bytes]) -> torch.Tensor | None:
+        try:
+            faces = pipeline.align([decode_image(d) for d in data], fallback="raise")
+        except NoFaceError:
+            return None
+        with torch.inference_mode():
+            return encoder(encoder.prepare(np.stack([f.crop for f in faces])))
+
+    rows, t0 = [], time.time()
+    for pair in chosen:
+        photos = [(images / rel).read_bytes() for rel in (pair.left, pair.right)]
+        framed = [paste_into_canvas(Image.open(io.BytesIO(b)), rng) for b in photos]
+        e_photo, e_frame = embed(photos), embed(framed)
+        row = {"same": pair.same, "photo": None, "frame": None}
+        for key, e in (("photo", e_photo), ("frame", e_frame)):
+            if e is not None:
+                row[key] = float((e[0] - e[1]).norm())
+        rows.append(row)
+    both = [r for r in rows if r["photo"] is not None and r["frame"] is not None]
+    agree = [(r["photo"] < threshold) == (r["frame"] < threshold) for r in both]
+    delta = np.abs([r["photo"] - r["frame"] for r in both])
+    report = {
+        "pairs": len(rows), "canvas": list(CANVAS), "threshold": threshold,
+        "weights": str(args.weights), "preprocessing": encoder.spec.version,
+        "no_face_photo_pairs": sum(r["photo"] is None for r in rows),
+        "no_face_frame_pairs": sum(r["frame"] is None for r in rows),
+        "same_verdict": float(np.mean(agree)) if agree else None,
+        "distance_change_median": float(np.median(delta)) if len(delta) else None,
+        "distance_change_p99": float(np.percentile(delta, 99)) if len(delta) else None,
+        "accuracy_photo": float(np.mean([(r["photo"] < threshold) == r["same"] for r in both])),
+        "accuracy_frame": float(np.mean([(r["frame"] < threshold) == r["same"] for r in both])),
+        "seconds": round(time.time() - t0, 1),
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
