@@ -1,7 +1,7 @@
 """faceverify against face_recognition (dlib ResNet), on the same LFW pairs and photos.
 
     python -m bench.peer [--peer-python .peer/bin/python] [--timing-photos 100]
-                         [--faceverify-report bench/results/lfw_view2_disjoint.json]
+                         [--faceverify-report bench/results/lfw_view2.json]
                          [--out bench/results/peer.json] [--roc docs/bench_roc.png]
 
 The peer lives in its own venv (.peer/, see ../shared/ENVIRONMENT.md) and runs in
@@ -12,7 +12,7 @@ Accuracy, LFW View 2 (pairs.txt, 10 folds; each fold's threshold chosen on other
   running it (a pool of 2 processes, one core each; cached under cache/peer/), Euclidean
   distance, threshold for fold k chosen on the other 9 folds (model.metrics.kfold_accuracy).
 - faceverify: the identity-disjoint report of `make evaluate`
-  (bench/results/lfw_view2_disjoint.json): folds 1-5 scored by an encoder that never saw
+  (bench/results/lfw_view2.json): folds 1-5 scored by an encoder that never saw
   their people, 6-10 by another; each fold's threshold chosen on the other folds of its group.
   Its per-pair distances are recomputed with model.evaluate (same encoders) for the ROC, and
   checked against the report. The shipped model trained on all of LFW, so scoring it on LFW
@@ -293,7 +293,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "FACEVERIFY_WEIGHTS", "weights/faceverify-encoder.safetensors")),
         help="faceverify encoder for the timing runs")
     p.add_argument("--faceverify-report", type=Path,
-                   default=Path("bench/results/lfw_view2_disjoint.json"))
+                   default=Path("bench/results/lfw_view2.json"))
     p.add_argument("--faceverify-weights", type=Path,
                    help="development only: score View 2 with this one encoder instead")
     p.add_argument("--peer-choose", choices=["largest", "centre"], default="largest")

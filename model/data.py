@@ -72,6 +72,8 @@ class AlignedImages:
 
 def _cache_key(root: Path, rel_paths: list[str], spec: PreprocessSpec) -> str:
     h = hashlib.sha256(spec.version.encode())
+    if spec.face_choice != "largest":  # (keeps the keys of caches made before the choice)
+        h.update(spec.crop_key().encode())
     for rel in rel_paths:
         h.update(rel.encode())
         h.update(str((root / rel).stat().st_size).encode())

@@ -123,13 +123,25 @@ class FacePipeline:
         out = []
         for i, (img, faces) in enumerate(zip(images, detections)):
             if faces:
-                out.append(self._from_detection(img, faces[0], len(faces)))
+                out.append(self._from_detection(img, self.choose(img, faces), len(faces)))
             elif fallback == "centre":
                 out.append(AlignedFace(self._centred_crop(img), None, None, None, 0,
                                        "centred_fallback"))
             else:
                 raise NoFaceError(index=i)
         return out
+
+    def choose(self, img: Image.Image, faces: list[Detection]) -> Detection:
+        """The face an image stands for, by the spec's rule (faces come largest first)."""
+        if self.spec.face_choice == "largest" or len(faces) == 1:
+            return faces[0]
+        cx, cy = img.width / 2, img.height / 2
+
+        def central(f: Detection) -> float:
+            x1, y1, x2, y2 = f.box
+            return f.area - 2.0 * (((x1 + x2) / 2 - cx) ** 2 + ((y1 + y2) / 2 - cy) ** 2)
+
+        return max(faces, key=central)
 
     def _from_detection(self, img: Image.Image, face: Detection, faces_found: int
                         ) -> AlignedFace:

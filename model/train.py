@@ -208,7 +208,8 @@ def load_training_data(config: TrainConfig, cache_dir: str | None, progress: boo
 
 def teacher_targets(config: TrainConfig, data: AlignedImages, ddp: Dist, progress: bool
                     ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """(N, 2, 128) centred unit teacher vectors [original, mirrored] for the training images.
+    """(N, 2, 128) unit teacher vectors [original, mirrored] for the training images, centred
+    (or whitened, or left as they are: `distill.targets`).
 
     Looked up in the teacher store (seeded from the precomputed file when one is configured);
     images it lacks go through dlib in a process pool, once, by rank 0. Only training images
@@ -231,12 +232,15 @@ def teacher_targets(config: TrainConfig, data: AlignedImages, ddp: Dist, progres
         store = teacher.TeacherStore(cfg.store)
     raw = teacher.lookup(store, files, keys=keys)
     targets, mean = teacher.centred_targets(raw)
-    kind = cfg.targets  # centred | whitened (TrainConfig allows no other)
+    kind = cfg.targets  # centred | whitened | unit (TrainConfig allows no other)
     if kind == "whitened":
         targets, _ = teacher.whitened_targets(raw)
+    elif kind == "unit":
+        targets = (raw / np.linalg.norm(raw, axis=-1, keepdims=True)).astype(np.float32)
     summary = {"teacher": teacher.TEACHER_NAME, "loss": cfg.loss, "weight": cfg.weight,
                "contrastive_weight": cfg.contrastive_weight,
                "views": list(teacher.VIEWS), "targets": kind + (
+                   " (the teacher's vectors, L2-normalised)" if kind == "unit" else
                    " (training-set mean unit vector subtracted"
                    + (", PCA-whitened" if kind == "whitened" else "") + ", renormalised)"),
                "mean_norm": round(float(np.linalg.norm(mean)), 4),

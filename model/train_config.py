@@ -71,7 +71,9 @@ class AugmentConfig(_Section):
 
 class DistillConfig(_Section):
     loss: Literal["off", "cosine", "relational"] = "off"  # model/losses.py DistillationLoss
-    targets: Literal["centred", "whitened"] = "centred"   # model/teacher.py
+    # centred / whitened: model/teacher.py (for students); unit: the teacher's own vectors,
+    # only normalised (fine-tuning the teacher's network in its own embedding space)
+    targets: Literal["centred", "whitened", "unit"] = "centred"
     weight: float = 1.0
     contrastive_weight: float = 1.0
     store: str = "cache/teacher/dlib_face_recognition_resnet_model_v1.npz"

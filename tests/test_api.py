@@ -399,3 +399,60 @@ def test_every_setting_is_documented_with_its_default():
                    None)
         assert row is not None, f"{env} is not documented in docs/api.md"
         assert f"`{default}`" in row or (default == "" and "(unset)" in row), (env, default, row)
+
+
+def test_startup_refuses_weights_whose_preprocessing_this_code_cannot_reproduce(tiny_weights,
+                                                                                 tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from model.checkpoint import sha256_of
+    with safe_open(str(tiny_weights), "pt") as f:
+        meta = dict(f.metadata())
+    spec = json.loads(meta["preprocessing"])
+    spec["landmarks"] = "retinaface5"
+    meta["preprocessing"] = json.dumps(spec)
+    odd = tmp_path / "odd.safetensors"
+    save_file(load_file(str(tiny_weights)), str(odd), metadata=meta)
+    card = json.loads(tiny_weights.with_suffix(".json").read_text())
+    card["weights_sha256"] = sha256_of(odd)
+    odd.with_suffix(".json").write_text(json.dumps(card))
+
+    async def start():
+        app = create_app(settings_for(odd))
+        async with app.router.lifespan_context(app):
+            pass
+
+    with pytest.raises(SystemExit, match="cannot reproduce the preprocessing spec.*retinaface5"):
+        run(start())
+
+
+@pytest.mark.slow
+def test_small_faces_in_large_frames_get_the_verdicts_of_the_photos_alone():
+    """LFW photos pasted at their own scale into 2000x1500 frames (bench.large_frames does
+    600 View 2 pairs): /verify on the default weights says the same as on the photos."""
+    import numpy as np
+    from PIL import Image
+
+    from bench.large_frames import paste_into_canvas
+    from tests.conftest import lfw_or_skip
+    from tests.service_support import DEFAULT_WEIGHTS, devtest_pairs
+    chosen = devtest_pairs(lfw_or_skip(), 4, 4)
+    rng = np.random.default_rng(1)
+
+    async def go():
+        async with serving(settings_for(DEFAULT_WEIGHTS)) as (_, client):
+            out = []
+            for a, b, same in chosen:
+                alone = await client.post("/verify", files={
+                    "image1": ("a.jpg", a.read_bytes()), "image2": ("b.jpg", b.read_bytes())})
+                framed = await client.post("/verify", files={
+                    "image1": ("a.jpg", paste_into_canvas(Image.open(a), rng)),
+                    "image2": ("b.jpg", paste_into_canvas(Image.open(b), rng))})
+                out.append((alone.json(), framed.json(), same))
+            return out
+
+    for alone, framed, same in run(go()):
+        assert alone["verified"] == framed["verified"] == same, (alone, framed)
+        assert abs(alone["distance"] - framed["distance"]) < 0.1
+        assert framed["faces"][0]["box"][2] - framed["faces"][0]["box"][0] < 250
