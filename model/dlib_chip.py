@@ -335,7 +335,15 @@ def chip_details(
     # (padding + p)/(2*padding + 1) is a dlib matrix expression: it multiplies by the reciprocal
     inv = 1.0 / (2 * pad + 1)
     chip_pts = [((pad + x) * inv * size, (pad + y) * inv * size) for x, y in TEMPLATE_5.tolist()]
-    tform = similarity_transform(np.array(chip_pts), pts).tolist()
+    return chip_details_from_points(np.array(chip_pts), pts, size)
+
+
+def chip_details_from_points(chip_points: np.ndarray, image_points: np.ndarray,
+                             size: int = CHIP_SIZE) -> ChipDetails:
+    """dlib's ``chip_details(chip_points, image_points, chip_dims(size, size))``: the chip
+    whose least-squares similarity puts `chip_points` (chip pixels) onto `image_points`."""
+    tform = similarity_transform(np.asarray(chip_points, dtype=np.float64),
+                                 np.asarray(image_points, dtype=np.float64)).tolist()
     px, py = tform[0][0], tform[1][0]  # the transform's linear part applied to (1, 0)
     angle = math.atan2(py, px)
     scale = math.sqrt(px * px + py * py)

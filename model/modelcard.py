@@ -50,11 +50,28 @@ def render_markdown(card: dict[str, Any]) -> str:
                 f"{_pct(teacher.get('accuracy_mean'))} ± {100 * teacher.get('accuracy_std', 0):.2f}"
                 f", AUC {teacher.get('auc', float('nan')):.4f}, TAR@FAR1% "
                 f"{_pct(teacher.get('tar_at_far_1e-2'))}, TAR@FAR0.1% {_pct(teacher.get('tar_at_far_1e-3'))}")
+    pre = card.get("preprocessing") or {}
+    if "geometry" in pre:
+        lines += ["", "## Preprocessing spec (serving and evaluation read it from this card)"]
+        for key in ("version", "crop_size", "detector", "face_choice", "landmarks", "geometry",
+                    "padding", "mean", "std"):
+            if key in pre:
+                lines.append(f"- {key.replace('_', ' ')}: `{pre[key]}`")
     tr = card.get("training") or {}
     lines += ["", "## Training"]
     for key in ("command", "data", "images", "identities", "excluded", "loss", "distill",
                 "init_from", "epochs", "steps", "wall_clock_minutes", "device"):
         if key in tr:
             lines.append(f"- {key.replace('_', ' ')}: {tr[key]}")
+    source = tr.get("source")
+    if source:
+        lines += ["", "## Provenance",
+                  f"- Source file: `{source.get('file')}` from the Python package "
+                  f"`{source.get('package')}`, {source.get('bytes')} bytes, sha256 "
+                  f"`{source.get('sha256')}`",
+                  f"- Licence: {source.get('licence')}"]
+    if tr.get("commands"):
+        lines += ["", "## From the source file to these weights", "", "```bash",
+                  *tr["commands"], "```"]
     lines.append("")
     return "\n".join(lines)

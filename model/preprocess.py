@@ -67,6 +67,10 @@ class PreprocessSpec:
             problems.append("the 112 template is defined for MTCNN's points only")
         if self.geometry == "dlib-chip" and self.padding is None:
             problems.append("a dlib chip needs its padding")
+        if (self.geometry == "dlib-chip" and self.landmarks == "mtcnn5"
+                and self.padding != 0.25):
+            problems.append("MTCNN's points have a fitted place in dlib's chip at padding 0.25 "
+                            "only")
         if not 16 <= int(self.crop_size) <= 512:
             problems.append(f"crop size {self.crop_size}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
@@ -145,7 +149,16 @@ DLIB_CHIP150 = PreprocessSpec(
                 "150x150, padding 0.25 (dlib's geometry and sampling grid) → (x - mean_rgb) / "
                 "256 with dlib's means (122.782, 117.001, 104.298)")
 
-KNOWN_SPECS = {s.version: s for s in (MTCNN_TEMPLATE112, DLIB_CHIP150)}
+# The alternative measured for dlib's net (docs/accuracy.md): MTCNN's own points onto their
+# average place in dlib's chip (no shape predictor).
+MTCNN5_CHIP150 = PreprocessSpec(
+    version="mtcnn5-dlibchip150-v1", crop_size=150, landmarks="mtcnn5", geometry="dlib-chip",
+    padding=0.25, mean=DLIB_MEAN, std=(256.0, 256.0, 256.0), face_choice="central",
+    description="EXIF-upright RGB → MTCNN → the central face → its 5 points onto their "
+                "average place in dlib's 150x150 chip (padding 0.25; fitted on celeba-extra) "
+                "→ (x - mean_rgb) / 256")
+
+KNOWN_SPECS = {s.version: s for s in (MTCNN_TEMPLATE112, DLIB_CHIP150, MTCNN5_CHIP150)}
 DEFAULT_SPEC = MTCNN_TEMPLATE112  # of architectures that don't name their own
 
 

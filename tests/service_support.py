@@ -62,6 +62,22 @@ class Server:
         return self.log_path.read_text(errors="replace")[-n:]
 
 
+def weights_with_spec(src: Path, dst: Path, **changes) -> Path:
+    """A copy of `src` whose preprocessing spec has `changes`, with a card that matches it."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from model.checkpoint import sha256_of
+    with safe_open(str(src), "pt") as f:
+        meta = dict(f.metadata())
+    meta["preprocessing"] = json.dumps(json.loads(meta["preprocessing"]) | changes)
+    save_file(load_file(str(src)), str(dst), metadata=meta)
+    card = json.loads(src.with_suffix(".json").read_text())
+    card["weights_sha256"] = sha256_of(dst)
+    dst.with_suffix(".json").write_text(json.dumps(card))
+    return dst
+
+
 def crop_size(weights: Path) -> int:
     """The side of the aligned crops these weights take (their preprocessing spec)."""
     from safetensors import safe_open

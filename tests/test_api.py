@@ -403,20 +403,8 @@ def test_every_setting_is_documented_with_its_default():
 
 def test_startup_refuses_weights_whose_preprocessing_this_code_cannot_reproduce(tiny_weights,
                                                                                  tmp_path):
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
-    from model.checkpoint import sha256_of
-    with safe_open(str(tiny_weights), "pt") as f:
-        meta = dict(f.metadata())
-    spec = json.loads(meta["preprocessing"])
-    spec["landmarks"] = "retinaface5"
-    meta["preprocessing"] = json.dumps(spec)
-    odd = tmp_path / "odd.safetensors"
-    save_file(load_file(str(tiny_weights)), str(odd), metadata=meta)
-    card = json.loads(tiny_weights.with_suffix(".json").read_text())
-    card["weights_sha256"] = sha256_of(odd)
-    odd.with_suffix(".json").write_text(json.dumps(card))
+    from tests.service_support import weights_with_spec
+    odd = weights_with_spec(tiny_weights, tmp_path / "odd.safetensors", landmarks="retinaface5")
 
     async def start():
         app = create_app(settings_for(odd))

@@ -161,14 +161,7 @@ def test_the_shipped_weights_are_the_conversion_of_dlibs_file():
 
 
 def test_weights_whose_spec_this_code_cannot_reproduce_are_refused(tmp_path):
-    from safetensors.torch import load_file, save_file
-    from safetensors import safe_open
-    with safe_open(str(SHIPPED), "pt") as f:
-        meta = dict(f.metadata())
-    spec = json.loads(meta["preprocessing"])
-    spec["geometry"] = "arcface-112"
-    meta["preprocessing"] = json.dumps(spec)
-    odd = tmp_path / "odd.safetensors"
-    save_file(load_file(str(SHIPPED)), str(odd), metadata=meta)
+    from tests.service_support import weights_with_spec
+    odd = weights_with_spec(SHIPPED, tmp_path / "odd.safetensors", geometry="arcface-112")
     with pytest.raises(WeightsError, match="cannot reproduce.*arcface-112"):
         load_encoder(odd)

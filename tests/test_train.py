@@ -221,3 +221,39 @@ def test_the_shipped_configs_load_and_keep_every_value_they_set(path):
             else:
                 assert loaded[key] == value, f"{path.name}: {where}{key}"
     check(yaml.safe_load(path.read_text()), plain, "")
+
+
+def test_fine_tuning_the_converted_dlib_network_keeps_its_spec_and_provenance(
+        small_lfw, cache_dir, tmp_path):
+    """--init-from the shipped conversion with the fine-tune recipe: the run aligns its data
+    as dlib's chips (the init weights' spec), distils to the teacher's own unit vectors, and
+    its card proves identity-disjointness through the conversion's card."""
+    import torch
+
+    from model.evaluate import disjointness
+    from model.preprocess import DLIB_CHIP150
+    from model.train import main
+    from tests.test_teacher import precomputed_or_skip
+    precomputed_or_skip()
+    pairs = str(small_lfw / "pairs.txt")
+    init = ROOT / "weights" / "faceverify-encoder.safetensors"
+    main(train_args(small_lfw, cache_dir, tmp_path, "--config",
+                    str(ROOT / "model/configs/finetune-dlib.yaml"), "--name", "ft",
+                    "--init-from", str(init), "--max-steps", "2", "--batch-p", "4",
+                    "--extra-per-batch", "4", "--lr", "0.00002", "--eval-pairs", "none",
+                    "--teacher-store", str(tmp_path / "teacher.npz"),
+                    "--exclude-identities-from", pairs, "--exclude-folds", "1"))
+    tuned, card = load_encoder(tmp_path / "weights/ft.safetensors")
+    base, _ = load_encoder(init)
+    assert tuned.spec == DLIB_CHIP150 and card["preprocessing"]["geometry"] == "dlib-chip"
+    assert card["training"]["distill"]["targets"].startswith("unit")
+    assert card["training"]["init_from"]["weights"] == init.name
+    assert disjointness(card, pairs, {1}) is True
+    from model.data import load_aligned_folder
+    chips = load_aligned_folder(small_lfw / "lfw-deepfunneled", "lfw", cache_dir=cache_dir,
+                                spec=DLIB_CHIP150, progress=False).crops[:16]  # the run's cache
+    x = base.prepare(chips)
+    with torch.inference_mode():
+        moved = (tuned(x) - base(x)).norm(dim=1)
+    # a low learning rate: it moved, a little (Adam's first steps move every weight by ~lr)
+    assert 0 < float(moved.max()) and float(moved.median()) < 0.15
