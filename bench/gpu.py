@@ -41,7 +41,8 @@ def encoder_sweep(weights: Path, device: str, batches: list[int], repeats: int) 
 
     rows = []
     gen = torch.Generator().manual_seed(0)
-    ref_x = torch.randn(64, 3, 112, 112, generator=gen).to(device)
+    size = base.spec.crop_size
+    ref_x = torch.randn(64, 3, size, size, generator=gen).to(device)
     with torch.inference_mode():
         ref = torch.nn.functional.normalize(base(ref_x).float(), dim=1)
         for name, dtype in DTYPES.items():
@@ -49,7 +50,7 @@ def encoder_sweep(weights: Path, device: str, batches: list[int], repeats: int) 
             drift = float((torch.nn.functional.normalize(model(ref_x.to(dtype)).float(), dim=1)
                            - ref).norm(dim=1).max())
             for b in batches:
-                x = torch.randn(b, 3, 112, 112, device=device, dtype=dtype)
+                x = torch.randn(b, 3, size, size, device=device, dtype=dtype)
                 if cuda:
                     torch.cuda.reset_peak_memory_stats(device)
                 model(x)

@@ -7,7 +7,7 @@ For each batching setting (the service's default, and "off": FACEVERIFY_MAX_BATC
 smallest the service accepts — one /verify pair per forward pass — with no batching delay) it
 starts `uvicorn app.main:app` on a free 127.0.0.1 port, waits for /health/ready, and runs every
 cell of concurrency x detect (true: LFW photos as they are; false: the same photos' aligned
-112x112 crops, as a client that aligns faces itself would send them) against /verify (real
+crops, as a client that aligns faces itself would send them) against /verify (real
 LFW View 2 pairs) and then /embed. Each cell is N clients in a closed loop (each sends its next
 request as soon as its previous one is answered) for a warm-up, then a measured window; it
 stops by itself after `--duration` seconds or `--max-requests` requests, whichever comes first.
@@ -67,10 +67,11 @@ atexit.register(_stop_all)
 
 
 # ----------------------------------------------------------------------------- payloads
-def load_payloads(lfw_dir: Path, n_pairs: int, seed: int = 0, cache_dir: Path | None = None
-                  ) -> dict:
+def load_payloads(lfw_dir: Path, n_pairs: int, seed: int = 0, cache_dir: Path | None = None,
+                  spec=None) -> dict:
     """n_pairs View 2 pairs (spread over the folds): JPEG bytes as they are, and their
-    aligned crops (the evaluator's cache: same pipeline, centred fallback) as JPEG q95."""
+    aligned crops (the evaluator's cache: same pipeline, centred fallback; aligned as the
+    served weights' preprocessing spec says) as JPEG q95."""
     from PIL import Image
 
     from model.data import load_aligned_folder
@@ -80,7 +81,7 @@ def load_payloads(lfw_dir: Path, n_pairs: int, seed: int = 0, cache_dir: Path | 
     chosen = [pairs[i] for i in order]
     paths = sorted({x for p in chosen for x in (p.left, p.right)})
     photos = {x: (lfw_dir / "lfw-deepfunneled" / x).read_bytes() for x in paths}
-    kw = {"cache_dir": cache_dir} if cache_dir else {}
+    kw = ({"cache_dir": cache_dir} if cache_dir else {}) | ({"spec": spec} if spec else {})
     lfw = load_aligned_folder(lfw_dir / "lfw-deepfunneled", "lfw", progress=False, **kw)
     index = lfw.index()
     crops = {}
@@ -361,8 +362,9 @@ def encoder_efficiency(weights: Path, batch: int, repeats: int = 10) -> dict:
 
     from model.checkpoint import load_encoder
     enc, _ = load_encoder(weights, device="cpu")
+    size = enc.spec.crop_size
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        enc(torch.randn(1, 3, 112, 112))
+        enc(torch.randn(1, 3, size, size))
     flops = counter.get_total_flops()
 
     def best(fn, n):
@@ -377,7 +379,7 @@ def encoder_efficiency(weights: Path, batch: int, repeats: int = 10) -> dict:
     rows = {}
     with torch.inference_mode():
         for b in sorted({1, 2, batch}):
-            x = torch.randn(b, 3, 112, 112)
+            x = torch.randn(b, 3, size, size)
             rows[b] = b / best(lambda x=x: enc(x), repeats)
         n = 2048
         a, m = torch.randn(n, n), torch.randn(n, n)
@@ -451,7 +453,9 @@ def main(argv=None) -> int:
     card = json.loads(weights.with_suffix(".json").read_text())
     result["model"] = {"name": card.get("name"), "sha256": card.get("weights_sha256"),
                        "threshold": (card.get("threshold") or {}).get("value")}
-    payloads = load_payloads(args.lfw_dir, args.pairs, cache_dir=args.cache_dir)
+    from model.checkpoint import load_encoder
+    payloads = load_payloads(args.lfw_dir, args.pairs, cache_dir=args.cache_dir,
+                             spec=load_encoder(weights)[0].spec)
     print(f"{len(payloads['pairs'])} pairs, {len(payloads['paths'])} photos; "
           f"weights {args.weights}", flush=True)
 

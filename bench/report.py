@@ -107,7 +107,7 @@ def load_tables(r: dict) -> str:
                      f(e["flops_per_image"] * es["img_s"] / 1e9, 2),
                      f(es["efficiency"], 1, pct=True)])
     parts.append(
-        f"### Encoder efficiency\n\nFLOPs per 112x112 image (torch.utils.flop_counter): "
+        f"### Encoder efficiency\n\nFLOPs per aligned face (torch.utils.flop_counter): "
         f"{e['flops_per_image'] / 1e6:.1f} M. Measured fp32 matmul ({e['matmul_n']}², "
         f"{e['torch_threads']} threads): {e['matmul_flop_s'] / 1e9:.1f} GFLOP/s.\n\n"
         + table(["encoder", "images/s", "GFLOP/s", "of matmul FLOP/s"], rows))
