@@ -37,17 +37,13 @@ def card_path(weights_path: str | Path) -> Path:
 
 
 def save_weights(encoder: SiameseEncoder, path: str | Path) -> str:
-    """Write the encoder's tensors; returns the file's sha256."""
-    from safetensors.torch import save_file
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    """Write the encoder's tensors (deterministically: same weights, same bytes); returns the
+    file's sha256."""
+    from model.safetensors_io import write_safetensors
+    state = {k: v.detach().cpu().contiguous().numpy() for k, v in encoder.state_dict().items()}
     meta = {"arch": json.dumps(encoder.arch), "pipeline_version": encoder.spec.version,
             "preprocessing": encoder.spec.to_json(), "format": "faceverify-encoder-v1"}
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    tmp.replace(path)
-    return sha256_of(path)
+    return sha256_of(write_safetensors(path, state, meta))
 
 
 def json_safe(value: Any) -> Any:

