@@ -48,7 +48,7 @@ weights: $(STAMP)
 
 evaluate: $(STAMP)
 	$(PY) -m model.evaluate --protocol view2 --lfw-dir $(LFW_DIR) \
-	    --weights weights/faceverify-encoder.safetensors \
+	    --weights weights/faceverify-encoder.safetensors --face-choice central \
 	    --flip off --with-teacher --out bench/results/lfw_view2.json --roc docs/roc_view2.png \
 	    --write-card weights/faceverify-encoder.json
 
@@ -72,7 +72,7 @@ evaluate-student: $(STAMP)
 	$(PY) -m model.evaluate --protocol view2 --lfw-dir $(LFW_DIR) \
 	    --weights-for-folds 1-5=weights/eval/fold-a.safetensors \
 	    --weights-for-folds 6-10=weights/eval/fold-b.safetensors \
-	    --flip off --with-teacher --out bench/results/lfw_view2_student.json \
+	    --face-choice largest --flip off --with-teacher --out bench/results/lfw_view2_student.json \
 	    --roc docs/roc_view2_student.png --write-card weights/faceverify-student.json
 
 # Render every deploy/k8s overlay (and overlay + component) with the real kustomize, validate

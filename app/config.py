@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     fp16_tolerance: float = Field(1e-3, gt=0, description=(
         "Largest Euclidean distance between fp16 and fp32 embeddings accepted by the "
         "precision=auto check."))
+    face_choice: Literal["largest", "central"] = Field("largest", description=(
+        "Which face of a photo with several is compared: largest, or central (of the faces "
+        "at least half as large as the largest, the one nearest the image centre; for "
+        "face-centred photos). `faces_found` in the reply says how many there were."))
     threshold: float | None = Field(None, gt=0, le=2, description=(
         "Verification threshold override (Euclidean distance); unset = the model card's "
         "calibrated `threshold.value`. A request's own `threshold` wins over both."))

@@ -72,7 +72,7 @@ class VerifyResponse(BaseModel):
     timings_ms: Timings
     crops: list[str] | None = Field(None, description=CROPS_DESCRIPTION)
     model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"example": {
-        "verified": True, "distance": 0.7342, "threshold": 1.0412, "similarity": 0.7305,
+        "verified": True, "distance": 0.3124, "threshold": 0.429, "similarity": 0.9512,
         "model": _MODEL_EXAMPLE, "faces": [_FACE_EXAMPLE, {**_FACE_EXAMPLE, "faces_found": 2}],
         "timings_ms": {"read": 0.4, "decode": 2.1, "detect": 61.7, "queue": 3.9,
                        "encode": 8.2, "total": 77.0, "batch_size": 6}}})

@@ -94,7 +94,8 @@ class Service:
             raise StartupError(f"cannot start the encoder runtime: {exc}") from None
         detect_device = s.detect_device or str(device)
         try:
-            pipeline = FacePipeline(device=detect_device, spec=encoder.spec)
+            pipeline = FacePipeline(device=detect_device, spec=encoder.spec,
+                                    face_choice=s.face_choice)
         except (OSError, ValueError) as exc:  # the landmark model the spec needs
             raise StartupError(f"cannot build the face pipeline for preprocessing "
                                f"{encoder.spec.version!r}: {exc}") from None

@@ -6,8 +6,8 @@
 Each LFW View 2 photo (250x250) is pasted at its own scale, at a random position, into a
 2000x1500 canvas of mid-grey noise and JPEG-encoded (quality 95), as a phone photo with a
 small face would arrive. Both versions of every pair go through the service's own face path
-(decode_image → FacePipeline.align, the model card's preprocessing → encoder) and the model
-card's threshold; the report gives the share of pairs with the same verdict, the distance
+(decode_image → FacePipeline.align with the model card's preprocessing and the service's
+face choice → encoder) and the model card's threshold; the report gives the share of pairs with the same verdict, the distance
 changes, and images where no face was found.
 """
 from __future__ import annotations
@@ -52,12 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pairs", type=int, default=600, help="View 2 pairs, spread over folds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--face-choice", choices=["largest", "central"], default="largest",
+                   help="the service's setting (FACEVERIFY_FACE_CHOICE; default largest)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     encoder, card = load_encoder(args.weights)
     threshold = float(card["threshold"]["value"])
-    pipeline = FacePipeline(device="cpu", spec=encoder.spec)
+    pipeline = FacePipeline(device="cpu", spec=encoder.spec, face_choice=args.face_choice)
     pairs = read_pairs(args.lfw_dir / "pairs.txt")
     rng = np.random.default_rng(args.seed)
     chosen = [pairs[i] for i in np.linspace(0, len(pairs) - 1, args.pairs).round().astype(int)]
@@ -87,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "pairs": len(rows), "canvas": list(CANVAS), "threshold": threshold,
         "weights": str(args.weights), "preprocessing": encoder.spec.version,
+        "face_choice": args.face_choice,
         "no_face_photo_pairs": sum(r["photo"] is None for r in rows),
         "no_face_frame_pairs": sum(r["frame"] is None for r in rows),
         "same_verdict": float(np.mean(agree)) if agree else None,

@@ -79,7 +79,7 @@ def model_card(name: str, version: str, encoder: SiameseEncoder, source: dict[st
                 "ships the .dat",
                 " ".join(["python -m model.convert_dlib"] + argv),
                 "python -m model.evaluate --protocol view2 --weights "
-                f"{weights} --flip off --with-teacher --write-card "
+                f"{weights} --face-choice central --flip off --with-teacher --write-card "
                 f"{weights.with_suffix('.json')}   # calibrates the thresholds (make evaluate)",
             ],
         },

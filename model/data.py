@@ -70,10 +70,11 @@ class AlignedImages:
             [x for p in parts for x in p.methods])
 
 
-def _cache_key(root: Path, rel_paths: list[str], spec: PreprocessSpec) -> str:
+def _cache_key(root: Path, rel_paths: list[str], spec: PreprocessSpec,
+               face_choice: str = "largest") -> str:
     h = hashlib.sha256(spec.version.encode())
-    if spec.face_choice != "largest":  # (keeps the keys of caches made before the choice)
-        h.update(spec.crop_key().encode())
+    if face_choice != "largest":  # (keeps the keys of caches made before the choice)
+        h.update(face_choice.encode())
     for rel in rel_paths:
         h.update(rel.encode())
         h.update(str((root / rel).stat().st_size).encode())
@@ -83,11 +84,11 @@ def _cache_key(root: Path, rel_paths: list[str], spec: PreprocessSpec) -> str:
 _worker_pipeline = None
 
 
-def _init_worker(device: str, spec_json: str) -> None:
+def _init_worker(device: str, spec_json: str, face_choice: str = "largest") -> None:
     global _worker_pipeline
     torch.set_num_threads(1)
     from model.pipeline import FacePipeline
-    _worker_pipeline = FacePipeline(device=device,
+    _worker_pipeline = FacePipeline(device=device, face_choice=face_choice,
                                     spec=PreprocessSpec.from_dict(json.loads(spec_json)))
 
 
@@ -101,7 +102,8 @@ def _align_chunk(args: tuple[str, list[str]]) -> tuple[np.ndarray, list[str]]:
 
 def align_folder(root: str | Path, rel_paths: list[str], workers: int = 2,
                  device: str = "cpu", chunk: int = 16, progress: bool = True,
-                 spec: PreprocessSpec = DEFAULT_SPEC) -> tuple[np.ndarray, list[str]]:
+                 spec: PreprocessSpec = DEFAULT_SPEC, face_choice: str = "largest"
+                 ) -> tuple[np.ndarray, list[str]]:
     """Detect and align every image (centred fallback where no face is found)."""
     from tqdm import tqdm
     chunks = [(str(root), rel_paths[i:i + chunk]) for i in range(0, len(rel_paths), chunk)]
@@ -109,13 +111,13 @@ def align_folder(root: str | Path, rel_paths: list[str], workers: int = 2,
     bar = tqdm(total=len(rel_paths), desc=f"align {Path(root).name}", disable=not progress,
                unit="img")
     if workers <= 1:
-        _init_worker(device, spec.to_json())
+        _init_worker(device, spec.to_json(), face_choice)
         results: Iterator = map(_align_chunk, chunks)
         for c, m in results:
             crops.append(c), methods.extend(m), bar.update(len(m))
     else:
         with ProcessPoolExecutor(workers, initializer=_init_worker,
-                                 initargs=(device, spec.to_json())) as ex:
+                                 initargs=(device, spec.to_json(), face_choice)) as ex:
             for c, m in ex.map(_align_chunk, chunks):
                 crops.append(c), methods.extend(m), bar.update(len(m))
     bar.close()
@@ -125,7 +127,8 @@ def align_folder(root: str | Path, rel_paths: list[str], workers: int = 2,
 def load_aligned_folder(root: str | Path, name: str | None = None,
                         cache_dir: str | Path = DEFAULT_CACHE_DIR, workers: int = 2,
                         device: str = "cpu", progress: bool = True,
-                        spec: PreprocessSpec = DEFAULT_SPEC) -> AlignedImages:
+                        spec: PreprocessSpec = DEFAULT_SPEC, face_choice: str = "largest"
+                        ) -> AlignedImages:
     """Aligned crops of every image under an identity-folder root, built once and cached.
 
     `name` prefixes paths and (for non-LFW sets) identities, so sets can be combined.
@@ -133,7 +136,7 @@ def load_aligned_folder(root: str | Path, name: str | None = None,
     root = Path(root)
     name = name or root.name
     rel_paths = scan_identity_folders(root)
-    key = _cache_key(root, rel_paths, spec)
+    key = _cache_key(root, rel_paths, spec, face_choice)
     cache_dir = Path(cache_dir)
     npy, meta_path = cache_dir / f"{name}-{key}.npy", cache_dir / f"{name}-{key}.json"
     if npy.exists() and meta_path.exists():
@@ -142,12 +145,12 @@ def load_aligned_folder(root: str | Path, name: str | None = None,
     else:
         log.info("aligning %d images under %s (cached as %s)", len(rel_paths), root, npy)
         crops, methods = align_folder(root, rel_paths, workers=workers, device=device,
-                                      progress=progress, spec=spec)
+                                      progress=progress, spec=spec, face_choice=face_choice)
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = npy.with_suffix(".tmp.npy")
         np.save(tmp, crops)
         tmp.replace(npy)
-        meta_path.write_text(json.dumps({"root": str(root), "pipeline": spec.version,
+        meta_path.write_text(json.dumps({"root": str(root), "pipeline": spec.version, "face_choice": face_choice,
                                          "paths": rel_paths, "methods": methods}))
     if crops.shape[1:] != (spec.crop_size, spec.crop_size, 3) or len(crops) != len(rel_paths):
         raise ValueError(f"aligned cache {npy} does not match {root}; delete it and rebuild")

@@ -67,16 +67,20 @@ def score_pairs_by_teacher(pairs: list[Pair], lfw_dir: Path) -> np.ndarray:
 
 class AlignedLfw:
     """LFW's images aligned for each preprocessing spec an evaluation needs (built once per
-    spec and cached on disk by model.data)."""
+    spec and cached on disk by model.data). `face_choice` (model.pipeline.FACE_CHOICES):
+    which face of a photo with several counts; LFW's photos are centred on the person the
+    pairs name, so "central" by default."""
 
-    def __init__(self, lfw_dir: Path, **kw: Any):
+    def __init__(self, lfw_dir: Path, face_choice: str = "central", **kw: Any):
         self.root = Path(lfw_dir) / "lfw-deepfunneled"
+        self.face_choice = face_choice
         self.kw = kw
         self._sets: dict[str, Any] = {}
 
     def __call__(self, spec):
         if spec.version not in self._sets:
-            self._sets[spec.version] = load_aligned_folder(self.root, "lfw", spec=spec, **self.kw)
+            self._sets[spec.version] = load_aligned_folder(
+                self.root, "lfw", spec=spec, face_choice=self.face_choice, **self.kw)
         return self._sets[spec.version]
 
 
@@ -193,7 +197,8 @@ def update_card(card_file: Path, key: str, report: dict[str, Any]) -> None:
     if card is None:
         raise SystemExit(f"no model card at {card_file}")
     card.setdefault("evaluation", {})[key] = {
-        k: report[k] for k in ("protocol", "identity_disjoint", "flip_tta", "accuracy_mean",
+        k: report[k] for k in ("protocol", "identity_disjoint", "flip_tta", "face_choice",
+                               "accuracy_mean",
                                "accuracy_std",
                                "auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "pairs")
         if k in report} | {"encoders": [
@@ -209,8 +214,10 @@ def update_card(card_file: Path, key: str, report: dict[str, Any]) -> None:
     card["inference"] = {"flip_tta": bool(report["flip_tta"])}
     card["threshold"] = {
         "value": round(float(thr), 4),
-        "method": f"mean of the per-fold accuracy-maximising thresholds of {key} "
-                  "(identity-disjoint encoders of the same recipe)",
+        "method": f"mean of the per-fold accuracy-maximising thresholds of {key} " + (
+            "(identity-disjoint encoders of the same recipe)"
+            if len(report.get("encoders", [])) > 1 else "(this encoder, each fold's "
+            "threshold chosen on the other folds)"),
         "at_far_1e-2": report["threshold_at_far_1e-2"],
         "at_far_1e-3": report["threshold_at_far_1e-3"],
     }
@@ -228,6 +235,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="folder with lfw-deepfunneled/ and the pairs files")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--face-choice", choices=["central", "largest"], default="central",
+                   help="which face of a photo with several counts: central (LFW's photos are "
+                        "centred on the person the pairs name; face_recognition's reference "
+                        "figure uses it) or largest (the service's default)")
     p.add_argument("--flip", choices=["on", "off", "card"], default="card",
                    help="mirror-image test-time augmentation: on, off, or as each model card "
                         "says (default); --write-card records the choice in the card")
@@ -246,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     kw = {"cache_dir": args.cache_dir} if args.cache_dir else {}
     flip = {"on": True, "off": False, "card": None}[args.flip]
-    lfw = AlignedLfw(args.lfw_dir, **kw)
+    lfw = AlignedLfw(args.lfw_dir, face_choice=args.face_choice, **kw)
     if args.protocol == "view2":
         groups = {k: Path(v) for k, v in (s.split("=", 1) for s in args.weights_for_folds)}
         if args.weights:
@@ -260,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("View 1 needs --weights")
         report, d, same = evaluate_view1(args.lfw_dir, args.weights, lfw, args.device, flip)
         key = "lfw_view1"
+    report["face_choice"] = args.face_choice
     curves = {f"{args.label} (AUC {report['auc']:.3f})": (d, same)}
     if args.with_teacher:
         if args.protocol == "view2":

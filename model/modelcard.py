@@ -46,14 +46,15 @@ def render_markdown(card: dict[str, Any]) -> str:
         teacher = res.get("teacher_same_pairs") if isinstance(res, dict) else None
         if teacher:
             lines.append(
-                f"- the distillation teacher on the same pairs ({name}): accuracy "
+                f"- face_recognition's recipe (dlib: HOG, its 5-point predictor, its ResNet; the "
+                f"distillation teacher) on the same pairs ({name}): accuracy "
                 f"{_pct(teacher.get('accuracy_mean'))} ± {100 * teacher.get('accuracy_std', 0):.2f}"
                 f", AUC {teacher.get('auc', float('nan')):.4f}, TAR@FAR1% "
                 f"{_pct(teacher.get('tar_at_far_1e-2'))}, TAR@FAR0.1% {_pct(teacher.get('tar_at_far_1e-3'))}")
     pre = card.get("preprocessing") or {}
     if "geometry" in pre:
         lines += ["", "## Preprocessing spec (serving and evaluation read it from this card)"]
-        for key in ("version", "crop_size", "detector", "face_choice", "landmarks", "geometry",
+        for key in ("version", "crop_size", "detector", "landmarks", "geometry",
                     "padding", "mean", "std"):
             if key in pre:
                 lines.append(f"- {key.replace('_', ' ')}: `{pre[key]}`")

@@ -26,12 +26,6 @@ import torch
 
 LANDMARK_SOURCES = ("mtcnn5", "dlib5")
 GEOMETRIES = ("template112", "dlib-chip")
-# Which detected face an image stands for: the largest box, or "central": the largest after
-# a penalty for its distance from the image centre, insightface's rule (area − 2·offset²),
-# which prefers the subject over a bigger face cut by the frame's edge.
-FACE_CHOICES = ("largest", "central")
-
-
 class SpecError(ValueError):
     """A preprocessing spec this code cannot reproduce."""
 
@@ -52,7 +46,6 @@ class PreprocessSpec:
     std: tuple[float, float, float]
     padding: float | None = None  # dlib-chip only
     detector: str = "mtcnn (facenet-pytorch 2.5.3)"
-    face_choice: str = "largest"
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -61,8 +54,6 @@ class PreprocessSpec:
             problems.append(f"landmark source {self.landmarks!r} (known: {LANDMARK_SOURCES})")
         if self.geometry not in GEOMETRIES:
             problems.append(f"geometry {self.geometry!r} (known: {GEOMETRIES})")
-        if self.face_choice not in FACE_CHOICES:
-            problems.append(f"face choice {self.face_choice!r} (known: {FACE_CHOICES})")
         if self.geometry == "template112" and self.landmarks != "mtcnn5":
             problems.append("the 112 template is defined for MTCNN's points only")
         if self.geometry == "dlib-chip" and self.padding is None:
@@ -89,13 +80,6 @@ class PreprocessSpec:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
-
-    def crop_key(self) -> str:
-        """What decides the crops' bytes (not the normalisation): keys caches of crops."""
-        d = self.to_dict()
-        return json.dumps({k: d[k] for k in ("version", "crop_size", "landmarks", "geometry",
-                                             "padding", "detector", "face_choice")},
-                          sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PreprocessSpec":
@@ -140,11 +124,11 @@ MTCNN_TEMPLATE112 = PreprocessSpec(
 # MTCNN box, and dlib's input normalisation (its input layer's means; / 256).
 DLIB_MEAN = (122.782, 117.001, 104.298)
 DLIB_CHIP150 = PreprocessSpec(
-    version="mtcnn-box-dlib5-chip150-v1", crop_size=150, landmarks="dlib5",
+    version="mtcnn-box-dlib5-chip150-v2", crop_size=150, landmarks="dlib5",
     geometry="dlib-chip", padding=0.25, mean=DLIB_MEAN, std=(256.0, 256.0, 256.0),
-    face_choice="central",
-    description="EXIF-upright RGB → MTCNN (facenet-pytorch 2.5.3) → the central face (area − "
-                "2·offset² from the image centre, insightface's rule) → its box → dlib's "
+    description="EXIF-upright RGB → MTCNN (facenet-pytorch 2.5.3) → the chosen face's box (a "
+                "face in a frame downscaled for detection is re-detected in a crop around "
+                "it) → dlib's "
                 "5-point shape predictor (our numpy port) in that box → dlib's face chip, "
                 "150x150, padding 0.25 (dlib's geometry and sampling grid) → (x - mean_rgb) / "
                 "256 with dlib's means (122.782, 117.001, 104.298)")
@@ -152,9 +136,9 @@ DLIB_CHIP150 = PreprocessSpec(
 # The alternative measured for dlib's net (docs/accuracy.md): MTCNN's own points onto their
 # average place in dlib's chip (no shape predictor).
 MTCNN5_CHIP150 = PreprocessSpec(
-    version="mtcnn5-dlibchip150-v1", crop_size=150, landmarks="mtcnn5", geometry="dlib-chip",
-    padding=0.25, mean=DLIB_MEAN, std=(256.0, 256.0, 256.0), face_choice="central",
-    description="EXIF-upright RGB → MTCNN → the central face → its 5 points onto their "
+    version="mtcnn5-dlibchip150-v2", crop_size=150, landmarks="mtcnn5", geometry="dlib-chip",
+    padding=0.25, mean=DLIB_MEAN, std=(256.0, 256.0, 256.0),
+    description="EXIF-upright RGB → MTCNN → the chosen face's 5 points onto their "
                 "average place in dlib's 150x150 chip (padding 0.25; fitted on celeba-extra) "
                 "→ (x - mean_rgb) / 256")
 

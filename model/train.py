@@ -182,7 +182,8 @@ def load_training_data(config: TrainConfig, cache_dir: str | None, progress: boo
                        ) -> tuple[AlignedImages, AlignedImages | None, dict[str, Any]]:
     """Training images (after exclusions) and the full LFW set (for evaluation), aligned
     as the run's preprocessing spec says."""
-    kw = {"progress": progress, "spec": training_spec(config)} | (
+    kw = {"progress": progress, "spec": training_spec(config),
+          "face_choice": config.data.face_choice} | (
         {"cache_dir": cache_dir} if cache_dir else {})
     parts, lfw = [], None
     for name, root in config.data.roots.items():
