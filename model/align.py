@@ -39,6 +39,12 @@ CENTRED_FACE_LANDMARKS = np.array(
 )
 
 
+# LFW's fixed centre box (top, right, bottom, left) on its 250x250 images: where a
+# face-centred photo's face is assumed when no detector finds it (face_recognition's fallback,
+# and ours for dlib's 5-point predictor).
+CENTRE_BOX_250 = (70, 180, 180, 70)
+
+
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Least-squares similarity (rotation, uniform scale, translation) mapping src onto dst.
 

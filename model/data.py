@@ -73,8 +73,7 @@ class AlignedImages:
 def _cache_key(root: Path, rel_paths: list[str], spec: PreprocessSpec,
                face_choice: str = "largest") -> str:
     h = hashlib.sha256(spec.version.encode())
-    if face_choice != "largest":  # (keeps the keys of caches made before the choice)
-        h.update(face_choice.encode())
+    h.update(f"face={face_choice},visible-area".encode())  # model.pipeline.choose_face
     for rel in rel_paths:
         h.update(rel.encode())
         h.update(str((root / rel).stat().st_size).encode())

@@ -22,6 +22,13 @@ class Detection:
         x1, y1, x2, y2 = self.box
         return max(0.0, x2 - x1) * max(0.0, y2 - y1)
 
+    def visible_area(self, width: int, height: int) -> float:
+        """The area of the box inside the image: a face cut by the frame's edge counts by
+        what shows of it (MTCNN's box reaches past the edge to where the face would end)."""
+        x1, y1, x2, y2 = self.box
+        return (max(0.0, min(x2, width) - max(x1, 0.0))
+                * max(0.0, min(y2, height) - max(y1, 0.0)))
+
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """'auto' → the first CUDA device when there is one, else the CPU."""
@@ -105,7 +112,7 @@ class FaceDetector:
 
     @torch.inference_mode()
     def detect(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
-        """Return, for each image, its faces sorted by area (largest first)."""
+        """Return, for each image, its faces sorted by visible area (largest first)."""
         results: list[list[Detection]] = [[] for _ in images]
         by_size: dict[tuple[int, int], list[int]] = {}
         scales: dict[int, float] = {}
@@ -131,5 +138,6 @@ class FaceDetector:
                               np.asarray(lm, dtype=np.float64) * k, float(score))
                     for box, score, lm in zip(b, p, pt)
                 ]
-                results[i] = sorted(faces, key=lambda f: f.area, reverse=True)
+                w, h = images[i].size
+                results[i] = sorted(faces, key=lambda f: f.visible_area(w, h), reverse=True)
         return results

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from model.align import align_face, centred_face_landmarks, resize_crop
+from model.align import CENTRE_BOX_250, align_face, centred_face_landmarks, resize_crop
 from model.detect import Detection, FaceDetector
 from model.preprocess import DEFAULT_SPEC, PreprocessSpec
 
@@ -99,17 +99,18 @@ def dlib_box(box: Sequence[float], landmarks: np.ndarray) -> tuple[int, int, int
 
 def centred_dlib_box(width: int, height: int) -> tuple[int, int, int, int]:
     """The face box assumed on a face-centred photo (LFW's centre box, scaled)."""
-    from model.teacher import CENTRE_BOX_250
     t, r, b, l_ = CENTRE_BOX_250
     return (round(l_ * width / 250), round(t * height / 250), round(r * width / 250),
             round(b * height / 250))
 
 
 # Which detected face an image stands for (its other faces are only counted):
-# - "largest": the largest box (the service's default, as the product contract says);
+# - "largest": the largest box, by its area inside the image (the service's default, as the
+#   product contract says); a face cut by the frame's edge counts by what shows of it, so the
+#   choice does not change when the photo is pasted into a larger frame;
 # - "central": of the faces at least half as large as the largest, the one nearest the image
 #   centre. For face-centred photos such as LFW's, where a bystander cut by the frame's edge
-#   can have the bigger box (about 1 % of LFW's photos); evaluation and training use it there.
+#   can still be the larger (about 1 % of LFW's photos); evaluation and training use it there.
 FACE_CHOICES = ("largest", "central")
 CENTRAL_MIN_AREA = 0.5
 
@@ -121,7 +122,8 @@ def choose_face(faces: Sequence[Detection], width: int, height: int, rule: str) 
     if rule == "largest" or len(faces) == 1:
         return faces[0]
     cx, cy = width / 2, height / 2
-    large = [f for f in faces if f.area >= CENTRAL_MIN_AREA * faces[0].area]
+    biggest = faces[0].visible_area(width, height)
+    large = [f for f in faces if f.visible_area(width, height) >= CENTRAL_MIN_AREA * biggest]
     return min(large, key=lambda f: ((f.box[0] + f.box[2]) / 2 - cx) ** 2
                + ((f.box[1] + f.box[3]) / 2 - cy) ** 2)
 

@@ -33,13 +33,13 @@ from pathlib import Path
 
 import numpy as np
 
+from model.align import CENTRE_BOX_250
+
 log = logging.getLogger("faceverify.teacher")
 
 TEACHER_NAME = "dlib_face_recognition_resnet_model_v1"
 EMBEDDING_DIM = 128
 VIEWS = ("original", "mirrored")
-# LFW's fixed centre box (top, right, bottom, left) on its 250x250 images.
-CENTRE_BOX_250 = (70, 180, 180, 70)
 DEFAULT_STORE = Path(os.environ.get("FACEVERIFY_CACHE_DIR", "cache")) / "teacher" / f"{TEACHER_NAME}.npz"
 
 
