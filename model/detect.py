@@ -30,6 +30,15 @@ class Detection:
                 * max(0.0, min(y2, height) - max(y1, 0.0)))
 
 
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """'auto' → the first CUDA device when there is one, else the CPU."""
     if isinstance(device, torch.device):
@@ -103,10 +112,8 @@ class FaceDetector:
                             float(b[2]) * k + left, float(b[3]) * k + top),
                            np.asarray(p, dtype=np.float64) * k + [left, top], float(s))
                  for b, s, p in zip(boxes[0], probs[0], points[0])]
-        best = min(found, key=lambda f: (f.box[0] + f.box[2] - 2 * cx) ** 2
-                   + (f.box[1] + f.box[3] - 2 * cy) ** 2)
-        bx, by = (best.box[0] + best.box[2]) / 2, (best.box[1] + best.box[3]) / 2
-        if abs(bx - cx) > (x2 - x1) / 2 or abs(by - cy) > (y2 - y1) / 2:
+        best = max(found, key=lambda f: _iou(f.box, face.box))
+        if _iou(best.box, face.box) < 0.4:
             return face  # not the same face
         return best
 
