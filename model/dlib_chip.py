@@ -81,184 +81,17 @@ class ChipDetails:
 # --------------------------------------------------------------------------------------
 # chip geometry
 #
-# Written with Python floats, one IEEE operation at a time in the order dlib's C++ does them
-# (dlib's matrices sum products left to right; dlib-bin is built without FMA), so that the
-# rectangle, angle and sampling affine come out bit-identical to dlib's. That matters: a
-# sample in a flat 2x2 neighbourhood evaluates to an exact integer or to one ulp below it,
-# and truncation turns that ulp into a whole grey level.
-
-_EPS = 2.220446049250313e-16  # DBL_EPSILON
-_TINY = 2.2250738585072014e-308 / _EPS  # DBL_MIN / DBL_EPSILON
-
+# Written with Python floats in the order dlib's formulas take them (its matrices sum
+# products left to right), so that the rectangle, angle and sampling affine agree with
+# dlib's to the last bits but for its SVD, which we take from numpy. That matters: a sample
+# in a flat 2x2 neighbourhood evaluates to an exact integer or to one ulp below it, and
+# truncation turns that ulp into a whole grey level.
 
 def _svd(a: list[list[float]]) -> tuple[list[list[float]], list[float], list[list[float]]]:
-    """Singular value decomposition a = u diag(q) v^T of an m x n matrix, m >= n, exactly
-    as dlib computes it without LAPACK (``svd4``: Golub-Reinsch, from the Algol procedure of
-    the "Handbook for Automatic Computation, vol. II"): Householder bidiagonalisation, then
-    implicitly shifted QR. u is m x n. Singular values are non-negative but not sorted."""
-    m, n = len(a), len(a[0])
-    u = [list(map(float, row)) for row in a]
-    v = [[0.0] * n for _ in range(n)]
-    q = [0.0] * n
-    e = [0.0] * n
-    g = x = 0.0
-    l = 0
-    # Householder reduction to bidiagonal form
-    for i in range(n):
-        e[i] = g
-        l = i + 1
-        s = 0.0
-        for j in range(i, m):
-            s += u[j][i] * u[j][i]
-        if s < _TINY:
-            g = 0.0
-        else:
-            f = u[i][i]
-            g = math.sqrt(s) if f < 0 else -math.sqrt(s)
-            h = f * g - s
-            u[i][i] = f - g
-            for j in range(l, n):
-                s = 0.0
-                for k in range(i, m):
-                    s += u[k][i] * u[k][j]
-                f = s / h
-                for k in range(i, m):
-                    u[k][j] += f * u[k][i]
-        q[i] = g
-        s = 0.0
-        for j in range(l, n):
-            s += u[i][j] * u[i][j]
-        if s < _TINY:
-            g = 0.0
-        else:
-            f = u[i][i + 1]
-            g = math.sqrt(s) if f < 0 else -math.sqrt(s)
-            h = f * g - s
-            u[i][i + 1] = f - g
-            for j in range(l, n):
-                e[j] = u[i][j] / h
-            for j in range(l, m):
-                s = 0.0
-                for k in range(l, n):
-                    s += u[j][k] * u[i][k]
-                for k in range(l, n):
-                    u[j][k] += s * e[k]
-        x = max(x, abs(q[i]) + abs(e[i]))
-    # accumulation of right-hand transformations
-    for i in range(n - 1, -1, -1):
-        if g != 0.0:
-            h = u[i][i + 1] * g
-            for j in range(l, n):
-                v[j][i] = u[i][j] / h
-            for j in range(l, n):
-                s = 0.0
-                for k in range(l, n):
-                    s += u[i][k] * v[k][j]
-                for k in range(l, n):
-                    v[k][j] += s * v[k][i]
-        for j in range(l, n):
-            v[i][j] = v[j][i] = 0.0
-        v[i][i] = 1.0
-        g = e[i]
-        l = i
-    # accumulation of left-hand transformations
-    for i in range(n - 1, -1, -1):
-        l = i + 1
-        g = q[i]
-        for j in range(l, n):
-            u[i][j] = 0.0
-        if g != 0.0:
-            h = u[i][i] * g
-            for j in range(l, n):
-                s = 0.0
-                for k in range(l, m):
-                    s += u[k][i] * u[k][j]
-                f = s / h
-                for k in range(i, m):
-                    u[k][j] += f * u[k][i]
-            for j in range(i, m):
-                u[j][i] /= g
-        else:
-            for j in range(i, m):
-                u[j][i] = 0.0
-        u[i][i] += 1.0
-    # diagonalisation of the bidiagonal form
-    eps = _EPS * x
-    for k in range(n - 1, -1, -1):
-        for _iteration in range(301):
-            # test for splitting (e[0] is always 0, so this stops at l = 0 at the latest)
-            cancel = False
-            for l in range(k, -1, -1):
-                if abs(e[l]) <= eps:
-                    break
-                if abs(q[l - 1]) <= eps:
-                    cancel = True
-                    break
-            if cancel:  # cancellation of e[l]
-                c, s = 0.0, 1.0
-                l1 = l - 1
-                for i in range(l, k + 1):
-                    f = s * e[i]
-                    e[i] *= c
-                    if abs(f) <= eps:
-                        break
-                    g = q[i]
-                    h = q[i] = math.sqrt(f * f + g * g)
-                    c = g / h
-                    s = -f / h
-                    for j in range(m):
-                        y, z = u[j][l1], u[j][i]
-                        u[j][l1] = y * c + z * s
-                        u[j][i] = -y * s + z * c
-            z = q[k]
-            if l == k:
-                break
-            if _iteration == 300:
-                return u, q, v  # dlib gives up on this singular value (never seen here)
-            # shift from the bottom 2x2 minor
-            x = q[l]
-            y = q[k - 1]
-            g = e[k - 1]
-            h = e[k]
-            f = ((y - z) * (y + z) + (g - h) * (g + h)) / (2 * h * y)
-            g = math.sqrt(f * f + 1.0)
-            f = ((x - z) * (x + z) + h * (y / (f - g if f < 0 else f + g) - h)) / x
-            # next QR transformation
-            c = s = 1.0
-            for i in range(l + 1, k + 1):
-                g = e[i]
-                y = q[i]
-                h = s * g
-                g *= c
-                e[i - 1] = z = math.sqrt(f * f + h * h)
-                c = f / z
-                s = h / z
-                f = x * c + g * s
-                g = -x * s + g * c
-                h = y * s
-                y *= c
-                for j in range(n):
-                    x, z = v[j][i - 1], v[j][i]
-                    v[j][i - 1] = x * c + z * s
-                    v[j][i] = -x * s + z * c
-                q[i - 1] = z = math.sqrt(f * f + h * h)
-                if z != 0:
-                    c = f / z
-                    s = h / z
-                f = c * g + s * y
-                x = -s * g + c * y
-                for j in range(m):
-                    y, z = u[j][i - 1], u[j][i]
-                    u[j][i - 1] = y * c + z * s
-                    u[j][i] = -y * s + z * c
-            e[l] = 0.0
-            e[k] = f
-            q[k] = x
-        if z < 0.0:  # make the singular value non-negative
-            q[k] = -z
-            for j in range(n):
-                v[j][k] = -v[j][k]
-    return u, q, v
+    """a = u diag(q) v^T (numpy's LAPACK SVD; dlib-bin uses its own Golub-Reinsch routine,
+    whose last bits can differ: see the tolerance in tests/test_dlib_chip.py)."""
+    u, q, vt = np.linalg.svd(np.asarray(a, dtype=np.float64), full_matrices=False)
+    return u.tolist(), q.tolist(), vt.T.tolist()
 
 
 def _dot(a: list[float], b: list[float]) -> float:
@@ -379,7 +212,7 @@ def _corner_affine(rect: Rect, angle: float, rows: int, cols: int) -> np.ndarray
     p = [[0.0, cols - 1.0, 0.0], [0.0, 0.0, rows - 1.0], [1.0, 1.0, 1.0]]
     q = [[tl[0], tr[0], bl[0]], [tl[1], tr[1], bl[1]]]
     u, w, v = _svd(p)
-    tol = _EPS * 3 * max(w)
+    tol = np.finfo(np.float64).eps * 3 * max(w)
     inv_w = [1.0 / x if (x >= tol or x <= -tol) and x != 0 else 0.0 for x in w]
     vs = [[v[i][k] * inv_w[k] for k in range(3)] for i in range(3)]
     pinv = [[_dot(vs[i], u[j]) for j in range(3)] for i in range(3)]  # vs * trans(u)

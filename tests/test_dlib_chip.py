@@ -1,16 +1,20 @@
 """model.dlib_chip: dlib's face chip (``dlib.get_face_chip``, what dlib's face ResNet and
 face_recognition's ``face_encodings`` see) reproduced in numpy, without dlib.
 
-Tolerance: none. Our chips are byte-identical to dlib's (dlib-bin 20.0.1): 0 differing
-bytes over 191 LFW faces x {as is, rotated, cut by the border} and 64 upscaled faces in
-2000x1500 images (pyramid levels 0-2), plus sizes 80-256, paddings 0-0.5 and grey images.
+Tolerance: one grey level in at most 1 byte in 10^4. Measured: our chips were
+byte-identical to dlib's (dlib-bin 20.0.1) over 191 LFW faces x {as is, rotated, cut by the
+border} and 64 upscaled faces in 2000x1500 images (pyramid levels 0-2), plus sizes 80-256,
+paddings 0-0.5 and grey images, when the SVD was a port of dlib's; with numpy's SVD, about 1
+byte in 10^6 differed by one level on that set, and none on the faces below.
 That is by construction, not luck: the chip's rectangle, angle and sampling affine are
-computed with dlib's operations in dlib's order (its own SVD included), so they are
-bit-identical to dlib's (asserted below), and the bilinear sample is the same expression in
-the same order, truncated the same way. Anything looser would hide a real divergence: a
-sample in a flat 2x2 neighbourhood evaluates to exactly v or to one ulp below v, and
+computed with dlib's formulas in dlib's order (only the SVD is numpy's, not dlib's own
+routine), so they agree with dlib's to ~1e-15 (asserted below), and the bilinear sample is
+the same expression in the same order, truncated the same way. If a geometry ever differs
+in its last bit, a rare flat-neighbourhood sample may come out one grey level lower:
+a sample in a flat 2x2 neighbourhood evaluates to exactly v or to one ulp below v, and
 truncation turns that ulp into a whole grey level, so a near-miss in the geometry shows up
-as scattered +-1 pixels (about 1 in 10^6 when the geometry was off by ~16 ulp).
+as scattered +-1 pixels (about 1 in 10^6 when the geometry was off by ~16 ulp). Anything
+looser would hide a real divergence.
 """
 from __future__ import annotations
 
@@ -56,7 +60,7 @@ def assert_same_chip(image: np.ndarray, landmarks: np.ndarray, size: int = 150,
     theirs = dlib_chip(image, landmarks, size, padding)
     assert ours.dtype == np.uint8 and ours.shape == theirs.shape
     diff = np.abs(ours.astype(int) - theirs.astype(int))
-    assert diff.max() == 0, (
+    assert diff.max() <= 1 and (diff > 0).mean() <= 1e-4, (
         f"{(diff > 0).sum()} of {diff.size} bytes differ (max {diff.max()}) "
         f"at size {size}, padding {padding}, image {image.shape}")
     return ours
@@ -197,16 +201,18 @@ def test_pyramid_down_equals_dlibs():
         assert np.array_equal(pyramid_down(image[:, :, 0].copy()), pyr(image[:, :, 0].copy()))
 
 
-def test_chip_geometry_is_bit_identical_to_dlibs(faces):
+def test_chip_geometry_equals_dlibs_to_the_last_bits(faces):
     dlib = dlib_or_skip()
     for name, _, points in faces:
         shape = dlib.full_object_detection(dlib.rectangle(0, 0, 1, 1),
                                            [dlib.point(int(x), int(y)) for x, y in points])
         theirs = dlib.get_face_chip_details(shape, 150, 0.25)
         ours = chip_details(points)
-        assert ours.rect == (theirs.rect.left(), theirs.rect.top(),
-                             theirs.rect.right(), theirs.rect.bottom()), name
-        assert ours.angle == theirs.angle, name
+        # numpy's SVD instead of dlib's own: equal to ~1e-15 relative
+        assert ours.rect == pytest.approx((theirs.rect.left(), theirs.rect.top(),
+                                           theirs.rect.right(), theirs.rect.bottom()),
+                                          rel=1e-12, abs=1e-12), name
+        assert ours.angle == pytest.approx(theirs.angle, rel=1e-12, abs=1e-15), name
         assert (ours.rows, ours.cols) == (theirs.rows, theirs.cols)
 
 
