@@ -65,26 +65,30 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [pairs[i] for i in np.linspace(0, len(pairs) - 1, args.pairs).round().astype(int)]
     images = args.lfw_dir / "lfw-deepfunneled"
 
-    def embed(data: list[bytes]) -> torch.Tensor | None:
+    def embed(data: list[bytes]) -> tuple[torch.Tensor | None, int]:
+        """The pair's embeddings (None without a face) and the most faces in one photo."""
         try:
             faces = pipeline.align([decode_image(d) for d in data], fallback="raise")
         except NoFaceError:
-            return None
+            return None, 0
         with torch.inference_mode():
-            return encoder(encoder.prepare(np.stack([f.crop for f in faces])))
+            emb = encoder(encoder.prepare(np.stack([f.crop for f in faces])))
+        return emb, max(f.faces_found for f in faces)
 
     rows, t0 = [], time.time()
     for pair in chosen:
         photos = [(images / rel).read_bytes() for rel in (pair.left, pair.right)]
         framed = [paste_into_canvas(Image.open(io.BytesIO(b)), rng) for b in photos]
-        e_photo, e_frame = embed(photos), embed(framed)
-        row = {"same": pair.same, "photo": None, "frame": None}
+        (e_photo, n_faces), (e_frame, _) = embed(photos), embed(framed)
+        row = {"same": pair.same, "photo": None, "frame": None, "faces": n_faces}
         for key, e in (("photo", e_photo), ("frame", e_frame)):
             if e is not None:
                 row[key] = float((e[0] - e[1]).norm())
         rows.append(row)
     both = [r for r in rows if r["photo"] is not None and r["frame"] is not None]
     agree = [(r["photo"] < threshold) == (r["frame"] < threshold) for r in both]
+    single = [(r["photo"] < threshold) == (r["frame"] < threshold) for r in both
+              if r["faces"] == 1]
     delta = np.abs([r["photo"] - r["frame"] for r in both])
     report = {
         "pairs": len(rows), "canvas": list(CANVAS), "threshold": threshold,
@@ -93,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         "no_face_photo_pairs": sum(r["photo"] is None for r in rows),
         "no_face_frame_pairs": sum(r["frame"] is None for r in rows),
         "same_verdict": float(np.mean(agree)) if agree else None,
+        # pairs whose photos alone show one face each: no choice between faces to make
+        "one_face_pairs": len(single),
+        "same_verdict_one_face_pairs": float(np.mean(single)) if single else None,
         "distance_change_median": float(np.median(delta)) if len(delta) else None,
         "distance_change_p99": float(np.percentile(delta, 99)) if len(delta) else None,
         "accuracy_photo": float(np.mean([(r["photo"] < threshold) == r["same"] for r in both])),
