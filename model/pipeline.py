@@ -7,7 +7,8 @@ same way everywhere. What "aligned" means is the encoder's preprocessing spec
 - `dlib-chip`: MTCNN's box → dlib's 5-point shape predictor (our port, model/dlib_landmarks.py)
   in the box dlib's HOG detector would have drawn (`dlib_box`) → dlib's 150x150 face chip
   (model/dlib_chip.py).
-Caches of aligned crops are keyed by the spec's crop key.
+Which face of a photo counts is the pipeline's `face_choice`. Caches of aligned crops
+(model/data.py) are keyed by the spec's version and the face choice.
 """
 from __future__ import annotations
 
@@ -23,16 +24,11 @@ from model.align import CENTRE_BOX_250, align_face, centred_face_landmarks, resi
 from model.detect import Detection, FaceDetector
 from model.preprocess import DEFAULT_SPEC, PreprocessSpec
 
-# The students' spec, kept under its old names for the code that predates specs.
-PIPELINE_VERSION = DEFAULT_SPEC.version
-PIXEL_MEAN = DEFAULT_SPEC.mean[0]
-PIXEL_STD = DEFAULT_SPEC.std[0]
-
 # MTCNN's box and points → the box dlib's HOG detector draws around the same face, in which
 # dlib's shape predictor was trained to start. A linear model of the HOG box's centre offset
 # and log size (in units of sqrt(MTCNN box area), relative to its centre) on [1, w/s, the 5
 # points' x, the 5 points' y], least squares over 1,440 celeba-extra photos where both
-# detectors found the face (never LFW). Residual on held-out photos: 0.032 / 0.039 / 0.074
+# detectors found the face (never LFW): `python -m bench.fit_dlib_box`. Residual on held-out photos: 0.032 / 0.039 / 0.074
 # (x, y, log size), against 0.078 / 0.045 / 0.077 for constant offsets.
 DLIB_BOX_FROM_MTCNN = np.array([
     [-0.0346, -0.1408, -0.3472], [0.0730, -0.0723, 0.2826],
@@ -45,7 +41,8 @@ DLIB_BOX_FROM_MTCNN = np.array([
 # MTCNN's own 5 points (eye centres, nose tip, mouth corners) where they sit, on average, in
 # dlib's 150x150 chip (padding 0.25): the median over 670 celeba-extra photos (never LFW) of
 # MTCNN's points mapped into the chip dlib's predictor + HOG box gave. For the `mtcnn5` +
-# `dlib-chip` spec: dlib's chip geometry without the shape predictor.
+# `dlib-chip` spec: dlib's chip geometry without the shape predictor (the alternative measured
+# in docs/accuracy.md, not shipped; the fit was a one-off script).
 MTCNN5_IN_DLIB_CHIP150 = np.array([[47.962, 45.623], [102.033, 45.402], [74.836, 79.342],
                                    [50.88, 102.602], [99.051, 102.664]])
 
