@@ -1,10 +1,11 @@
 """The encoder's forward pass as the batcher calls it: uint8 crops in, unit embeddings out.
 
-Preprocessing is the encoder's own spec (`encoder.spec.to_tensor`, model/preprocess.py), the
-same normalisation training and evaluation use; the crop size comes from it too. On the CPU it runs in torch or in ONNX Runtime (model/runtime.py, chosen at start-up by the
-`runtime` setting, with a parity check). On CUDA the uint8 batch is copied from pinned memory with a non-blocking copy (4x fewer
-bytes than float32), normalised on the device, and run in half precision when the warm-up
-check shows fp16 embeddings stay within tolerance of fp32.
+Preprocessing is the encoder's own spec (`encoder.prepare`, model/preprocess.py), the same
+normalisation training and evaluation use; the crop size comes from it too. On the CPU the
+forward pass runs in torch or in ONNX Runtime (model/runtime.py, chosen at start-up by the
+`runtime` setting, with a parity check). On CUDA the uint8 batch is copied from pinned memory
+with a non-blocking copy (4x fewer bytes than float32), normalised on the device, and run in
+half precision when the warm-up check shows fp16 embeddings stay within tolerance of fp32.
 """
 from __future__ import annotations
 
@@ -64,16 +65,18 @@ class EncoderRunner:
     def warm_up(self, batch_sizes: list[int]) -> None:
         """Run the encoder at the given batch sizes; choose fp16 on CUDA where it holds."""
         gen = torch.Generator().manual_seed(0)
+
+        def random_crops(n: int) -> torch.Tensor:
+            return torch.randint(0, 256, (n, *self.crop_shape), dtype=torch.uint8, generator=gen)
+
         with self._lock, torch.inference_mode():
             for n in batch_sizes:
-                crops = torch.randint(0, 256, (n, *self.crop_shape), dtype=torch.uint8, generator=gen)
-                self._forward(crops, torch.float32)
+                self._forward(random_crops(n), torch.float32)
             if not self.cuda or self.requested_precision == "fp32":
                 return
             import copy
             self._fp16_model = copy.deepcopy(self.encoder).half().eval()
-            crops = torch.randint(0, 256, (max(batch_sizes), *self.crop_shape), dtype=torch.uint8,
-                                  generator=gen)
+            crops = random_crops(max(batch_sizes))
             ref = self._forward(crops, torch.float32)
             half = self._forward(crops, torch.float16)
             err = float((ref - half).norm(dim=1).max())
@@ -86,7 +89,5 @@ class EncoderRunner:
                             extra={"fp16_max_distance_error": err,
                                    "tolerance": self.fp16_tolerance})
             for n in batch_sizes:
-                crops = torch.randint(0, 256, (n, *self.crop_shape), dtype=torch.uint8,
-                                      generator=gen)
-                self._forward(crops, self.dtype)
+                self._forward(random_crops(n), self.dtype)
             torch.cuda.synchronize(self.device)

@@ -18,6 +18,7 @@ the embeddings, must be <= 1e-4).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -123,9 +124,7 @@ def measure_runtimes(weights: Path, repeats: int, compile_too: bool) -> list[dic
               f"{rows[-1]['max_l2_vs_eager']:.1e}")
 
     row("torch eager", enc)
-    cl = SiameseEncoder(enc.arch, spec=enc.spec).eval()
-    cl.load_state_dict(enc.state_dict())
-    cl = cl.to(memory_format=torch.channels_last)
+    cl = copy.deepcopy(enc).to(memory_format=torch.channels_last)
     row("channels_last", cl, lambda x: x.contiguous(memory_format=torch.channels_last))
     t = time.perf_counter()
     ort_enc = OnnxEncoder(enc)

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from model.checkpoint import load_encoder
     from model.imageio import decode_image
     from model.lfw import read_pairs
-    from model.pipeline import FacePipeline, NoFaceError
+    from model.pipeline import FACE_CHOICES, FacePipeline, NoFaceError
 
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pairs", type=int, default=600, help="View 2 pairs, spread over folds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--face-choice", choices=["largest", "central"], default="largest",
+    p.add_argument("--face-choice", choices=FACE_CHOICES, default="largest",
                    help="the service's setting (FACEVERIFY_FACE_CHOICE; default largest)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)

@@ -83,12 +83,11 @@ def _cache_key(root: Path, rel_paths: list[str], spec: PreprocessSpec,
 _worker_pipeline = None
 
 
-def _init_worker(device: str, spec_json: str, face_choice: str = "largest") -> None:
+def _init_worker(device: str, spec: PreprocessSpec, face_choice: str = "largest") -> None:
     global _worker_pipeline
     torch.set_num_threads(1)
     from model.pipeline import FacePipeline
-    _worker_pipeline = FacePipeline(device=device, face_choice=face_choice,
-                                    spec=PreprocessSpec.from_dict(json.loads(spec_json)))
+    _worker_pipeline = FacePipeline(device=device, spec=spec, face_choice=face_choice)
 
 
 def _align_chunk(args: tuple[str, list[str]]) -> tuple[np.ndarray, list[str]]:
@@ -110,13 +109,13 @@ def align_folder(root: str | Path, rel_paths: list[str], workers: int = 2,
     bar = tqdm(total=len(rel_paths), desc=f"align {Path(root).name}", disable=not progress,
                unit="img")
     if workers <= 1:
-        _init_worker(device, spec.to_json(), face_choice)
+        _init_worker(device, spec, face_choice)
         results: Iterator = map(_align_chunk, chunks)
         for c, m in results:
             crops.append(c), methods.extend(m), bar.update(len(m))
     else:
         with ProcessPoolExecutor(workers, initializer=_init_worker,
-                                 initargs=(device, spec.to_json(), face_choice)) as ex:
+                                 initargs=(device, spec, face_choice)) as ex:
             for c, m in ex.map(_align_chunk, chunks):
                 crops.append(c), methods.extend(m), bar.update(len(m))
     bar.close()
@@ -149,7 +148,8 @@ def load_aligned_folder(root: str | Path, name: str | None = None,
         tmp = npy.with_suffix(".tmp.npy")
         np.save(tmp, crops)
         tmp.replace(npy)
-        meta_path.write_text(json.dumps({"root": str(root), "pipeline": spec.version, "face_choice": face_choice,
+        meta_path.write_text(json.dumps({"root": str(root), "pipeline": spec.version,
+                                         "face_choice": face_choice,
                                          "paths": rel_paths, "methods": methods}))
     if crops.shape[1:] != (spec.crop_size, spec.crop_size, 3) or len(crops) != len(rel_paths):
         raise ValueError(f"aligned cache {npy} does not match {root}; delete it and rebuild")

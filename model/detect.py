@@ -17,11 +17,6 @@ class Detection:
     landmarks: np.ndarray  # (5, 2): left eye, right eye, nose, left mouth, right mouth
     score: float
 
-    @property
-    def area(self) -> float:
-        x1, y1, x2, y2 = self.box
-        return max(0.0, x2 - x1) * max(0.0, y2 - y1)
-
     def visible_area(self, width: int, height: int) -> float:
         """The area of the box inside the image: a face cut by the frame's edge counts by
         what shows of it (MTCNN's box reaches past the edge to where the face would end)."""
@@ -37,6 +32,17 @@ def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     inter = w * h
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
+
+
+def _detections(boxes, probs, points, scale: float = 1.0,
+                offset: tuple[float, float] = (0.0, 0.0)) -> list[Detection]:
+    """MTCNN's output for one image, in the coordinates of the image it was cut or scaled
+    from: x * scale + offset."""
+    ox, oy = offset
+    return [Detection((float(b[0]) * scale + ox, float(b[1]) * scale + oy,
+                       float(b[2]) * scale + ox, float(b[3]) * scale + oy),
+                      np.asarray(lm, dtype=np.float64) * scale + [ox, oy], float(score))
+            for b, score, lm in zip(boxes, probs, points)]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -107,11 +113,7 @@ class FaceDetector:
         boxes, probs, points = self._refiner.detect(np.asarray(crop)[None], landmarks=True)
         if boxes[0] is None:
             return face
-        k = 1.0 / scale
-        found = [Detection((float(b[0]) * k + left, float(b[1]) * k + top,
-                            float(b[2]) * k + left, float(b[3]) * k + top),
-                           np.asarray(p, dtype=np.float64) * k + [left, top], float(s))
-                 for b, s, p in zip(boxes[0], probs[0], points[0])]
+        found = _detections(boxes[0], probs[0], points[0], 1.0 / scale, (left, top))
         best = max(found, key=lambda f: _iou(f.box, face.box))
         if _iou(best.box, face.box) < 0.4:
             return face  # not the same face
@@ -127,8 +129,8 @@ class FaceDetector:
         for i, img in enumerate(images):
             if min(img.size) < self.min_face_size:
                 continue
-            scale = min(1.0, self.max_detect_side / max(img.size))
-            if scale < 1.0:
+            if self.needs_refining(img):  # detected on a downscaled copy
+                scale = self.max_detect_side / max(img.size)
                 size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
                 resized[i] = img.resize(size, Image.Resampling.BILINEAR)
                 scales[i] = img.width / size[0]
@@ -139,12 +141,7 @@ class FaceDetector:
             for i, b, p, pt in zip(indices, boxes, probs, points):
                 if b is None:
                     continue
-                k = scales.get(i, 1.0)
-                faces = [
-                    Detection(tuple(float(v) * k for v in box),
-                              np.asarray(lm, dtype=np.float64) * k, float(score))
-                    for box, score, lm in zip(b, p, pt)
-                ]
+                faces = _detections(b, p, pt, scales.get(i, 1.0))
                 w, h = images[i].size
                 results[i] = sorted(faces, key=lambda f: f.visible_area(w, h), reverse=True)
         return results

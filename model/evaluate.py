@@ -33,6 +33,7 @@ from model.data import load_aligned_folder
 from model.encoder import embed_crops, pair_distance
 from model.lfw import Pair, pair_images, parse_folds, read_pairs
 from model.metrics import accuracy_at, best_threshold, kfold_accuracy, roc_curve, summarize
+from model.pipeline import FACE_CHOICES
 
 log = logging.getLogger("faceverify.evaluate")
 DEFAULT_LFW = os.environ.get("FACEVERIFY_LFW_DIR", "../shared/data/lfw")
@@ -95,12 +96,12 @@ def score_pairs(pairs: list[Pair], weights: Path, lfw: AlignedLfw, device: str, 
     encoder, card = load_encoder(weights, device=device)
     if flip is not None:
         encoder.flip_tta = flip
-    lfw = lfw(encoder.spec)
-    index = lfw.index()
+    aligned = lfw(encoder.spec)
+    index = aligned.index()
     paths, left, right = pair_images(pairs)
     rows = [index[f"lfw/{x}"] for x in paths]
-    no_face = sum(lfw.methods[r] != "detected" for r in rows)
-    emb = embed_crops(encoder, lfw.crops[rows])
+    no_face = sum(aligned.methods[r] != "detected" for r in rows)
+    emb = embed_crops(encoder, aligned.crops[rows])
     d = pair_distance(emb[torch.from_numpy(left)], emb[torch.from_numpy(right)])
     return d.numpy(), card, no_face, encoder.flip_tta
 
@@ -235,7 +236,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="folder with lfw-deepfunneled/ and the pairs files")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--face-choice", choices=["central", "largest"], default="central",
+    p.add_argument("--face-choice", choices=FACE_CHOICES, default="central",
                    help="which face of a photo with several counts: central (LFW's photos are "
                         "centred on the person the pairs name; face_recognition's reference "
                         "figure uses it) or largest (the service's default)")

@@ -22,6 +22,7 @@ from PIL import Image
 
 from model.align import CENTRE_BOX_250, align_face, centred_face_landmarks, resize_crop
 from model.detect import Detection, FaceDetector
+from model.dlib_chip import chip_details_from_points, extract_chip, extract_image_chip
 from model.preprocess import DEFAULT_SPEC, PreprocessSpec
 
 # MTCNN's box and points → the box dlib's HOG detector draws around the same face, in which
@@ -71,11 +72,6 @@ class AlignedFace:
         """The JSON shape of a face in the HTTP contract."""
         return {"box": self.box, "landmarks": self.landmarks, "score": self.score,
                 "faces_found": self.faces_found}
-
-
-def crops_to_tensor(crops, spec: PreprocessSpec = DEFAULT_SPEC) -> torch.Tensor:
-    """(N, S, S, 3) uint8 → (N, 3, S, S) float32, normalised as the spec says."""
-    return spec.to_tensor(crops)
 
 
 def dlib_box(box: Sequence[float], landmarks: np.ndarray) -> tuple[int, int, int, int]:
@@ -198,11 +194,9 @@ class FacePipeline:
         return self._chip(pixels, points)
 
     def _chip_from_mtcnn(self, pixels: np.ndarray, points: np.ndarray) -> np.ndarray:
-        from model.dlib_chip import chip_details_from_points, extract_image_chip
         size = self.spec.crop_size  # the template is for padding 0.25 (the spec checks it)
         template = MTCNN5_IN_DLIB_CHIP150 * (size / 150)
         return extract_image_chip(pixels, chip_details_from_points(template, points, size))
 
     def _chip(self, pixels: np.ndarray, points: np.ndarray) -> np.ndarray:
-        from model.dlib_chip import extract_chip
         return extract_chip(pixels, points, self.spec.crop_size, self.spec.padding)

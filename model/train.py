@@ -178,11 +178,12 @@ def training_spec(config: TrainConfig) -> PreprocessSpec:
     return spec_for_arch(config.arch)
 
 
-def load_training_data(config: TrainConfig, cache_dir: str | None, progress: bool
+def load_training_data(config: TrainConfig, cache_dir: str | None, progress: bool,
+                       spec: PreprocessSpec | None = None
                        ) -> tuple[AlignedImages, AlignedImages | None, dict[str, Any]]:
     """Training images (after exclusions) and the full LFW set (for evaluation), aligned
-    as the run's preprocessing spec says."""
-    kw = {"progress": progress, "spec": training_spec(config),
+    as the run's preprocessing spec (default: `training_spec(config)`) says."""
+    kw = {"progress": progress, "spec": spec or training_spec(config),
           "face_choice": config.data.face_choice} | (
         {"cache_dir": cache_dir} if cache_dir else {})
     parts, lfw = [], None
@@ -406,7 +407,8 @@ def set_up(config: TrainConfig, args: argparse.Namespace) -> TrainingRun:
     run_dir.mkdir(parents=True, exist_ok=True)
     code_commit = git_commit()
 
-    data, lfw, data_summary = load_training_data(config, args.cache_dir, progress)
+    spec = training_spec(config)
+    data, lfw, data_summary = load_training_data(config, args.cache_dir, progress, spec)
     identities = sorted(set(data.identities))
     label_of = {ident: i for i, ident in enumerate(identities)}
     labels = np.array([label_of[i] for i in data.identities])
@@ -425,7 +427,7 @@ def set_up(config: TrainConfig, args: argparse.Namespace) -> TrainingRun:
     if ddp.main and config.eval.pairs not in (None, "none") and lfw is not None:
         evaluator = PairEvaluator(config.eval.pairs, config.eval.folds, lfw)
 
-    encoder = SiameseEncoder(config.arch, spec=training_spec(config)).to(device)
+    encoder = SiameseEncoder(config.arch, spec=spec).to(device)
     if init_encoder is not None:
         encoder.load_state_dict(init_encoder.state_dict())
     model: torch.nn.Module = encoder

@@ -10,7 +10,8 @@ from PIL import Image
 
 from model.align import TEMPLATE_112, apply_transform, similarity_transform
 from model.imageio import decode_image
-from model.pipeline import NoFaceError, crops_to_tensor
+from model.pipeline import NoFaceError
+from model.preprocess import DEFAULT_SPEC
 from tests.conftest import lfw_photo
 
 PHOTOS = [("Colin_Powell", 1), ("Serena_Williams", 2), ("Hugo_Chavez", 3), ("Laura_Bush", 1),
@@ -95,7 +96,7 @@ def test_batched_detection_matches_one_by_one(pipeline):
 def test_crops_to_tensor_normalises_to_unit_range():
     crops = np.zeros((2, 112, 112, 3), np.uint8)
     crops[1] = 255
-    t = crops_to_tensor(crops)
+    t = DEFAULT_SPEC.to_tensor(crops)
     assert t.shape == (2, 3, 112, 112)
     assert float(t[0].max()) == -1.0 and float(t[1].min()) == 1.0
 

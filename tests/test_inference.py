@@ -6,7 +6,6 @@ import torch
 
 from app.inference import EncoderRunner
 from model.checkpoint import load_encoder
-from model.pipeline import crops_to_tensor
 
 
 def crops(n: int, seed: int = 0) -> torch.Tensor:
@@ -22,7 +21,7 @@ def test_cpu_runner_is_the_offline_encoder(tiny_weights):
     x = crops(5)
     out = runner(x)
     with torch.inference_mode():
-        ref = encoder(crops_to_tensor(x))
+        ref = encoder(encoder.prepare(x))
     assert out.dtype == torch.float32 and out.device.type == "cpu"
     assert torch.allclose(out, ref, atol=1e-6)
     assert torch.allclose(out.norm(dim=1), torch.ones(5), atol=1e-5)
@@ -43,7 +42,7 @@ def test_cuda_runner_matches_the_cpu_within_tolerance(tiny_weights, precision):
     x = crops(8, seed=1)
     out = runner(x)
     with torch.inference_mode():
-        ref = cpu_encoder(crops_to_tensor(x))
+        ref = cpu_encoder(cpu_encoder.prepare(x))
     assert out.device.type == "cpu" and out.dtype == torch.float32
     tol = 1e-4 if runner.precision == "fp32" else 1e-2
     assert (out - ref).norm(dim=1).max() < tol
