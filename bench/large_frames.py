@@ -65,22 +65,25 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [pairs[i] for i in np.linspace(0, len(pairs) - 1, args.pairs).round().astype(int)]
     images = args.lfw_dir / "lfw-deepfunneled"
 
-    def embed(data: list[bytes]) -> tuple[torch.Tensor | None, int]:
-        """The pair's embeddings (None without a face) and the most faces in one photo."""
+    def embed(data: list[bytes]) -> tuple[torch.Tensor | None, list]:
+        """The pair's embeddings (None without a face) and each photo's aligned face."""
         try:
             faces = pipeline.align([decode_image(d) for d in data], fallback="raise")
         except NoFaceError:
-            return None, 0
+            return None, []
         with torch.inference_mode():
             emb = encoder(encoder.prepare(np.stack([f.crop for f in faces])))
-        return emb, max(f.faces_found for f in faces)
+        return emb, faces
 
     rows, t0 = [], time.time()
     for pair in chosen:
         photos = [(images / rel).read_bytes() for rel in (pair.left, pair.right)]
         framed = [paste_into_canvas(Image.open(io.BytesIO(b)), rng) for b in photos]
-        (e_photo, n_faces), (e_frame, _) = embed(photos), embed(framed)
-        row = {"same": pair.same, "photo": None, "frame": None, "faces": n_faces}
+        (e_photo, photo_faces), (e_frame, frame_faces) = embed(photos), embed(framed)
+        row = {"left": pair.left, "right": pair.right, "same": pair.same,
+               "photo": None, "frame": None,
+               "faces": max((f.faces_found for f in photo_faces), default=0),
+               "faces_in_frame": [f.faces_found for f in frame_faces]}
         for key, e in (("photo", e_photo), ("frame", e_frame)):
             if e is not None:
                 row[key] = float((e[0] - e[1]).norm())
@@ -105,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         "accuracy_photo": float(np.mean([(r["photo"] < threshold) == r["same"] for r in both])),
         "accuracy_frame": float(np.mean([(r["frame"] < threshold) == r["same"] for r in both])),
         "seconds": round(time.time() - t0, 1),
+        # the pairs whose verdict changed, to look at
+        "changed": [r for r in both if (r["photo"] < threshold) != (r["frame"] < threshold)],
     }
     text = json.dumps(report, indent=2)
     print(text)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model.detect import DETECTOR_VERSION
 from model.preprocess import DEFAULT_SPEC, PreprocessSpec
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def _cache_key(root: Path, rel_paths: list[str], spec: PreprocessSpec,
                face_choice: str = "largest") -> str:
     h = hashlib.sha256(spec.version.encode())
     h.update(f"face={face_choice},visible-area".encode())  # model.pipeline.choose_face
+    h.update(DETECTOR_VERSION.encode())
     for rel in rel_paths:
         h.update(rel.encode())
         h.update(str((root / rel).stat().st_size).encode())

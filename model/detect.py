@@ -9,6 +9,10 @@ import torch
 from PIL import Image
 
 
+# What the detector finds, as a name: caches of aligned crops (model/data.py) are keyed by it.
+DETECTOR_VERSION = "mtcnn-0.709,second-look-0.8"
+
+
 @dataclass(frozen=True)
 class Detection:
     """One detected face, in the pixel coordinates of the decoded image."""
@@ -61,10 +65,16 @@ class FaceDetector:
     no level for them): they get no faces. Images whose longer side exceeds
     `max_detect_side` are detected on a downscaled copy and the boxes and landmarks scaled
     back, so a huge upload costs no more than a large one; alignment still samples the
-    full-resolution image, and `refine` re-detects the chosen face in a crop around it at
-    (up to) LFW's scale, so a small face in a large frame gets the landmarks it would get
-    in a photo of its own.
+    full-resolution image, and `refine_candidates` re-detects the faces that could be chosen
+    in crops around them at (up to) LFW's scale, so a small face in a large frame gets the
+    box and landmarks it would get in a photo of its own.
     """
+
+    # An image where MTCNN's pyramid (scale step 0.709) finds no face is searched again with a
+    # denser one: faces that fall between two of its scales are found (LFW's
+    # Marilyn_Monroe_0001 is the one such photo of 13,233). It costs time only on images
+    # without a face.
+    SECOND_LOOK_SCALE_STEP = 0.8
 
     # refine(): the crop is REFINE_CONTEXT times the face's box side, resized to at most
     # REFINE_CROP_PX a side (a face of ~128 px, as in a 250x250 LFW photo).
@@ -83,6 +93,11 @@ class FaceDetector:
             post_process=False, device=self.device,
         )
         self._mtcnn.eval()
+        self._second_look = MTCNN(
+            min_face_size=min_face_size, thresholds=list(thresholds), keep_all=True,
+            factor=self.SECOND_LOOK_SCALE_STEP, post_process=False, device=self.device,
+        )
+        self._second_look.eval()
         # The refiner looks for one face that fills ~40 % of its crop: a large smallest face
         # keeps its image pyramid short.
         self._refiner = MTCNN(min_face_size=40, thresholds=list(thresholds), keep_all=True,
@@ -119,6 +134,18 @@ class FaceDetector:
             return face  # not the same face
         return best
 
+    def refine_candidates(self, image: Image.Image, faces: Sequence[Detection],
+                          min_share: float, most: int = 3) -> list[Detection]:
+        """`faces` (largest first) with the ones that could be chosen, those at least
+        `min_share` of the largest's visible area (at most `most`), refined at full
+        resolution, and sorted again: on the downscaled copy, two faces of nearly one size
+        can swap order."""
+        w, h = image.size
+        biggest = faces[0].visible_area(w, h)
+        candidates = [f for f in faces[:most] if f.visible_area(w, h) >= min_share * biggest]
+        refined = [self.refine(image, f) for f in candidates] + list(faces[len(candidates):])
+        return sorted(refined, key=lambda f: f.visible_area(w, h), reverse=True)
+
     @torch.inference_mode()
     def detect(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
         """Return, for each image, its faces sorted by visible area (largest first)."""
@@ -135,13 +162,18 @@ class FaceDetector:
                 resized[i] = img.resize(size, Image.Resampling.BILINEAR)
                 scales[i] = img.width / size[0]
             by_size.setdefault(resized.get(i, img).size, []).append(i)
-        for indices in by_size.values():
-            batch = [np.asarray(resized.get(i, images[i])) for i in indices]
-            boxes, probs, points = self._mtcnn.detect(np.stack(batch), landmarks=True)
-            for i, b, p, pt in zip(indices, boxes, probs, points):
-                if b is None:
-                    continue
-                faces = _detections(b, p, pt, scales.get(i, 1.0))
-                w, h = images[i].size
-                results[i] = sorted(faces, key=lambda f: f.visible_area(w, h), reverse=True)
+        for mtcnn in (self._mtcnn, self._second_look):
+            for indices in by_size.values():
+                batch = [np.asarray(resized.get(i, images[i])) for i in indices]
+                boxes, probs, points = mtcnn.detect(np.stack(batch), landmarks=True)
+                for i, b, p, pt in zip(indices, boxes, probs, points):
+                    if b is None:
+                        continue
+                    faces = _detections(b, p, pt, scales.get(i, 1.0))
+                    w, h = images[i].size
+                    results[i] = sorted(faces, key=lambda f: f.visible_area(w, h),
+                                        reverse=True)
+            # the second look: only the images still without a face
+            by_size = {size: missing for size, indices in by_size.items()
+                       if (missing := [i for i in indices if not results[i]])}
         return results

@@ -116,6 +116,54 @@ def test_huge_image_is_detected_on_a_downscaled_copy(pipeline):
     assert diff < 8, diff
 
 
+def test_a_face_between_two_pyramid_scales_is_found_by_the_second_look(pipeline):
+    """MTCNN's 0.709 pyramid misses Marilyn_Monroe_0001 (LFW's one such photo); the denser
+    second look finds her, where the face is."""
+    img = decode_image(lfw_photo("Marilyn_Monroe", 1))
+    assert pipeline.detector._mtcnn.detect(np.asarray(img)[None])[0][0] is None
+    face = pipeline.align([img])[0]
+    x1, y1, x2, y2 = face.box
+    assert face.method == "detected" and 60 < x1 < 110 and 150 < x2 < 210 and y2 - y1 > 90
+
+
+def _face(box, score=1.0):
+    from model.detect import Detection
+    x1, y1, x2, y2 = box
+    points = np.array([[x1 + 0.3 * (x2 - x1), y1 + 0.4 * (y2 - y1)]] * 5)
+    return Detection(tuple(float(v) for v in box), points, score)
+
+
+def test_face_choice_rules():
+    """largest: by the area inside the image; central: nearest the centre of the faces at
+    least half as large; both look first at the faces MTCNN is sure of."""
+    from model.pipeline import SURE_FACE_SCORE, choose_face
+    subject = _face((80, 70, 180, 190))                  # 12,000 px², centred
+    cut = _face((-60, 60, 70, 210))                      # 19,500 px² box, 10,500 inside
+    big_side = _face((150, 10, 290, 170))                # 100 px outside on the right
+    assert choose_face([subject, cut], 250, 250, "largest") is subject
+    assert choose_face([big_side, subject], 250, 250, "largest") is big_side
+    assert choose_face([big_side, subject], 250, 250, "central") is subject
+    unsure = _face((100, 20, 240, 200), score=SURE_FACE_SCORE - 0.01)  # a hand, a print...
+    assert choose_face([unsure, subject], 250, 250, "largest") is subject
+    assert choose_face([unsure], 250, 250, "largest") is unsure  # nothing surer: still a face
+    with pytest.raises(ValueError, match="unknown face choice"):
+        choose_face([subject], 250, 250, "sharpest")
+
+
+def test_faces_of_nearly_one_size_in_a_large_frame_are_chosen_as_in_the_photo(pipeline):
+    """David_Wells_0006: a bystander nearly as large as the subject. On the frame's
+    downscaled copy their order can swap; both are refined at full resolution first, so
+    the frame gives the photo's choice wherever it is pasted."""
+    from bench.large_frames import paste_into_canvas
+    photo = Image.open(lfw_photo("David_Wells", 6))
+    alone = pipeline.align([decode_image(lfw_photo("David_Wells", 6))])[0]
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        framed = pipeline.align([decode_image(paste_into_canvas(photo, rng))])[0]
+        dx = np.array(framed.landmarks) - np.array(alone.landmarks)
+        assert np.abs(dx - dx.mean(0)).max() < 3, (seed, framed.box, alone.box)
+
+
 # ------------------------------------------------------------------ dlib's chip (0.3 encoder)
 @pytest.fixture(scope="module")
 def chip_pipeline():
