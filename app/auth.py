@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 
 from fastapi import Request
+from pydantic import SecretStr
 
 from app.errors import ServiceError
 
@@ -24,11 +25,12 @@ def presented_key(request: Request) -> str | None:
     return None
 
 
-def key_matches(presented: str, keys: list[str]) -> bool:
+def key_matches(presented: str, keys: list[SecretStr]) -> bool:
     given = presented.encode("utf-8", "surrogateescape")
     ok = False
     for key in keys:
-        ok |= hmac.compare_digest(given, key.encode("utf-8", "surrogateescape"))
+        ok |= hmac.compare_digest(given,
+                                  key.get_secret_value().encode("utf-8", "surrogateescape"))
     return ok
 
 

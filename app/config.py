@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "FACEVERIFY_"
@@ -46,7 +46,13 @@ class Settings(BaseSettings):
         "face-centred photos). `faces_found` in the reply says how many there were."))
     threshold: float | None = Field(None, gt=0, le=2, description=(
         "Verification threshold override (Euclidean distance); unset = the model card's "
-        "calibrated `threshold.value`. A request's own `threshold` wins over both."))
+        "calibrated `threshold.value`. A request's own `threshold` wins over both, up to "
+        "`max_client_threshold`."))
+    max_client_threshold: float | None = Field(None, gt=0, le=2, description=(
+        "The loosest `threshold` a request may ask for; a larger one gets 422 with the limit "
+        "in the message. Unset = the model card's FAR 1 % threshold (`threshold.at_far_1e-2`),"
+        " or the verdict threshold when the card has none; never below the verdict "
+        "threshold."))
 
     # --- dynamic batcher ---------------------------------------------------------------
     max_batch_size: int = Field(32, ge=2, le=4096, description=(
@@ -56,14 +62,27 @@ class Settings(BaseSettings):
     max_queue: int = Field(256, ge=2, description=(
         "Most faces waiting for the encoder; beyond it requests get 503 overloaded."))
     max_concurrent_requests: int = Field(128, ge=1, description=(
-        "Most /verify and /embed requests being read, decoded, detected or encoded at "
-        "once; beyond it requests get 503 overloaded before their body is read."))
+        "Most /verify and /embed requests being decoded, detected or encoded at once; a slot "
+        "is taken once the request's body is in, and beyond the limit requests get 503 "
+        "overloaded. Bodies still arriving are bounded by `max_receiving_bytes`."))
     retry_after_s: int = Field(1, ge=1, description="Retry-After (seconds) sent with 503.")
 
     # --- input limits ------------------------------------------------------------------
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description=(
         "Largest image file accepted, per image (decoded size for base64 JSON). The request "
         "body is counted while it is read, so a larger upload is refused without buffering it."))
+    body_timeout_s: float = Field(120.0, gt=0, description=(
+        "Longest time a request body may take to arrive; a slower one gets 408 "
+        "request_timeout and its connection is closed."))
+    min_body_rate: float = Field(10_240.0, ge=0, description=(
+        "Slowest average rate (bytes/s) a request body may arrive at, once "
+        "`body_rate_grace_s` has passed (0 = no rate check); a slower one gets 408 "
+        "request_timeout. Stops trickling uploads from holding connections and memory."))
+    body_rate_grace_s: float = Field(5.0, ge=0, description=(
+        "Seconds before `min_body_rate` is checked (connection set-up, the first bytes)."))
+    max_receiving_bytes: int = Field(256 * 1024 * 1024, ge=1024, description=(
+        "Most body bytes held, across all requests, by requests whose body is still "
+        "arriving; beyond it a request gets 503 overloaded."))
     max_pixels: int = Field(40_000_000, ge=1, description=(
         "Largest width x height accepted, checked from the image header before decoding "
         "(decompression-bomb guard)."))
@@ -77,9 +96,10 @@ class Settings(BaseSettings):
                                            "ready.")
 
     # --- security and logs -------------------------------------------------------------
-    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description=(
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list, description=(
         "Comma-separated API keys; empty = authentication off. Clients send `X-API-Key: <key>`"
-        " or `Authorization: Bearer <key>`. Health, metrics, docs and the demo page stay open."))
+        " or `Authorization: Bearer <key>`. Health, metrics, docs and the demo page stay open."
+        " Held as secrets: a repr or log of the settings shows `**********`."))
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description=(
         "Log level of the JSON logs."))
 
@@ -88,9 +108,10 @@ class Settings(BaseSettings):
     def _split_keys(cls, v):
         if v is None:
             return []
-        if isinstance(v, str):
-            return [k.strip() for k in v.split(",") if k.strip()]
-        return [str(k).strip() for k in v if str(k).strip()]
+        if isinstance(v, (str, SecretStr)):
+            v = (v.get_secret_value() if isinstance(v, SecretStr) else v).split(",")
+        keys = [k.get_secret_value() if isinstance(k, SecretStr) else str(k) for k in v]
+        return [k.strip() for k in keys if k.strip()]
 
     @field_validator("log_level", mode="before")
     @classmethod

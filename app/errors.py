@@ -21,6 +21,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "unauthorized": (401, "a valid API key is required"),
     "not_found": (404, "no such route"),
     "method_not_allowed": (405, "method not allowed on this route"),
+    "request_timeout": (408, "the request body did not arrive in time"),
     "payload_too_large": (413, "the upload is too large"),
     "unsupported_media_type": (415, "unsupported content type or image format"),
     "no_face_detected": (422, "no face detected in the image"),

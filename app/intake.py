@@ -4,9 +4,18 @@ The body size is enforced while it is read: a declared Content-Length over the l
 refused before a byte is read, and a chunked body is counted as it streams in and refused as
 soon as it passes the limit, so an oversized upload is never buffered whole. Each image is
 then held to `max_upload_bytes` on its own.
+
+The body's time is bounded too (`BodyLimits`): it must arrive within `timeout_s`, and at
+`min_rate` bytes/s on average once `grace_s` has passed, or the request gets 408
+request_timeout and its connection is closed. A client that trickles a byte a second is cut
+off after the grace period instead of holding its connection forever. The bytes of bodies
+still arriving are counted across requests (`ReceivingBytes`), so many slow uploads cannot
+hold more memory than that bound; the service's concurrency slot is only taken once the body
+is in (app/routes.py).
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -36,17 +45,82 @@ class Intake:
     read_s: float
 
 
+@dataclass(frozen=True)
+class BodyLimits:
+    """How large, and how slow, a request body may be (from the service's settings)."""
+
+    max_upload_bytes: int  # per image
+    timeout_s: float = 120.0  # the whole body within this
+    min_rate: float = 10_240.0  # bytes/s on average once grace_s has passed; 0 = no check
+    grace_s: float = 5.0
+
+    def wait_s(self, received: int, elapsed: float) -> float:
+        """How long, from now, the next chunk may take before the body is too slow."""
+        until = self.timeout_s
+        if self.min_rate > 0:
+            until = min(until, self.grace_s + received / self.min_rate)
+        return until - elapsed
+
+
+class ReceivingBytes:
+    """Body bytes held by requests still receiving theirs, bounded across requests."""
+
+    def __init__(self, limit: int, retry_after_s: int = 1):
+        self.limit, self.retry_after_s, self.held = limit, retry_after_s, 0
+
+    def take(self, n: int) -> None:
+        if self.held + n > self.limit:
+            raise ServiceError("overloaded", f"too many request bodies arriving at once "
+                               f"({self.held} bytes held); retry later",
+                               headers={"Retry-After": str(self.retry_after_s)})
+        self.held += n
+
+    def give(self, n: int) -> None:
+        self.held -= n
+
+
 def _too_large(message: str, field: str | None = None) -> ServiceError:
     return ServiceError("payload_too_large", message, field)
 
 
-async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
-    total = 0
-    async for chunk in stream:
-        total += len(chunk)
-        if total > limit:
-            raise _too_large(f"request body is larger than {limit} bytes")
-        yield chunk
+class _Body:
+    """The request's body stream, held to a size, a deadline, a rate and the shared bound."""
+
+    def __init__(self, request: Request, limit: int, limits: BodyLimits,
+                 receiving: ReceivingBytes):
+        self.request, self.limit, self.limits, self.receiving = request, limit, limits, receiving
+        self.received = 0  # bytes read, and held in `receiving` until release()
+
+    def _too_slow(self, elapsed: float) -> ServiceError:
+        return ServiceError(
+            "request_timeout",
+            f"the request body was too slow: {self.received} bytes in {elapsed:.1f} s (send it "
+            f"within {self.limits.timeout_s:g} s, at least {self.limits.min_rate:g} bytes/s)",
+            headers={"Connection": "close"})
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        started = time.monotonic()
+        chunks = self.request.stream().__aiter__()
+        while True:
+            elapsed = time.monotonic() - started
+            wait = self.limits.wait_s(self.received, elapsed)
+            if wait <= 0:
+                raise self._too_slow(elapsed)
+            try:
+                chunk = await asyncio.wait_for(chunks.__anext__(), wait)
+            except StopAsyncIteration:
+                return
+            except asyncio.TimeoutError:
+                raise self._too_slow(time.monotonic() - started) from None
+            if self.received + len(chunk) > self.limit:
+                raise _too_large(f"request body is larger than {self.limit} bytes")
+            self.receiving.take(len(chunk))
+            self.received += len(chunk)
+            yield chunk
+
+    def release(self) -> None:
+        self.receiving.give(self.received)
+        self.received = 0
 
 
 def _media_type(request: Request) -> str:
@@ -59,10 +133,11 @@ def body_limit(media_type: str, files: int, max_upload_bytes: int) -> int:
     return files * per_file + MULTIPART_OVERHEAD
 
 
-async def read_images(request: Request, fields: tuple[str, ...], max_upload_bytes: int
-                      ) -> Intake:
+async def read_images(request: Request, fields: tuple[str, ...], limits: BodyLimits,
+                      receiving: ReceivingBytes) -> Intake:
     """Read `fields` (image uploads) and the optional `threshold` and `detect` fields."""
     started = time.perf_counter()
+    max_upload_bytes = limits.max_upload_bytes
     media = _media_type(request)
     if media == "multipart/form-data":
         kind = "multipart"
@@ -85,11 +160,14 @@ async def read_images(request: Request, fields: tuple[str, ...], max_upload_byte
             raise _too_large(f"request body of {declared_n} bytes is larger than the limit of "
                              f"{limit} bytes ({len(fields)} image(s) of at most "
                              f"{max_upload_bytes} bytes)")
-    stream = _limited(request.stream(), limit)
-    if kind == "multipart":
-        raw, extra = await _read_multipart(request, stream, fields)
-    else:
-        raw, extra = await _read_json(stream, fields)
+    body = _Body(request, limit, limits, receiving)
+    try:
+        if kind == "multipart":
+            raw, extra = await _read_multipart(request, body.stream(), fields)
+        else:
+            raw, extra = await _read_json(body.stream(), fields)
+    finally:
+        body.release()
     images = {}
     for name in fields:
         data = raw.get(name)
@@ -130,6 +208,9 @@ async def _read_multipart(request: Request, stream, fields) -> tuple[dict, dict]
 
 
 async def _read_json(stream, fields) -> tuple[dict, dict]:
+    """The JSON body's images, decoded one at a time: each copy of the body is let go as
+    soon as the next exists (raw body → parsed strings → image bytes), so a request holds
+    about its body's size twice at the peak, not the five copies a naive decode makes."""
     body = bytearray()
     async for chunk in stream:
         body += chunk
@@ -137,29 +218,47 @@ async def _read_json(stream, fields) -> tuple[dict, dict]:
         doc = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ServiceError("validation_error", f"body is not valid JSON: {exc}") from None
+    finally:
+        del body
     if not isinstance(doc, dict):
         raise ServiceError("validation_error", "JSON body must be an object")
+    extra = {k: doc[k] for k in ("threshold", "detect") if k in doc}
     raw: dict[str, bytes] = {}
     for name in fields:
-        value = doc.get(name)
+        value = doc.pop(name, None)
         if value is None:
             continue
         if not isinstance(value, str):
             raise ServiceError("validation_error", f"{name}: must be a base64 string", name)
         raw[name] = decode_base64(value, name)
-    return raw, {k: doc[k] for k in ("threshold", "detect") if k in doc}
+        del value
+    return raw, extra
+
+
+_WHITESPACE = re.compile(r"\s")
 
 
 def decode_base64(value: str, field: str) -> bytes:
-    text = _DATA_URL.sub("", value.strip(), count=1)
-    text = "".join(text.split())  # line-wrapped base64 is fine
+    """Standard or URL-safe base64, with or without padding, line-wrapped or not, with or
+    without a data: URL prefix. Copies of the text are made only for the forms that need
+    them (plain standard base64 is decoded as it is)."""
+    prefix = _DATA_URL.match(value.lstrip())
+    text = value.strip()
+    if prefix:
+        text = text[prefix.end():]
+    if _WHITESPACE.search(text):
+        text = "".join(text.split())  # line-wrapped base64 is fine
     if "-" in text or "_" in text:
-        text = text.replace("-", "+").replace("_", "/")  # URL-safe alphabet
-    text += "=" * (-len(text) % 4) if not text.endswith("=") else ""
+        text = text.translate(_URL_SAFE)  # URL-safe alphabet
+    if len(text) % 4:
+        text += "=" * (-len(text) % 4)
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise ServiceError("invalid_image", f"{field}: not valid base64", field) from None
+
+
+_URL_SAFE = str.maketrans("-_", "+/")
 
 
 def parse_threshold(value) -> float | None:

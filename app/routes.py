@@ -75,13 +75,17 @@ def _reply(model, prepared, with_crops: bool):
     return JSONResponse(model.model_dump(mode="json"))
 
 
-async def _embed_faces(request: Request, fields: tuple[str, ...]):
-    """Shared path of /verify and /embed: read → decode → detect/align → batched encode."""
+async def _embed_faces(request: Request, fields: tuple[str, ...], verdict: bool):
+    """Shared path of /verify and /embed: read → decode → detect/align → batched encode.
+    The concurrency slot is taken once the body is in: a slow upload holds only its bytes
+    (bounded by `max_receiving_bytes`), never a slot an honest request needs."""
     svc = service_of(request)
     started = time.perf_counter()
     svc.require_ready()
+    intake = await read_images(request, fields, svc.body_limits, svc.receiving)
+    # a threshold beyond the server's cap fails before any work is done (only /verify has one)
+    threshold = svc.check_threshold(intake.threshold) if verdict else None
     with svc.admit():
-        intake = await read_images(request, fields, svc.settings.max_upload_bytes)
         prepared = await svc.faces.prepare(intake.images, intake.detect)
         crops = torch.from_numpy(np.stack([f.crop for f in prepared.faces]))
         try:
@@ -101,10 +105,10 @@ async def _embed_faces(request: Request, fields: tuple[str, ...]):
                "detect": _ms(prepared.detect_s), "queue": _ms(result.queue_s),
                "encode": _ms(result.inference_s),
                "total": _ms(time.perf_counter() - started), "batch_size": result.batch_size}
-    return svc, intake, prepared, result.output, timings
+    return svc, threshold, prepared, result.output, timings
 
 
-_VERIFY_ERRORS = error_responses(400, 401, 413, 415, 422, 500, 503)
+_VERIFY_ERRORS = error_responses(400, 401, 408, 413, 415, 422, 500, 503)
 
 
 @router.post(
@@ -118,11 +122,11 @@ _VERIFY_ERRORS = error_responses(400, 401, 413, 415, 422, 500, 503)
                 "`distance < threshold`.")
 async def verify(request: Request) -> VerifyResponse:
     with_crops = _wants_crops(request)
-    svc, intake, prepared, emb, timings = await _embed_faces(request, ("image1", "image2"))
+    svc, threshold, prepared, emb, timings = await _embed_faces(request, ("image1", "image2"),
+                                                             verdict=True)
     e = emb.double()
     distance = float((e[0] - e[1]).pow(2).sum().clamp_min(0).sqrt())
     similarity = float((e[0] * e[1]).sum())
-    threshold = intake.threshold if intake.threshold is not None else svc.threshold
     return _reply(VerifyResponse(
         verified=distance < threshold, distance=distance, threshold=threshold,
         similarity=max(-1.0, min(1.0, similarity)), model=svc.model_ref,
@@ -138,7 +142,7 @@ async def verify(request: Request) -> VerifyResponse:
                    "parameters": [RETURN_CROPS_PARAMETER]})
 async def embed(request: Request) -> EmbedResponse:
     with_crops = _wants_crops(request)
-    svc, _, prepared, emb, timings = await _embed_faces(request, ("image",))
+    svc, _, prepared, emb, timings = await _embed_faces(request, ("image",), verdict=False)
     vec = emb[0].tolist()
     if not all(math.isfinite(v) for v in vec):
         raise RuntimeError("encoder produced a non-finite embedding")
@@ -152,8 +156,8 @@ async def embed(request: Request) -> EmbedResponse:
             summary="The process is up (503 only when warm-up failed)")
 async def live(request: Request):
     svc = service_of(request)
-    if svc.warmup_error:
-        return error_response("not_ready", f"warm-up failed: {svc.warmup_error}")
+    if svc.warmup_error:  # restart me; the reason is in the server log, never in a reply
+        return error_response("not_ready", "warm-up failed; see the server log")
     return Live()
 
 

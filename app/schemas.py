@@ -126,6 +126,8 @@ ERROR_EXAMPLES: dict[int, dict[str, dict[str, Any]]] = {
                                                  "truncated", "image1"),
           "bad_base64": _err("invalid_image", "image2: not valid base64", "image2")},
     401: {"unauthorized": _err("unauthorized", "missing API key", "X-API-Key")},
+    408: {"request_timeout": _err("request_timeout", "the request body was too slow: 12 bytes "
+                                  "in 5.0 s (send it within 120 s, at least 10240 bytes/s)")},
     413: {"payload_too_large": _err("payload_too_large", "image1 is 12582912 bytes, more "
                                     "than the limit of 10485760", "image1"),
           "decompression_bomb": _err("payload_too_large", "image2: image has 400000000 "
@@ -138,7 +140,9 @@ ERROR_EXAMPLES: dict[int, dict[str, dict[str, Any]]] = {
                                      "not supported", "image1")},
     422: {"no_face_detected": _err("no_face_detected", "image2: no face detected in the "
                                    "image", "image2"),
-          "validation_error": _err("validation_error", "image2: field required", "image2")},
+          "validation_error": _err("validation_error", "image2: field required", "image2"),
+          "threshold_above_cap": _err("validation_error", "threshold: 0.9 is looser than this "
+                                      "server allows (at most 0.4317)", "threshold")},
     500: {"internal_error": _err("internal_error", "internal error (request id "
                                  "3b9f6c1e2a7d4f00)")},
     503: {"overloaded": _err("overloaded", "the encoder queue is full (256 of 256 faces "
@@ -148,13 +152,16 @@ ERROR_EXAMPLES: dict[int, dict[str, dict[str, Any]]] = {
 _ERROR_DESCRIPTIONS = {
     400: "invalid_image: empty, truncated or not an image, or broken base64",
     401: "unauthorized: API keys are configured and none or a wrong one was sent",
+    408: "request_timeout: the body did not arrive within body_timeout_s, or slower than "
+         "min_body_rate; the connection is closed",
     413: "payload_too_large: upload over max_upload_bytes, or more pixels than max_pixels",
     415: "unsupported_media_type: body is not multipart/form-data or JSON, or an image format "
          "that is not accepted",
-    422: "no_face_detected, or validation_error (missing field, bad threshold/detect, "
-         "malformed body)",
+    422: "no_face_detected, or validation_error (missing field, bad threshold/detect, a "
+         "threshold above max_client_threshold, malformed body)",
     500: "internal_error (no details; see the server log line with the same request id)",
-    503: "overloaded (queue full) or not_ready (warming up); has a Retry-After header",
+    503: "overloaded (queue full, too many requests in progress, or too many bodies "
+         "arriving) or not_ready (warming up); has a Retry-After header",
 }
 
 
@@ -179,7 +186,8 @@ def upload_request_body(fields: list[str], example_b64: str = "/9j/4AAQSkZJRgABA
     common = {
         "threshold": {"type": "number", "exclusiveMinimum": 0, "maximum": 2,
                       "description": "verification threshold (Euclidean distance); default: "
-                                     "server override or the model card's"},
+                                     "server override or the model card's; at most the "
+                                     "server's max_client_threshold (422 above it)"},
         "detect": {"type": "boolean", "default": True,
                    "description": "false: the image is already an aligned face crop "
                                   "(resized to the model card's crop size, no detection)"},

@@ -25,6 +25,7 @@ from app.config import Settings
 from app.errors import ServiceError
 from app.faces import FaceStage
 from app.inference import EncoderRunner
+from app.intake import BodyLimits, ReceivingBytes
 from app.metrics import BatchObserverAdapter, Metrics
 
 log = logging.getLogger("faceverify.service")
@@ -44,10 +45,14 @@ class Service:
         self.batcher: DynamicBatcher | None = None
         self.device: torch.device | None = None
         self.threshold: float | None = None
+        self.max_client_threshold: float | None = None
         self.model_ref: dict[str, str] = {}
         self.ready = False
         self.warmup_error: str | None = None
         self.in_flight = 0
+        self.receiving = ReceivingBytes(settings.max_receiving_bytes, settings.retry_after_s)
+        self.body_limits = BodyLimits(settings.max_upload_bytes, settings.body_timeout_s,
+                                      settings.min_body_rate, settings.body_rate_grace_s)
 
     # -- start-up ------------------------------------------------------------------------
     def load(self) -> None:
@@ -84,6 +89,9 @@ class Service:
         self.device = device
         self.card = card
         self.threshold = float(threshold)
+        self.max_client_threshold = max(self.threshold, float(
+            s.max_client_threshold or (card.get("threshold") or {}).get("at_far_1e-2")
+            or self.threshold))
         self.model_ref = {"name": str(card.get("name", s.weights.stem)),
                           "version": str(card.get("version", "")),
                           "sha256": str(card["weights_sha256"])}
@@ -106,6 +114,7 @@ class Service:
             "model_version": self.model_ref["version"],
             "weights_sha256": self.model_ref["sha256"], "device": str(device),
             "detect_device": detect_device, "threshold": self.threshold,
+            "max_client_threshold": self.max_client_threshold,
             "embedding_dim": encoder.embedding_dim, "preprocessing": encoder.spec.version,
             "runtime": self.runner.runtime,
             "load_ms": round((time.perf_counter() - t0) * 1000, 1)})
@@ -158,9 +167,21 @@ class Service:
             raise ServiceError("not_ready", message,
                                headers={"Retry-After": str(self.settings.retry_after_s)})
 
+    def check_threshold(self, threshold: float | None) -> float:
+        """The threshold a request gets: its own, up to `max_client_threshold`, or the
+        service's. A caller may tighten the verdict freely but loosen it only so far."""
+        if threshold is None:
+            return self.threshold
+        if threshold > self.max_client_threshold:
+            raise ServiceError("validation_error", f"threshold: {threshold:g} is looser than "
+                               f"this server allows (at most {self.max_client_threshold:.4f})",
+                               "threshold")
+        return threshold
+
     @contextlib.contextmanager
     def admit(self):
-        """Bound the requests being processed at once (their bodies, images, crops)."""
+        """Bound the requests being processed at once (their images, crops, embeddings);
+        taken once a request's body is in."""
         if self.in_flight >= self.settings.max_concurrent_requests:
             raise ServiceError("overloaded",
                                f"too many requests in progress ({self.in_flight}); retry later",

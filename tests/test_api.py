@@ -119,6 +119,28 @@ def test_readiness_is_503_until_warmed_up_and_again_when_shutting_down(tiny_weig
     assert app.state.service.batcher.running is False
 
 
+def test_a_failed_warm_up_is_reported_without_its_details(tiny_weights, monkeypatch):
+    """Liveness fails (so an orchestrator restarts the process), but the exception's text,
+    which can name paths and devices, stays in the server log."""
+    from app.faces import FaceStage
+
+    def broken_warm_up(self):
+        raise RuntimeError("cannot open /srv/secret/detector.bin on cuda:3")
+
+    monkeypatch.setattr(FaceStage, "warm_up", broken_warm_up)
+
+    async def main():
+        async with serving(settings_for(tiny_weights), ready=False) as (app, client):
+            await app.state.warmup_task
+            return await client.get("/health/live"), await client.get("/health/ready")
+
+    live, ready = run(main())
+    for r in (live, ready):
+        assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
+        assert "secret" not in r.text and "cuda" not in r.text, r.text
+    assert live.json()["error"]["message"] == "warm-up failed; see the server log"
+
+
 def test_api_keys_on_and_off(tiny_weights, captured_logs):
     handler, logger = captured_logs
     logger.addHandler(handler)
@@ -304,7 +326,7 @@ def test_openapi_has_examples_for_every_route_and_error():
         for status, resp in op["responses"].items():
             assert has_example(resp.get("content", {})), (path, method, status)
     verify = spec["paths"]["/verify"]["post"]
-    assert {"400", "401", "413", "415", "422", "500", "503"} <= set(verify["responses"])
+    assert {"400", "401", "408", "413", "415", "422", "500", "503"} <= set(verify["responses"])
     body = verify["requestBody"]["content"]
     assert set(body) == {"multipart/form-data", "application/json"}
     assert body["multipart/form-data"]["schema"]["properties"]["image1"]["format"] == "binary"
@@ -312,7 +334,7 @@ def test_openapi_has_examples_for_every_route_and_error():
              for resp in verify["responses"].values() if "examples" in
              resp.get("content", {}).get("application/json", {})
              for ex in resp["content"]["application/json"]["examples"].values()}
-    assert codes == {"invalid_image", "unauthorized", "payload_too_large",
+    assert codes == {"invalid_image", "unauthorized", "request_timeout", "payload_too_large",
                      "unsupported_media_type", "no_face_detected", "validation_error",
                      "internal_error", "overloaded", "not_ready"}
 
@@ -373,13 +395,15 @@ def test_uvicorn_exits_non_zero_with_a_clear_message_on_corrupt_weights(tiny_wei
 
 
 def test_settings_come_from_the_environment(monkeypatch):
-    monkeypatch.setenv("FACEVERIFY_API_KEYS", " one, two ,,")
+    monkeypatch.setenv("FACEVERIFY_API_KEYS", " alpha-secret, beta-secret ,,")
     monkeypatch.setenv("FACEVERIFY_MAX_BATCH_SIZE", "8")
     monkeypatch.setenv("FACEVERIFY_DEVICE", "CUDA:1")
     monkeypatch.setenv("FACEVERIFY_THRESHOLD", "0.9")
     monkeypatch.setenv("FACEVERIFY_LOG_LEVEL", "DEBUG")
     s = Settings()
-    assert s.api_keys == ["one", "two"] and s.auth_enabled
+    assert [k.get_secret_value() for k in s.api_keys] == ["alpha-secret", "beta-secret"]
+    assert s.auth_enabled
+    assert "secret" not in repr(s) and "secret" not in str(s.model_dump())  # never shown
     assert s.max_batch_size == 8 and s.device == "cuda:1" and s.threshold == 0.9
     assert s.log_level == "debug"
     monkeypatch.setenv("FACEVERIFY_DEVICE", "tpu")

@@ -72,3 +72,16 @@ def test_decompression_bomb_refused_before_decoding():
     assert len(bomb) < 1_000_000
     with pytest.raises(ImageTooLargeError):
         decode_image(bomb, max_pixels=50_000_000)
+
+
+def test_pillows_own_bomb_guard_stays_on_behind_ours():
+    """With our limit off (trusted local files) or set above Pillow's, Pillow still refuses
+    an image of more than twice Image.MAX_IMAGE_PIXELS, as ImageTooLargeError."""
+    from PIL import Image as PILImage
+    assert PILImage.MAX_IMAGE_PIXELS is not None
+    pillows = 2 * PILImage.MAX_IMAGE_PIXELS
+    bomb = encode(Image.new("L", (20000, 20000)), "PNG")  # 400 MP > 2 x 89.5 MP
+    for limit, said in ((None, pillows), (10**9, pillows), (40_000_000, 40_000_000)):
+        with pytest.raises(ImageTooLargeError,
+                           match=f"400000000 pixels, more than the limit of {said}$"):
+            decode_image(bomb, max_pixels=limit)

@@ -92,14 +92,17 @@ def test_verify_matches_the_offline_pipeline(server, reference, pairs):
             assert body["model"]["sha256"] == reference.card["weights_sha256"]
             assert {"decode", "detect", "queue", "encode", "total"} <= set(body["timings_ms"])
         a, b, _ = pairs[0]
-        # JSON + base64, with a request threshold: same distance, threshold from the request.
+        # JSON + base64, with a stricter request threshold: same distance, the request's
+        # threshold (a caller may tighten the verdict freely, loosen it only to the cap).
+        strict = round(card_threshold / 2, 4)
         r = client.post("/verify", json={
             "image1": base64.b64encode(a.read_bytes()).decode(),
             "image2": "data:image/jpeg;base64," + base64.b64encode(b.read_bytes()).decode(),
-            "threshold": 1.5})
+            "threshold": strict})
         assert r.status_code == 200, r.text
         assert r.json()["distance"] == pytest.approx(reference.distance(a, b), abs=1e-4)
-        assert r.json()["threshold"] == 1.5 and r.json()["verified"] is True
+        assert r.json()["threshold"] == strict
+        assert r.json()["verified"] == (r.json()["distance"] < strict)
         r = client.post("/embed", files={"image": (a.name, a.read_bytes(), "image/jpeg")})
         assert r.status_code == 200, r.text
         body = r.json()
@@ -218,6 +221,8 @@ def _bad_inputs():
         ("threshold out of range", "/verify", {"json": {"image1": g64, "image2": g64,
                                                         "threshold": 3}},
          422, "validation_error", "threshold"),
+        ("threshold looser than the server's cap", "/verify",
+         {**pair(g), "data": {"threshold": "1.99"}}, 422, "validation_error", "threshold"),
         ("detect not a boolean", "/verify", {**pair(g), "data": {"detect": "maybe"}}, 422,
          "validation_error", "detect"),
         ("unsupported image format (PPM)", "/verify",
@@ -288,6 +293,8 @@ def test_bad_inputs_get_their_own_status_and_code_and_the_server_stays_healthy(s
     crop = results["already-aligned crop, detect=false"].json()
     assert crop["face"] == {"box": None, "landmarks": None, "score": None, "faces_found": 0}
     assert "more than the limit" in results["PNG decompression bomb"].json()["error"]["message"]
+    cap = results["threshold looser than the server's cap"].json()["error"]["message"]
+    assert "at most" in cap, cap
 
 
 def test_logs_are_json_one_line_per_request_without_image_bytes(server):
