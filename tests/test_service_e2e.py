@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import re
+import time
 
 import httpx
 import numpy as np
@@ -35,6 +36,7 @@ from tests.service_support import (
 pytestmark = pytest.mark.timeout(600)
 MAX_UPLOAD = 512 * 1024
 MAX_PIXELS = 4_000_000
+BODY_GRACE_S = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +44,7 @@ def server(tiny_weights, tmp_path_factory):
     lfw_or_skip()
     log = tmp_path_factory.mktemp("server") / "server.log"
     with running_server(tiny_weights, log, max_upload_bytes=MAX_UPLOAD, max_pixels=MAX_PIXELS,
+                        body_rate_grace_s=BODY_GRACE_S, min_body_rate=1024,
                         max_batch_size=16, max_batch_delay_ms=40, detect_workers=2) as s:
         yield s
 
@@ -171,6 +174,12 @@ def _bad_inputs():
                           "image2": ("y.jpg", img2 if img2 is not None else good2.read_bytes(),
                                      "image/jpeg")}}
 
+    def stalled_body():  # the start of a multipart upload, then nothing for 3 s
+        yield (b"--stall\r\nContent-Disposition: form-data; name=\"image1\"; "
+               b"filename=\"a.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n" + g[:100])
+        time.sleep(BODY_GRACE_S + 2)
+        yield g[100:] + b"\r\n--stall--\r\n"
+
     big = bytes(MAX_UPLOAD + 1024)
     huge = bytes(3 * MAX_UPLOAD)
 
@@ -221,6 +230,10 @@ def _bad_inputs():
         ("threshold out of range", "/verify", {"json": {"image1": g64, "image2": g64,
                                                         "threshold": 3}},
          422, "validation_error", "threshold"),
+        ("body that stalls past the grace period", "/verify",
+         {"content": stalled_body(),
+          "headers": {"content-type": "multipart/form-data; boundary=stall"}}, 408,
+         "request_timeout", None),
         ("threshold looser than the server's cap", "/verify",
          {**pair(g), "data": {"threshold": "1.99"}}, 422, "validation_error", "threshold"),
         ("detect not a boolean", "/verify", {**pair(g), "data": {"detect": "maybe"}}, 422,
