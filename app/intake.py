@@ -8,10 +8,10 @@ then held to `max_upload_bytes` on its own.
 The body's time is bounded too (`BodyLimits`): it must arrive within `timeout_s`, and at
 `min_rate` bytes/s on average once `grace_s` has passed, or the request gets 408
 request_timeout and its connection is closed. A client that trickles a byte a second is cut
-off after the grace period instead of holding its connection forever. The bytes of bodies
-still arriving are counted across requests (`ReceivingBytes`), so many slow uploads cannot
-hold more memory than that bound; the service's concurrency slot is only taken once the body
-is in (app/routes.py).
+off after the grace period instead of holding its connection forever. Body bytes are counted
+across requests from their first byte until the request's answer (`BodyBytes`), so however
+many uploads arrive at once, their bytes stay under one stated bound (503 overloaded past
+it); the service's concurrency slot is only taken once the body is in (app/routes.py).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import json
 import math
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -43,6 +43,7 @@ class Intake:
     threshold: float | None
     detect: bool
     read_s: float
+    release: Callable[[], None]  # gives the body's bytes back to BodyBytes; call once answered
 
 
 @dataclass(frozen=True)
@@ -62,15 +63,16 @@ class BodyLimits:
         return until - elapsed
 
 
-class ReceivingBytes:
-    """Body bytes held by requests still receiving theirs, bounded across requests."""
+class BodyBytes:
+    """Request-body bytes held at once across requests, from a body's first byte until its
+    request is answered: the memory bound of uploads (docs/operations.md)."""
 
     def __init__(self, limit: int, retry_after_s: int = 1):
         self.limit, self.retry_after_s, self.held = limit, retry_after_s, 0
 
     def take(self, n: int) -> None:
         if self.held + n > self.limit:
-            raise ServiceError("overloaded", f"too many request bodies arriving at once "
+            raise ServiceError("overloaded", f"too many request bodies in flight "
                                f"({self.held} bytes held); retry later",
                                headers={"Retry-After": str(self.retry_after_s)})
         self.held += n
@@ -86,10 +88,9 @@ def _too_large(message: str, field: str | None = None) -> ServiceError:
 class _Body:
     """The request's body stream, held to a size, a deadline, a rate and the shared bound."""
 
-    def __init__(self, request: Request, limit: int, limits: BodyLimits,
-                 receiving: ReceivingBytes):
-        self.request, self.limit, self.limits, self.receiving = request, limit, limits, receiving
-        self.received = 0  # bytes read, and held in `receiving` until release()
+    def __init__(self, request: Request, limit: int, limits: BodyLimits, in_flight: BodyBytes):
+        self.request, self.limit, self.limits, self.in_flight = request, limit, limits, in_flight
+        self.received = 0  # bytes read, and held in `in_flight` until release()
 
     def _too_slow(self, elapsed: float) -> ServiceError:
         return ServiceError(
@@ -114,12 +115,12 @@ class _Body:
                 raise self._too_slow(time.monotonic() - started) from None
             if self.received + len(chunk) > self.limit:
                 raise _too_large(f"request body is larger than {self.limit} bytes")
-            self.receiving.take(len(chunk))
+            self.in_flight.take(len(chunk))
             self.received += len(chunk)
             yield chunk
 
     def release(self) -> None:
-        self.receiving.give(self.received)
+        self.in_flight.give(self.received)
         self.received = 0
 
 
@@ -134,8 +135,9 @@ def body_limit(media_type: str, files: int, max_upload_bytes: int) -> int:
 
 
 async def read_images(request: Request, fields: tuple[str, ...], limits: BodyLimits,
-                      receiving: ReceivingBytes) -> Intake:
-    """Read `fields` (image uploads) and the optional `threshold` and `detect` fields."""
+                      in_flight: BodyBytes) -> Intake:
+    """Read `fields` (image uploads) and the optional `threshold` and `detect` fields. The
+    body's bytes stay counted in `in_flight` until the caller calls `intake.release()`."""
     started = time.perf_counter()
     max_upload_bytes = limits.max_upload_bytes
     media = _media_type(request)
@@ -160,14 +162,23 @@ async def read_images(request: Request, fields: tuple[str, ...], limits: BodyLim
             raise _too_large(f"request body of {declared_n} bytes is larger than the limit of "
                              f"{limit} bytes ({len(fields)} image(s) of at most "
                              f"{max_upload_bytes} bytes)")
-    body = _Body(request, limit, limits, receiving)
+    body = _Body(request, limit, limits, in_flight)
     try:
         if kind == "multipart":
             raw, extra = await _read_multipart(request, body.stream(), fields)
         else:
             raw, extra = await _read_json(body.stream(), fields)
-    finally:
+        images = _check_images(raw, fields, max_upload_bytes)
+        return Intake(images, parse_threshold(extra.get("threshold")),
+                      parse_detect(extra.get("detect")), time.perf_counter() - started,
+                      body.release)
+    except BaseException:
         body.release()
+        raise
+
+
+def _check_images(raw: dict[str, bytes], fields: tuple[str, ...], max_upload_bytes: int
+                  ) -> dict[str, bytes]:
     images = {}
     for name in fields:
         data = raw.get(name)
@@ -177,8 +188,7 @@ async def read_images(request: Request, fields: tuple[str, ...], limits: BodyLim
             raise _too_large(f"{name} is {len(data)} bytes, more than the limit of "
                              f"{max_upload_bytes}", name)
         images[name] = data
-    return Intake(images, parse_threshold(extra.get("threshold")),
-                  parse_detect(extra.get("detect")), time.perf_counter() - started)
+    return images
 
 
 async def _read_multipart(request: Request, stream, fields) -> tuple[dict, dict]:

@@ -78,11 +78,19 @@ def _reply(model, prepared, with_crops: bool):
 async def _embed_faces(request: Request, fields: tuple[str, ...], verdict: bool):
     """Shared path of /verify and /embed: read → decode → detect/align → batched encode.
     The concurrency slot is taken once the body is in: a slow upload holds only its bytes
-    (bounded by `max_receiving_bytes`), never a slot an honest request needs."""
+    (counted in `max_body_bytes_in_flight` until the answer), never a slot an honest request
+    needs."""
     svc = service_of(request)
     started = time.perf_counter()
     svc.require_ready()
-    intake = await read_images(request, fields, svc.body_limits, svc.receiving)
+    intake = await read_images(request, fields, svc.body_limits, svc.body_bytes)
+    try:
+        return await _answer(svc, intake, verdict, started)
+    finally:
+        intake.release()
+
+
+async def _answer(svc: Service, intake, verdict: bool, started: float):
     # a threshold beyond the server's cap fails before any work is done (only /verify has one)
     threshold = svc.check_threshold(intake.threshold) if verdict else None
     with svc.admit():

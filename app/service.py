@@ -25,7 +25,7 @@ from app.config import Settings
 from app.errors import ServiceError
 from app.faces import FaceStage
 from app.inference import EncoderRunner
-from app.intake import BodyLimits, ReceivingBytes
+from app.intake import BodyBytes, BodyLimits
 from app.metrics import BatchObserverAdapter, Metrics
 
 log = logging.getLogger("faceverify.service")
@@ -50,7 +50,7 @@ class Service:
         self.ready = False
         self.warmup_error: str | None = None
         self.in_flight = 0
-        self.receiving = ReceivingBytes(settings.max_receiving_bytes, settings.retry_after_s)
+        self.body_bytes = BodyBytes(settings.max_body_bytes_in_flight, settings.retry_after_s)
         self.body_limits = BodyLimits(settings.max_upload_bytes, settings.body_timeout_s,
                                       settings.min_body_rate, settings.body_rate_grace_s)
 

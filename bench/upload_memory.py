@@ -8,7 +8,9 @@ under FACEVERIFY_MAX_UPLOAD_BYTES (10 MiB by default):
 - `multipart` and `json` (base64): an LFW photo followed by incompressible padding after the
   JPEG's end marker, so the bytes are maximal and the pixels small: what the body path holds;
 - `pixels`: JPEGs of noise at the size where their bytes reach the limit (multipart): what
-  decoding and detecting full-size images adds.
+  decoding and detecting full-size images adds;
+- `max_pixels`: smooth JPEGs just under FACEVERIFY_MAX_PIXELS (40 MP by default; a few MB):
+  the most pixels a request can make the service decode.
 It samples the server's RSS every 50 ms and reads its high-water mark (VmHWM), and reports
 both per round with the status counts. docs/operations.md derives the memory limits from it.
 """
@@ -51,6 +53,17 @@ def noise_jpeg(max_bytes: int, seed: int) -> bytes:
         best, width = buf.getvalue(), int(width * 1.15)
 
 
+def smooth_jpeg(pixels: int, seed: int) -> bytes:
+    """A 4:3 JPEG of blurred noise with just under `pixels` pixels."""
+    width = int((pixels * 4 / 3) ** 0.5) - 1
+    height = pixels // width - 1
+    rng = np.random.default_rng(seed)
+    small = Image.fromarray(rng.integers(0, 256, (height // 64, width // 64, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    small.resize((width, height), Image.Resampling.BILINEAR).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
 def vm_hwm_mib(pid: int) -> float | None:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -88,28 +101,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lfw-dir", type=Path, default=DEFAULT_LFW)
     p.add_argument("--concurrency", type=int, default=128)
     p.add_argument("--max-upload-bytes", type=int, default=10 * 1024 * 1024)
-    p.add_argument("--rounds", default="multipart,json,pixels")
+    p.add_argument("--rounds", default="multipart,json,pixels,max_pixels")
+    p.add_argument("--max-pixels", type=int, default=40_000_000)
     p.add_argument("--setting", action="append", default=[], metavar="K=V",
                    help="a service setting, e.g. max_concurrent_requests=32")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     settings = dict(s.split("=", 1) for s in args.setting)
     settings.setdefault("max_upload_bytes", args.max_upload_bytes)
+    settings.setdefault("max_pixels", args.max_pixels)
     size = args.max_upload_bytes - 1024
     photos = [(args.lfw_dir / "lfw-deepfunneled" / "Colin_Powell" / f"Colin_Powell_000{i}.jpg"
                ).read_bytes() for i in (1, 2)]
     payloads = {"multipart": tuple(padded_photo(ph, size, i) for i, ph in enumerate(photos))}
     payloads["json"] = payloads["multipart"]
-    if "pixels" in args.rounds:
+    rounds = args.rounds.split(",")
+    if "pixels" in rounds:
         payloads["pixels"] = (noise_jpeg(size, 0), noise_jpeg(size, 1))
-    server = Server(args.weights, settings, ROOT / "bench" / "results" / "upload_memory.log")
+    if "max_pixels" in rounds:
+        payloads["max_pixels"] = (smooth_jpeg(args.max_pixels, 0), smooth_jpeg(args.max_pixels, 1))
+    server = Server(args.weights, settings, ROOT / "runs" / "bench" / "upload_memory.log")
     report: dict = {"concurrency": args.concurrency, "settings": settings,
                     "image_bytes": size, "rounds": {}}
     try:
         server.wait_ready()
         report["idle_rss_mib"] = round(server.rss(), 1)
         server.start_sampling(every=0.05)
-        for kind in args.rounds.split(","):
+        for kind in rounds:
             first = len(server.samples)
             t0 = time.monotonic()
             counts = asyncio.run(one_round(server.url, kind, payloads[kind], args.concurrency))
@@ -120,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 "vm_hwm_mib_after": round(vm_hwm_mib(server.proc.pid), 1),
                 "rss_after_mib": round(server.rss(), 1),
             }
-            if kind == "pixels":
+            if kind in ("pixels", "max_pixels"):
                 w, h = Image.open(io.BytesIO(payloads[kind][0])).size
                 report["rounds"][kind]["pixels"] = f"{w}x{h}"
             print(kind, report["rounds"][kind], flush=True)

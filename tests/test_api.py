@@ -141,6 +141,21 @@ def test_a_failed_warm_up_is_reported_without_its_details(tiny_weights, monkeypa
     assert live.json()["error"]["message"] == "warm-up failed; see the server log"
 
 
+def test_body_bytes_are_held_until_the_answer_and_given_back_whatever_happened(tiny_weights):
+    async def main():
+        async with serving(settings_for(tiny_weights)) as (app, client):
+            held = app.state.service.body_bytes
+            ok = await client.post("/verify", files=pair_files())
+            bad = await client.post("/verify", files={**pair_files(),
+                                                      "image2": ("b.jpg", b"not an image")})
+            missing = await client.post("/verify", files={"image1": pair_files()["image1"]})
+            return ok, bad, missing, held.held
+
+    ok, bad, missing, held = run(main())
+    assert (ok.status_code, bad.status_code, missing.status_code) == (200, 400, 422)
+    assert held == 0
+
+
 def test_api_keys_on_and_off(tiny_weights, captured_logs):
     handler, logger = captured_logs
     logger.addHandler(handler)

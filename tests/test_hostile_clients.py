@@ -42,16 +42,16 @@ def test_a_body_may_take_its_grace_period_then_must_keep_the_minimum_rate():
     assert BodyLimits(10**7, 120, 0, 5).wait_s(0, 100) == 20     # no rate check
 
 
-def test_bodies_still_arriving_hold_a_bounded_number_of_bytes():
+def test_request_bodies_in_flight_hold_a_bounded_number_of_bytes():
     from app.errors import ServiceError
-    from app.intake import ReceivingBytes
-    receiving = ReceivingBytes(limit=1000, retry_after_s=2)
-    receiving.take(600)
+    from app.intake import BodyBytes
+    in_flight = BodyBytes(limit=1000, retry_after_s=2)
+    in_flight.take(600)
     with pytest.raises(ServiceError) as exc:
-        receiving.take(401)
+        in_flight.take(401)
     assert exc.value.status == 503 and exc.value.headers == {"Retry-After": "2"}
-    receiving.give(600)
-    receiving.take(1000)
+    in_flight.give(600)
+    in_flight.take(1000)
 
 
 def _start_trickle(port: int) -> socket.socket:
