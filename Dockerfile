@@ -40,11 +40,13 @@ RUN if [ -n "${TORCH_INDEX_URL}" ]; then export PIP_INDEX_URL="${TORCH_INDEX_URL
     pip freeze | grep -iE '^(torch|torchvision)==' > /opt/torch-constraints.txt; \
     cat /opt/torch-constraints.txt
 
-# 2. The project's other dependencies (facenet-pytorch==2.5.3 ships the MTCNN weights), read
-#    from pyproject.toml so that this layer is rebuilt only when they change.
-COPY pyproject.toml ./
+# 2. The service's other dependencies (facenet-pytorch==2.5.3 ships the MTCNN weights): the
+#    project's core dependencies only (no training, benchmark or test extras), read from
+#    pyproject.toml, at the versions requirements.lock pins (make lock), so that the image
+#    runs what CI tested. This layer is rebuilt only when either file changes.
+COPY pyproject.toml requirements.lock ./
 RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > /opt/requirements.txt; \
-    pip install --retries=5 -c /opt/torch-constraints.txt -r /opt/requirements.txt
+    pip install --retries=5 -c /opt/torch-constraints.txt -c requirements.lock -r /opt/requirements.txt
 
 # 3. Every dependency there and consistent; MTCNN's weights inside facenet-pytorch. The service's
 #    own code is not installed into the venv: the runtime stage copies app/ and model/ next to
@@ -88,7 +90,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONPATH=/app \
     HOME=/home/faceverify \
-    MPLCONFIGDIR=/tmp/matplotlib \
     HOST=0.0.0.0 \
     PORT=8000 \
     WEB_CONCURRENCY=1 \

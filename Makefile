@@ -4,12 +4,15 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test serve weights evaluate student-weights evaluate-student clean docker-lint docker-smoke browser demo-screenshot
+.PHONY: install test serve weights evaluate student-weights evaluate-student clean docker-lint docker-smoke browser demo-screenshot lock
 
-$(STAMP): pyproject.toml
+# requirements.lock pins every package of the tested install (`make lock` writes it); the
+# venv, the Docker image and CI install within it (pip constraints: a pin applies only to
+# what an install needs, so the image takes just the service's share).
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,distill]'
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[test,distill]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -92,6 +95,18 @@ docker-lint:
 
 docker-smoke: $(STAMP)
 	bash deploy/ci/docker-smoke.sh
+
+# Re-pin: a fresh venv with the tested extras, frozen (run after changing pyproject.toml).
+LOCK_VENV := build/lock-venv
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet '.[test,distill]'
+	{ echo "# Every package of 'pip install .[test,distill]' on python 3.11 / linux x86_64, pinned."; \
+	  echo "# Written by 'make lock'; used as pip constraints by make install, the Dockerfile and CI."; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --exclude faceverify; } > requirements.lock
+	rm -rf $(LOCK_VENV)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -111,7 +111,7 @@ class _Body:
                 chunk = await asyncio.wait_for(chunks.__anext__(), wait)
             except StopAsyncIteration:
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise self._too_slow(time.monotonic() - started) from None
             if self.received + len(chunk) > self.limit:
                 raise _too_large(f"request body is larger than {self.limit} bytes")

@@ -3,18 +3,16 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
-import torch
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from PIL import Image
 
 from app.auth import require_api_key
-from app.batcher import BatcherClosed, Overloaded
 from app.errors import ServiceError, error_response
 from app.intake import parse_flag, read_images
 from app.schemas import (
@@ -51,10 +49,6 @@ def service_of(request: Request) -> Service:
     return request.app.state.service
 
 
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000, 3)
-
-
 def _wants_crops(request: Request) -> bool:
     return parse_flag(request.query_params.get("return_crops"), "return_crops", default=False)
 
@@ -66,54 +60,34 @@ def crop_png_base64(crop: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _reply(model, prepared, with_crops: bool):
+def _reply(model, faces, with_crops: bool):
     """The response model; with `?return_crops=true` it also carries the crops. Without it
     the JSON has no `crops` key at all, so the default reply is exactly as before."""
     if not with_crops:
         return JSONResponse(model.model_dump(mode="json", exclude={"crops"}))
-    model.crops = [crop_png_base64(f.crop) for f in prepared.faces]
+    model.crops = [crop_png_base64(f.crop) for f in faces]
     return JSONResponse(model.model_dump(mode="json"))
 
 
-async def _embed_faces(request: Request, fields: tuple[str, ...], verdict: bool):
-    """Shared path of /verify and /embed: read → decode → detect/align → batched encode.
-    The concurrency slot is taken once the body is in: a slow upload holds only its bytes
-    (counted in `max_body_bytes_in_flight` until the answer), never a slot an honest request
-    needs."""
+@asynccontextmanager
+async def _uploaded(request: Request, fields: tuple[str, ...]):
+    """The request's images, read under the body limits; their bytes count against
+    `max_body_bytes_in_flight` until the answer. The service's concurrency slot is taken only
+    after this (Service.embed_images), so a slow upload holds its bytes, never a slot an
+    honest request needs."""
     svc = service_of(request)
-    started = time.perf_counter()
     svc.require_ready()
     intake = await read_images(request, fields, svc.body_limits, svc.body_bytes)
+    svc.metrics.stage_duration.labels(stage="read").observe(intake.read_s)
     try:
-        return await _answer(svc, intake, verdict, started)
+        yield intake
     finally:
         intake.release()
 
 
-async def _answer(svc: Service, intake, verdict: bool, started: float):
-    # a threshold beyond the server's cap fails before any work is done (only /verify has one)
-    threshold = svc.check_threshold(intake.threshold) if verdict else None
-    with svc.admit():
-        prepared = await svc.faces.prepare(intake.images, intake.detect)
-        crops = torch.from_numpy(np.stack([f.crop for f in prepared.faces]))
-        try:
-            result = await svc.batcher.submit(crops)
-        except Overloaded as exc:
-            raise ServiceError("overloaded", str(exc),
-                               headers={"Retry-After": str(exc.retry_after)}) from None
-        except BatcherClosed:
-            raise ServiceError("not_ready", "the service is shutting down; retry later",
-                               headers={"Retry-After": str(svc.settings.retry_after_s)}
-                               ) from None
-    m = svc.metrics
-    m.stage_duration.labels(stage="read").observe(intake.read_s)
-    m.stage_duration.labels(stage="decode").observe(prepared.decode_s)
-    m.stage_duration.labels(stage="detect").observe(prepared.detect_s)
-    timings = {"read": _ms(intake.read_s), "decode": _ms(prepared.decode_s),
-               "detect": _ms(prepared.detect_s), "queue": _ms(result.queue_s),
-               "encode": _ms(result.inference_s),
-               "total": _ms(time.perf_counter() - started), "batch_size": result.batch_size}
-    return svc, threshold, prepared, result.output, timings
+def _timings(service_ms: dict, read_s: float, started: float) -> dict:
+    return {"read": round(read_s * 1000, 3), **service_ms,
+            "total": round((time.perf_counter() - started) * 1000, 3)}
 
 
 _VERIFY_ERRORS = error_responses(400, 401, 408, 413, 415, 422, 500, 503)
@@ -129,17 +103,16 @@ _VERIFY_ERRORS = error_responses(400, 401, 408, 413, 415, 422, 500, 503)
                 "encoder batch, and compares the unit embeddings: `verified` is "
                 "`distance < threshold`.")
 async def verify(request: Request) -> VerifyResponse:
+    started = time.perf_counter()
     with_crops = _wants_crops(request)
-    svc, threshold, prepared, emb, timings = await _embed_faces(request, ("image1", "image2"),
-                                                             verdict=True)
-    e = emb.double()
-    distance = float((e[0] - e[1]).pow(2).sum().clamp_min(0).sqrt())
-    similarity = float((e[0] * e[1]).sum())
+    svc = service_of(request)
+    async with _uploaded(request, ("image1", "image2")) as intake:
+        v = await svc.verify(intake.images["image1"], intake.images["image2"], intake.detect,
+                             intake.threshold)
     return _reply(VerifyResponse(
-        verified=distance < threshold, distance=distance, threshold=threshold,
-        similarity=max(-1.0, min(1.0, similarity)), model=svc.model_ref,
-        faces=[f.describe() for f in prepared.faces], timings_ms=timings),
-        prepared, with_crops)
+        verified=v.verified, distance=v.distance, threshold=v.threshold,
+        similarity=v.similarity, model=svc.model_ref, faces=[f.describe() for f in v.faces],
+        timings_ms=_timings(v.timings_ms, intake.read_s, started)), v.faces, with_crops)
 
 
 @router.post(
@@ -149,14 +122,16 @@ async def verify(request: Request) -> VerifyResponse:
     openapi_extra={"requestBody": upload_request_body(["image"]),
                    "parameters": [RETURN_CROPS_PARAMETER]})
 async def embed(request: Request) -> EmbedResponse:
+    started = time.perf_counter()
     with_crops = _wants_crops(request)
-    svc, _, prepared, emb, timings = await _embed_faces(request, ("image",), verdict=False)
-    vec = emb[0].tolist()
-    if not all(math.isfinite(v) for v in vec):
-        raise RuntimeError("encoder produced a non-finite embedding")
+    svc = service_of(request)
+    async with _uploaded(request, ("image",)) as intake:
+        out = await svc.embed(intake.images["image"], intake.detect)
+    vec = out.embeddings[0].tolist()
     return _reply(EmbedResponse(embedding=vec, dim=len(vec), normalized=True,
-                                model=svc.model_ref, face=prepared.faces[0].describe(),
-                                timings_ms=timings), prepared, with_crops)
+                                model=svc.model_ref, face=out.faces[0].describe(),
+                                timings_ms=_timings(out.timings_ms, intake.read_s, started)),
+                  out.faces, with_crops)
 
 
 @router.get("/health/live", response_model=Live, tags=["health"],

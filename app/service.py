@@ -1,4 +1,7 @@
-"""The running service: the loaded model, the face stage, the batcher, readiness, admission.
+"""The running service: the loaded model, the face stage, the batcher, readiness, admission,
+and the two operations, `verify` and `embed`, that the routes, the in-process benchmark
+(bench/load.py) and the tests all call: images → decode → detect/align → batched encode →
+distance → verdict.
 
 Start-up order (driven by the app's lifespan, app/main.py):
 1. `load()` (blocking, in a thread): resolve the device, load the weights with
@@ -16,11 +19,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
-from app.batcher import DynamicBatcher
+from app.batcher import BatcherClosed, DynamicBatcher, Overloaded
 from app.config import Settings
 from app.errors import ServiceError
 from app.faces import FaceStage
@@ -33,6 +38,31 @@ log = logging.getLogger("faceverify.service")
 
 class StartupError(RuntimeError):
     """The service cannot start (weights missing/corrupt, no threshold, device absent)."""
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+@dataclass
+class Embedded:
+    """Unit embeddings of the images' faces, in the order the images were given."""
+
+    embeddings: torch.Tensor  # (n, d) float32
+    faces: list  # model.pipeline.AlignedFace, one per image
+    timings_ms: dict[str, float]  # decode, detect, queue, encode, batch_size
+
+
+@dataclass
+class Verdict:
+    """Are two faces the same person: `distance < threshold`."""
+
+    verified: bool
+    distance: float  # Euclidean, between unit embeddings: [0, 2]
+    similarity: float  # cosine, 1 - distance² / 2
+    threshold: float
+    faces: list
+    timings_ms: dict[str, float]
 
 
 class Service:
@@ -177,6 +207,48 @@ class Service:
                                f"this server allows (at most {self.max_client_threshold:.4f})",
                                "threshold")
         return threshold
+
+    async def embed_images(self, images: dict[str, bytes], detect: bool = True) -> Embedded:
+        """Decode, detect and align each image's face, and encode them in one batch with
+        other requests' faces, inside one of `max_concurrent_requests` slots."""
+        with self.admit():
+            prepared = await self.faces.prepare(images, detect)
+            crops = torch.from_numpy(np.stack([f.crop for f in prepared.faces]))
+            try:
+                result = await self.batcher.submit(crops)
+            except Overloaded as exc:
+                raise ServiceError("overloaded", str(exc),
+                                   headers={"Retry-After": str(exc.retry_after)}) from None
+            except BatcherClosed:
+                raise ServiceError("not_ready", "the service is shutting down; retry later",
+                                   headers={"Retry-After": str(self.settings.retry_after_s)}
+                                   ) from None
+        self.metrics.stage_duration.labels(stage="decode").observe(prepared.decode_s)
+        self.metrics.stage_duration.labels(stage="detect").observe(prepared.detect_s)
+        return Embedded(result.output, prepared.faces, {
+            "decode": _ms(prepared.decode_s), "detect": _ms(prepared.detect_s),
+            "queue": _ms(result.queue_s), "encode": _ms(result.inference_s),
+            "batch_size": result.batch_size})
+
+    async def verify(self, image1: bytes, image2: bytes, detect: bool = True,
+                     threshold: float | None = None) -> Verdict:
+        """The verdict on two images' faces, at the request's threshold (up to the cap) or
+        the service's. A threshold beyond the cap fails before any work is done."""
+        from model.encoder import pair_distance
+        threshold = self.check_threshold(threshold)
+        out = await self.embed_images({"image1": image1, "image2": image2}, detect)
+        e = out.embeddings.double()
+        distance = float(pair_distance(e[:1], e[1:])[0])
+        similarity = max(-1.0, min(1.0, float(e[0] @ e[1])))
+        return Verdict(distance < threshold, distance, similarity, threshold, out.faces,
+                       out.timings_ms)
+
+    async def embed(self, image: bytes, detect: bool = True) -> Embedded:
+        """One image's face as a unit embedding."""
+        out = await self.embed_images({"image": image}, detect)
+        if not torch.isfinite(out.embeddings).all():
+            raise RuntimeError("encoder produced a non-finite embedding")
+        return out
 
     @contextlib.contextmanager
     def admit(self):

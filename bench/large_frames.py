@@ -40,6 +40,7 @@ def paste_into_canvas(photo: Image.Image, rng: np.random.Generator,
 
 def main(argv: list[str] | None = None) -> int:
     from model.checkpoint import load_encoder
+    from model.encoder import pair_distance
     from model.imageio import decode_image
     from model.lfw import read_pairs
     from model.pipeline import FACE_CHOICES, FacePipeline, NoFaceError
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                "faces_in_frame": [f.faces_found for f in frame_faces]}
         for key, e in (("photo", e_photo), ("frame", e_frame)):
             if e is not None:
-                row[key] = float((e[0] - e[1]).norm())
+                row[key] = float(pair_distance(e[:1], e[1:])[0])
         rows.append(row)
     both = [r for r in rows if r["photo"] is not None and r["frame"] is not None]
     agree = [(r["photo"] < threshold) == (r["frame"] < threshold) for r in both]

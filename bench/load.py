@@ -25,45 +25,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import io
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_LFW = Path(os.environ.get("FACEVERIFY_LFW_DIR", ROOT.parent / "shared/data/lfw"))
+from bench.server import DEFAULT_LFW, Server, gpu_mib
+
 STAGES = ("read", "decode", "detect", "queue", "encode")
 BATCHING = {  # name -> service settings
     "off": {"max_batch_size": 2, "max_batch_delay_ms": 0},
     "default": {},
 }
-_SERVERS: list[subprocess.Popen] = []  # stopped at exit whatever happens
-
-
-def _stop_all() -> None:
-    for proc in _SERVERS:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-atexit.register(_stop_all)
 
 
 # ----------------------------------------------------------------------------- payloads
@@ -91,105 +71,6 @@ def load_payloads(lfw_dir: Path, n_pairs: int, seed: int = 0, cache_dir: Path | 
         crops[x] = buf.getvalue()
     return {"pairs": [(p.left, p.right) for p in chosen], "paths": paths,
             True: photos, False: crops}
-
-
-# ------------------------------------------------------------------------------- server
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def gpu_mib(pid: int) -> float | None:
-    """GPU memory used by this process (nvidia-smi), when there is a GPU."""
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
-                              "--format=csv,noheader,nounits"], capture_output=True, text=True, check=False,
-                             timeout=10).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    used = [float(m) for p, m in (ln.split(",") for ln in out.splitlines() if "," in ln)
-            if int(p) == pid]
-    return sum(used) if used else None
-
-
-def rss_mib(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-class Server:
-    """`uvicorn app.main:app` on a free 127.0.0.1 port, with an RSS sampler."""
-
-    def __init__(self, weights: Path, settings: dict, log_path: Path, device: str = "cpu"):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FACEVERIFY_")}
-        env.update({"FACEVERIFY_WEIGHTS": str(weights), "FACEVERIFY_DEVICE": device,
-                    "FACEVERIFY_LOG_LEVEL": "warning"})
-        env.update({f"FACEVERIFY_{k.upper()}": str(v) for k, v in settings.items()})
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(log_path, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
-             "--port", str(self.port), "--no-access-log"],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        _SERVERS.append(self.proc)
-        self.samples: list[tuple[float, float]] = []
-        self.gpu = device.startswith("cuda")
-        self.gpu_samples: list[float] = []
-        self._sampling = threading.Event()
-
-    def wait_ready(self, timeout: float = 180) -> float:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; see its log")
-            try:
-                if httpx.get(self.url + "/health/ready", timeout=5).status_code == 200:
-                    return time.monotonic() - t0
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"server not ready after {timeout} s")
-
-    def rss(self) -> float | None:
-        return rss_mib(self.proc.pid)
-
-    def start_sampling(self, every: float = 0.2) -> None:
-        self._sampling.set()
-
-        def loop():
-            while self._sampling.is_set() and self.proc.poll() is None:
-                r = self.rss()
-                if r is not None:
-                    self.samples.append((time.monotonic(), r))
-                if self.gpu and len(self.samples) % 5 == 0:
-                    g = gpu_mib(self.proc.pid)
-                    if g is not None:
-                        self.gpu_samples.append(g)
-                time.sleep(every)
-        threading.Thread(target=loop, daemon=True).start()
-
-    def stop_sampling(self) -> None:
-        self._sampling.clear()
-
-    def stop(self) -> int | None:
-        self.stop_sampling()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
 
 
 # ------------------------------------------------------------------------------ a cell
@@ -304,10 +185,8 @@ async def http_cell(url: str, route: str, payloads: dict, detect: bool, concurre
 async def inprocess_cells(weights: Path, payloads: dict, cells: list[tuple[bool, int]],
                           duration: float, warmup: float, max_requests: int,
                           device: str = "cpu") -> list[dict]:
-    """The service's own pipeline objects (face stage + dynamic batcher, default settings)
-    driven directly: the same work as /verify minus HTTP, parsing and JSON."""
-    import torch
-
+    """`Service.verify`, the operation behind /verify (face stage + dynamic batcher, default
+    settings), called directly: the same work as /verify minus HTTP, parsing and JSON."""
     from app.config import Settings
     from app.metrics import Metrics
     from app.service import Service
@@ -324,17 +203,9 @@ async def inprocess_cells(weights: Path, payloads: dict, cells: list[tuple[bool,
 
             async def send(item, detect=detect):
                 t0 = time.perf_counter()
-                prepared = await svc.faces.prepare({"image1": item[0], "image2": item[1]},
-                                                   detect)
-                crops = torch.from_numpy(np.stack([f.crop for f in prepared.faces]))
-                r = await svc.batcher.submit(crops)
-                e = r.output.double()
-                float((e[0] - e[1]).pow(2).sum().sqrt())
-                return 200, None, {"read": 0.0, "decode": 1000 * prepared.decode_s,
-                                   "detect": 1000 * prepared.detect_s,
-                                   "queue": 1000 * r.queue_s, "encode": 1000 * r.inference_s,
-                                   "total": 1000 * (time.perf_counter() - t0),
-                                   "batch_size": r.batch_size}
+                verdict = await svc.verify(item[0], item[1], detect)
+                return 200, None, {"read": 0.0, **verdict.timings_ms,
+                                   "total": 1000 * (time.perf_counter() - t0)}
 
             async def guarded(item, send=send):
                 try:
@@ -460,7 +331,7 @@ def main(argv=None) -> int:
           f"weights {args.weights}", flush=True)
 
     for batching in args.batching:
-        server = Server(weights, BATCHING[batching],
+        server = Server(weights, {"log_level": "warning", **BATCHING[batching]},
                         args.log_dir / f"bench-load-server-{batching}.log", args.device)
         try:
             ready_s = server.wait_ready()

@@ -28,7 +28,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from bench.load import DEFAULT_LFW, ROOT, Server
+from bench.server import DEFAULT_LFW, ROOT, Server
 
 DEFAULT_WEIGHTS = ROOT / "weights" / "faceverify-encoder.safetensors"
 

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
-import socket
 import struct
-import subprocess
-import sys
-import time
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import numpy as np
 from PIL import Image
 
+from bench.server import Server
 from tests.conftest import ROOT
 
 TINY_ARCH = json.dumps({"arch": "mobilefacenet", "embedding_dim": 32, "width": 0.25,
@@ -39,29 +33,6 @@ def train_tiny_encoder(small_lfw: Path, cache_dir: Path, out: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------- the server
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, proc: subprocess.Popen, url: str, log_path: Path):
-        self.proc, self.url, self.log_path = proc, url, log_path
-
-    def log_lines(self) -> list[dict]:
-        out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                out.append({"raw": line})
-        return out
-
-    def log_tail(self, n: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-n:]
-
-
 def weights_with_spec(src: Path, dst: Path, **changes) -> Path:
     """A copy of `src` whose preprocessing spec has `changes`, with a card that matches it."""
     from safetensors import safe_open
@@ -87,59 +58,17 @@ def crop_size(weights: Path) -> int:
         return spec_from_metadata(f.metadata() or {}).crop_size
 
 
-def server_env(weights: Path, **settings) -> dict[str, str]:
-    env = dict(os.environ)
-    env = {k: v for k, v in env.items() if not k.startswith("FACEVERIFY_") or k ==
-           "FACEVERIFY_LFW_DIR"}
-    env.update({"FACEVERIFY_WEIGHTS": str(weights), "FACEVERIFY_DEVICE": "cpu",
-                "FACEVERIFY_TORCH_THREADS": "2", "OMP_NUM_THREADS": "2"})
-    env.update({f"FACEVERIFY_{k.upper()}": str(v) for k, v in settings.items()})
-    return env
-
-
-def start_server(weights: Path, log_path: Path, **settings) -> subprocess.Popen:
-    port = free_port()
-    log = open(log_path, "wb")  # noqa: SIM115 — held by the server process
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
-         "--port", str(port), "--no-access-log"],
-        cwd=ROOT, env=server_env(weights, **settings), stdout=log, stderr=subprocess.STDOUT)
-    proc.port = port  # type: ignore[attr-defined]
-    return proc
-
-
 @contextmanager
 def running_server(weights: Path, log_path: Path, timeout: float = 180, **settings):
-    """Start `uvicorn app.main:app`, wait until /health/ready is 200, stop it at the end."""
-    proc = start_server(weights, log_path, **settings)
-    url = f"http://127.0.0.1:{proc.port}"
-    server = Server(proc, url, log_path)
-    server.ready_statuses = []  # what /health/ready answered while starting
-    deadline = time.monotonic() + timeout
+    """`uvicorn app.main:app` through the benchmarks' harness (bench/server.py), on the CPU
+    with 2 torch threads and `settings`, ready (/health/ready 200), stopped at the end."""
+    server = Server(weights, {"torch_threads": 2, **settings}, log_path,
+                    env={"OMP_NUM_THREADS": "2"})
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}:\n"
-                                   f"{server.log_tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not ready after {timeout} s:\n{server.log_tail()}")
-            try:
-                r = httpx.get(url + "/health/ready", timeout=5)
-                server.ready_statuses.append(r.status_code)
-                if r.status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
+        server.wait_ready(timeout)
         yield server
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        server.stop()
 
 
 # ----------------------------------------------------------------- offline reference
@@ -189,7 +118,8 @@ class Reference:
         if out is None:
             return None
         emb, faces = out
-        return float((emb[0] - emb[1]).pow(2).sum().sqrt()), faces
+        from model.encoder import pair_distance
+        return float(pair_distance(emb[:1], emb[1:])[0]), faces
 
     def distance(self, a: Path, b: Path) -> float | None:
         out = self.pair(a, b)

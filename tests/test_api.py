@@ -18,7 +18,7 @@ import pytest
 from app.config import Settings
 from app.main import create_app
 from tests.conftest import ROOT, lfw_photo
-from tests.service_support import server_env
+from bench.server import server_env
 
 pytestmark = pytest.mark.timeout(300)
 

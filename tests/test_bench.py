@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import load, peer, peer_worker, report
+from bench import load, peer, peer_worker, report, server
 
 
 # ------------------------------------------------------------------------- load generator
@@ -74,7 +74,7 @@ def test_summary_batching_gain_and_overhead():
 
 def test_rss_of_this_process():
     import os
-    assert load.rss_mib(os.getpid()) > 1
+    assert server.rss_mib(os.getpid()) > 1
 
 
 @pytest.mark.slow
