@@ -37,9 +37,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from bench.closed_loop import LAT_BINS, closed_loop
+from bench.load_report import plot, summarize
 from bench.server import DEFAULT_LFW, Server, gpu_mib
 
-STAGES = ("read", "decode", "detect", "queue", "encode")
 BATCHING = {  # name -> service settings
     "off": {"max_batch_size": 2, "max_batch_delay_ms": 0},
     "default": {},
@@ -73,81 +74,7 @@ def load_payloads(lfw_dir: Path, n_pairs: int, seed: int = 0, cache_dir: Path | 
             True: photos, False: crops}
 
 
-# ------------------------------------------------------------------------------ a cell
-def percentiles(values: list[float]) -> dict:
-    if not values:
-        return {"p50": None, "p90": None, "p99": None, "max": None, "mean": None}
-    a = np.asarray(values)
-    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
-            "p99": float(np.percentile(a, 99)), "max": float(a.max()), "mean": float(a.mean())}
-
-
-def histogram(values: list[float], bins: np.ndarray) -> list[int]:
-    return np.histogram(np.asarray(values), bins=bins)[0].tolist() if values else []
-
-
-LAT_BINS = np.logspace(0, 5, 201)  # 1 ms .. 100 s, for the latency-distribution plot
-
-
-async def closed_loop(send, items: list, concurrency: int, duration: float, warmup: float,
-                      max_requests: int) -> dict:
-    """N workers each send their next request as soon as the previous one is answered.
-    `send(item)` returns (status, error_code, timings_ms or None). Requests started in the
-    warm-up are not counted; the measured window ends when the last counted one returns."""
-    loop_t0 = time.perf_counter()
-    measure_from = loop_t0 + warmup
-    stop_at = measure_from + duration
-    counter = iter(range(10**9))
-    records: list[tuple[float, float, int, str | None, dict | None]] = []
-    sent = 0
-
-    async def worker():
-        nonlocal sent
-        while True:
-            now = time.perf_counter()
-            if now >= stop_at or sent >= max_requests:
-                return
-            i = next(counter)
-            t = time.perf_counter()
-            status, code, timings = await send(items[i % len(items)])
-            end = time.perf_counter()
-            if t >= measure_from:
-                sent += 1
-                records.append((t, end, status, code, timings))
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    if not records:
-        return {"requests": 0}
-    window = max(r[1] for r in records) - measure_from
-    ok = [r for r in records if r[2] == 200]
-    lat = [1000 * (r[1] - r[0]) for r in ok]
-    errors: dict[str, int] = {}
-    for r in records:
-        if r[2] != 200:
-            key = f"{r[2]} {r[3] or ''}".strip()
-            errors[key] = errors.get(key, 0) + 1
-    out = {"requests": len(records), "ok": len(ok), "window_s": window,
-           "ok_per_s": len(ok) / window, "latency_ms": percentiles(lat),
-           "latency_hist": histogram(lat, LAT_BINS), "errors": errors}
-    timed = [(1000 * (r[1] - r[0]), r[4]) for r in ok if r[4]]
-    if timed:
-        stage = {s: statistics.fmean(t[s] for _, t in timed) for s in STAGES}
-        stage["total_in_service"] = statistics.fmean(t["total"] for _, t in timed)
-        client = statistics.fmean(c for c, _ in timed)
-        # time in the service outside the timed stages: mostly waiting for a free
-        # decode/detect thread (FACEVERIFY_DETECT_WORKERS) when more requests than threads
-        stage["detect_pool_wait_and_other"] = (stage["total_in_service"]
-                                               - sum(stage[s] for s in STAGES))
-        stage["http_and_client"] = client - stage["total_in_service"]
-        out["stage_ms"] = stage
-        out["stage_share"] = {k: v / client for k, v in stage.items() if k != "total_in_service"}
-        out["batch_size_mean"] = statistics.fmean(t["batch_size"] for _, t in timed)
-        # encoder throughput seen inside the server: faces per second of forward pass
-        out["encoder_img_s_in_server"] = statistics.fmean(
-            t["batch_size"] / (t["encode"] / 1000) for _, t in timed if t["encode"] > 0)
-    return out
-
-
+# ------------------------------------------------------------------------------ cells
 async def http_cell(url: str, route: str, payloads: dict, detect: bool, concurrency: int,
                     duration: float, warmup: float, max_requests: int) -> dict:
     images = payloads[detect]
@@ -384,113 +311,6 @@ def main(argv=None) -> int:
     if args.plots:
         plot(result, Path(args.plots))
     return 0
-
-
-def _cell(result: dict, route: str, batching: str, detect: bool, c: int) -> dict | None:
-    return next((x for x in result["cells"] if x["route"] == route and x["batching"] == batching
-                 and x["detect"] == detect and x["concurrency"] == c), None)
-
-
-def summarize(result: dict) -> dict:
-    s: dict = {"batching_gain": [], "serving_overhead": []}
-    for route in ("/verify", "/embed"):
-        for detect in (True, False):
-            for c in sorted({x["concurrency"] for x in result["cells"]}):
-                on, off = (_cell(result, route, b, detect, c) for b in ("default", "off"))
-                if on and off and off.get("ok_per_s"):
-                    s["batching_gain"].append({
-                        "route": route, "detect": detect, "concurrency": c,
-                        "off_per_s": off["ok_per_s"], "default_per_s": on["ok_per_s"],
-                        "gain": on["ok_per_s"] / off["ok_per_s"],
-                        "p50_off_ms": off["latency_ms"]["p50"],
-                        "p50_default_ms": on["latency_ms"]["p50"]})
-    for ip in result.get("inprocess", []):
-        srv = _cell(result, "/verify", "default", ip["detect"], ip["concurrency"])
-        if srv and ip.get("ok_per_s") and srv.get("ok_per_s"):
-            s["serving_overhead"].append({
-                "detect": ip["detect"], "concurrency": ip["concurrency"],
-                "inprocess_pairs_s": ip["ok_per_s"], "server_pairs_s": srv["ok_per_s"],
-                "throughput_ratio_server_over_inprocess": srv["ok_per_s"] / ip["ok_per_s"],
-                "inprocess_p50_ms": ip["latency_ms"]["p50"],
-                "server_p50_ms": srv["latency_ms"]["p50"],
-                "latency_ratio_server_over_inprocess":
-                    srv["latency_ms"]["p50"] / ip["latency_ms"]["p50"]})
-    best = {}
-    for detect in (True, False):
-        cells = [x for x in result["cells"] if x["route"] == "/verify" and x["detect"] == detect
-                 and x.get("ok_per_s")]
-        if cells:
-            b = max(cells, key=lambda x: x["ok_per_s"])
-            best[str(detect).lower()] = {k: b[k] for k in ("batching", "concurrency",
-                                                           "pairs_per_s", "images_per_s")}
-    s["best_verify"] = best
-    enc = result.get("encoder")
-    if enc:
-        srv = [x for x in result["cells"] if x["batching"] == "default" and not x["detect"]
-               and x["route"] == "/verify" and x.get("encoder_img_s_in_server")]
-        if srv:
-            top = max(srv, key=lambda x: x["concurrency"])
-            s["encoder_in_server"] = {
-                "concurrency": top["concurrency"], "batch_size_mean": top["batch_size_mean"],
-                "img_s": top["encoder_img_s_in_server"],
-                "efficiency": enc["flops_per_image"] * top["encoder_img_s_in_server"]
-                / enc["matmul_flop_s"]}
-    s["memory_mib"] = {k: v.get("rss_mib") for k, v in result["servers"].items()}
-    return s
-
-
-def plot(result: dict, folder: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    folder.mkdir(parents=True, exist_ok=True)
-    conc = sorted({x["concurrency"] for x in result["cells"]})
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
-    for ax, route, unit in ((axes[0], "/verify", "pairs/s"), (axes[1], "/embed", "images/s")):
-        for batching, ls in (("default", "-"), ("off", "--")):
-            for detect, color in ((True, "tab:blue"), (False, "tab:orange")):
-                ys = [(_cell(result, route, batching, detect, c) or {}).get("ok_per_s")
-                      for c in conc]
-                if any(y for y in ys):
-                    ax.plot(conc, [y or np.nan for y in ys], ls, marker="o", color=color,
-                            label=f"batching {batching}, detect={str(detect).lower()}")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(conc, [str(c) for c in conc])
-        ax.set_yscale("log")
-        ax.set_xlabel("concurrent clients")
-        ax.set_ylabel(unit)
-        ax.set_title(f"{route} throughput (CPU)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(folder / "bench_throughput.png")
-    plt.close(fig)
-
-    bins = np.asarray(result["latency_hist_bins_ms"])
-    centres = np.sqrt(bins[:-1] * bins[1:])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110, sharey=True)
-    for ax, detect in zip(axes, (True, False)):
-        for c, color in zip(conc, plt.cm.viridis(np.linspace(0, 0.9, len(conc)))):
-            for batching, ls in (("default", "-"), ("off", "--")):
-                x = _cell(result, "/verify", batching, detect, c)
-                if not x or not x.get("latency_hist"):
-                    continue
-                h = np.asarray(x["latency_hist"], float)
-                cdf = np.cumsum(h) / max(h.sum(), 1)
-                ax.plot(centres, cdf, ls, color=color, label=f"c={c}, batching {batching}")
-        ax.set_xscale("log")
-        used = [i for x in result["cells"] if x["route"] == "/verify"
-                for i, n in enumerate(x.get("latency_hist", [])) if n]
-        if used:
-            ax.set_xlim(bins[max(min(used) - 2, 0)], bins[min(max(used) + 3, len(bins) - 1)])
-        ax.set_xlabel("/verify latency (ms)")
-        ax.set_title(f"detect={str(detect).lower()}")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("share of requests answered within")
-    axes[1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(folder / "bench_latency.png")
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import load, peer, peer_worker, report, server
+from bench import closed_loop, load, load_report, peer, peer_worker, report, server
 
 
 # ------------------------------------------------------------------------- load generator
@@ -25,8 +25,8 @@ def test_closed_loop_counts_only_the_measured_window_and_groups_errors():
         return 200, None, {"read": 1.0, "decode": 1.0, "detect": 2.0, "queue": 1.0,
                            "encode": 3.0, "total": 9.0, "batch_size": 2}
 
-    res = asyncio.run(load.closed_loop(send, ["a", "b", "bad"], concurrency=3, duration=0.3,
-                                       warmup=0.1, max_requests=10_000))
+    res = asyncio.run(closed_loop.closed_loop(send, ["a", "b", "bad"], concurrency=3,
+                                              duration=0.3, warmup=0.1, max_requests=10_000))
     assert res["requests"] < len(calls)  # warm-up requests were sent but not counted
     assert res["ok"] + sum(res["errors"].values()) == res["requests"]
     assert set(res["errors"]) == {"422 no_face_detected"}
@@ -44,7 +44,7 @@ def test_closed_loop_stops_at_max_requests():
         await asyncio.sleep(0.001)
         return 200, None, None
 
-    res = asyncio.run(load.closed_loop(send, [1], concurrency=2, duration=30, warmup=0,
+    res = asyncio.run(closed_loop.closed_loop(send, [1], concurrency=2, duration=30, warmup=0,
                                        max_requests=20))
     assert 20 <= res["requests"] <= 21
     assert res["window_s"] < 5
@@ -62,7 +62,7 @@ def test_summary_batching_gain_and_overhead():
               "inprocess": [{"detect": True, "concurrency": 4, "ok_per_s": 20.0,
                              "latency_ms": {"p50": 100.0}}],
               "servers": {}}
-    s = load.summarize(result)
+    s = load_report.summarize(result)
     assert s["batching_gain"] == [pytest.approx({
         "route": "/verify", "detect": True, "concurrency": 4, "off_per_s": 10.0,
         "default_per_s": 15.0, "gain": 1.5, "p50_off_ms": 400.0,
