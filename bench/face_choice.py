@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from model.detect import Detection, _iou
+from model.pool import process_pool
 
 SCORES = (0.0, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
 _detector = None
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                    if f.suffix.lower() in {".jpg", ".jpeg", ".png"})
     chunks = [paths[i:i + 32] for i in range(0, len(paths), 32)]
     t0 = time.time()
-    with ProcessPoolExecutor(args.workers, initializer=_init_worker) as ex:
+    with process_pool(args.workers, _init_worker) as ex:
         found = [r for chunk in ex.map(_detect, chunks) for r in chunk]
     multi = [(size, faces) for size, faces in found if len(faces) > 1]
     table = {}

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from model.detect import DETECTOR_VERSION
+from model.pool import process_pool
 from model.preprocess import DEFAULT_SPEC, PreprocessSpec
 
 log = logging.getLogger(__name__)
@@ -116,8 +116,7 @@ def align_folder(root: str | Path, rel_paths: list[str], workers: int = 2,
         for c, m in results:
             crops.append(c), methods.extend(m), bar.update(len(m))
     else:
-        with ProcessPoolExecutor(workers, initializer=_init_worker,
-                                 initargs=(device, spec, face_choice)) as ex:
+        with process_pool(workers, _init_worker, (device, spec, face_choice)) as ex:
             for c, m in ex.map(_align_chunk, chunks):
                 crops.append(c), methods.extend(m), bar.update(len(m))
     bar.close()

@@ -28,12 +28,12 @@ import logging
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from model.align import CENTRE_BOX_250
+from model.pool import process_pool
 
 log = logging.getLogger("faceverify.teacher")
 
@@ -205,7 +205,7 @@ def compute_missing(store: TeacherStore, paths: Sequence[str | Path], workers: i
     log.info("teacher: computing %d images (%d workers)", len(todo), workers)
     from tqdm import tqdm
     items = list(todo.items())
-    with ProcessPoolExecutor(workers, initializer=_init_worker) as ex:
+    with process_pool(workers, _init_worker) as ex:
         results: Iterable = ex.map(teacher_vectors, [p for _, p in items], chunksize=8)
         for (key, _), emb in tqdm(zip(items, results), total=len(items), disable=not progress,
                                   desc="teacher", unit="img"):

@@ -80,3 +80,29 @@ def test_augment_reports_which_crops_it_mirrored():
     assert flipped.dtype == torch.bool and 0 < flipped.sum() < 32
     assert torch.equal(out[flipped], x[flipped].flip(3))
     assert torch.equal(out[~flipped], x[~flipped])
+
+
+def _collect_garbage_in_worker(_: int) -> bool:
+    import gc
+    return gc.collect() >= 0
+
+
+def test_offline_workers_are_spawned_so_a_live_onnx_session_cannot_hang_them(small_lfw):
+    """A forked worker inherits an ONNX Runtime session without its threads and can hang
+    freeing it (seen in `make test`); spawned workers share nothing with the parent."""
+    from model.data import align_folder
+    from model.encoder import SiameseEncoder
+    from model.pool import process_pool
+    from model.runtime import OnnxEncoder  # a core dependency: always installed
+    session = OnnxEncoder(SiameseEncoder(
+        {"arch": "mobilefacenet", "embedding_dim": 32, "width": 0.25,
+         "depth": [1, 1, 1, 1, 1], "final_channels": 64}).eval(), threads=2)
+    with process_pool(2) as pool:
+        assert pool._mp_context.get_start_method() == "spawn"
+        assert all(pool.map(_collect_garbage_in_worker, range(4), timeout=120))
+    rels = sorted(str(p.relative_to(small_lfw / "lfw-deepfunneled"))
+                  for p in (small_lfw / "lfw-deepfunneled").rglob("*.jpg"))[:8]
+    crops, methods = align_folder(small_lfw / "lfw-deepfunneled", rels, workers=2,
+                                  progress=False)
+    assert len(crops) == 8 and len(methods) == 8
+    del session
