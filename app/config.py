@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "FACEVERIFY_"
 DEFAULT_WEIGHTS = "weights/faceverify-encoder.safetensors"
+PILLOW_MAX_PIXELS = 178_956_970  # 2 x PIL.Image.MAX_IMAGE_PIXELS: Pillow refuses more
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -78,15 +79,16 @@ class Settings(BaseSettings):
         "Slowest average rate (bytes/s) a request body may arrive at, once "
         "`body_rate_grace_s` has passed (0 = no rate check); a slower one gets 408 "
         "request_timeout. Stops trickling uploads from holding connections and memory."))
-    body_rate_grace_s: float = Field(5.0, ge=0, description=(
+    body_rate_grace_s: float = Field(5.0, gt=0, description=(
         "Seconds before `min_body_rate` is checked (connection set-up, the first bytes)."))
     max_body_bytes_in_flight: int = Field(256 * 1024 * 1024, ge=1024, description=(
         "Most request-body bytes held at once across all requests, from a body's first byte "
         "until its answer; beyond it a request gets 503 overloaded. The memory bound of "
-        "uploads (docs/operations.md)."))
-    max_pixels: int = Field(40_000_000, ge=1, description=(
+        "uploads (docs/operations.md); at least one largest /verify body."))
+    max_pixels: int = Field(40_000_000, ge=1, le=PILLOW_MAX_PIXELS, description=(
         "Largest width x height accepted, checked from the image header before decoding "
-        "(decompression-bomb guard)."))
+        "(decompression-bomb guard). At most Pillow's own limit (178956970), which stays on "
+        "behind it."))
 
     # --- workers -----------------------------------------------------------------------
     detect_workers: int = Field(2, ge=1, le=64, description=(
@@ -133,6 +135,16 @@ class Settings(BaseSettings):
     def _queue_holds_a_pair(self):
         if self.max_queue < 2:
             raise ValueError("max_queue must hold at least one /verify pair (2 faces)")
+        return self
+
+    @model_validator(mode="after")
+    def _bytes_in_flight_hold_a_request(self):
+        from app.intake import body_limit
+        largest = body_limit("application/json", 2, self.max_upload_bytes)
+        if self.max_body_bytes_in_flight < largest:
+            raise ValueError(f"max_body_bytes_in_flight ({self.max_body_bytes_in_flight}) must "
+                             f"hold at least one largest /verify body ({largest} bytes: two "
+                             "max_upload_bytes images as base64 JSON)")
         return self
 
     @property

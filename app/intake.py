@@ -74,7 +74,8 @@ class BodyBytes:
         if self.held + n > self.limit:
             raise ServiceError("overloaded", f"too many request bodies in flight "
                                f"({self.held} bytes held); retry later",
-                               headers={"Retry-After": str(self.retry_after_s)})
+                               headers={"Retry-After": str(self.retry_after_s),
+                                        "Connection": "close"})  # the rest stays unread
         self.held += n
 
     def give(self, n: int) -> None:
@@ -114,7 +115,9 @@ class _Body:
             except TimeoutError:
                 raise self._too_slow(time.monotonic() - started) from None
             if self.received + len(chunk) > self.limit:
-                raise _too_large(f"request body is larger than {self.limit} bytes")
+                raise ServiceError("payload_too_large",
+                                   f"request body is larger than {self.limit} bytes",
+                                   headers={"Connection": "close"})  # the rest stays unread
             self.in_flight.take(len(chunk))
             self.received += len(chunk)
             yield chunk

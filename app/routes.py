@@ -99,7 +99,8 @@ _VERIFY_ERRORS = error_responses(400, 401, 408, 413, 415, 422, 500, 503)
     summary="Are the two faces the same person?",
     openapi_extra={"requestBody": upload_request_body(["image1", "image2"]),
                    "parameters": [RETURN_CROPS_PARAMETER]},
-    description="Detects the largest face in each image, aligns it, embeds both in one "
+    description="Detects the largest face in each image (of the faces the detector is sure "
+                "of; FACEVERIFY_FACE_CHOICE), aligns it, embeds both in one "
                 "encoder batch, and compares the unit embeddings: `verified` is "
                 "`distance < threshold`.")
 async def verify(request: Request) -> VerifyResponse:

@@ -142,7 +142,7 @@ ERROR_EXAMPLES: dict[int, dict[str, dict[str, Any]]] = {
                                    "image", "image2"),
           "validation_error": _err("validation_error", "image2: field required", "image2"),
           "threshold_above_cap": _err("validation_error", "threshold: 0.9 is looser than this "
-                                      "server allows (at most 0.4317)", "threshold")},
+                                      "server allows (at most 0.4316)", "threshold")},
     500: {"internal_error": _err("internal_error", "internal error (request id "
                                  "3b9f6c1e2a7d4f00)")},
     503: {"overloaded": _err("overloaded", "the encoder queue is full (256 of 256 faces "

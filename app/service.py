@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -119,9 +120,10 @@ class Service:
         self.device = device
         self.card = card
         self.threshold = float(threshold)
-        self.max_client_threshold = max(self.threshold, float(
-            s.max_client_threshold or (card.get("threshold") or {}).get("at_far_1e-2")
-            or self.threshold))
+        # rounded down to 4 decimals, so the limit an error message quotes is itself allowed
+        cap = float(s.max_client_threshold or (card.get("threshold") or {}).get("at_far_1e-2")
+                    or self.threshold)
+        self.max_client_threshold = max(self.threshold, math.floor(cap * 1e4) / 1e4)
         self.model_ref = {"name": str(card.get("name", s.weights.stem)),
                           "version": str(card.get("version", "")),
                           "sha256": str(card["weights_sha256"])}
@@ -204,7 +206,7 @@ class Service:
             return self.threshold
         if threshold > self.max_client_threshold:
             raise ServiceError("validation_error", f"threshold: {threshold:g} is looser than "
-                               f"this server allows (at most {self.max_client_threshold:.4f})",
+                               f"this server allows (at most {self.max_client_threshold:g})",
                                "threshold")
         return threshold
 

@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from model.lfw import read_pairs
     root = args.lfw_dir / "lfw-deepfunneled"
-    chosen = read_pairs(args.lfw_dir / "pairs.txt")[:: 6000 // args.pairs][: args.pairs]
+    chosen = read_pairs(args.lfw_dir / "pairs.txt")[:: max(1, 6000 // args.pairs)][: args.pairs]
     pairs = [((root / x.left).read_bytes(), (root / x.right).read_bytes()) for x in chosen]
     buf = io.BytesIO()
     Image.fromarray(np.full((200, 200, 3), 128, np.uint8)).save(buf, "JPEG")

@@ -135,16 +135,19 @@ class FaceDetector:
         return best
 
     def refine_candidates(self, image: Image.Image, faces: Sequence[Detection],
-                          min_share: float, most: int = 3) -> list[Detection]:
-        """`faces` (largest first) with the ones that could be chosen, those at least
-        `min_share` of the largest's visible area (at most `most`), refined at full
-        resolution, and sorted again: on the downscaled copy, two faces of nearly one size
-        can swap order."""
+                          min_share: float, most: int = 3
+                          ) -> tuple[list[Detection], list[Detection]]:
+        """`faces` (largest first) with the likely choices, those at least `min_share` of
+        the largest's visible area (at most `most`), refined at full resolution and the
+        list sorted again (on the downscaled copy, two faces of nearly one size can swap
+        order); and the refined ones. A face chosen from outside them still needs `refine`."""
         w, h = image.size
         biggest = faces[0].visible_area(w, h)
+        # faces come largest first, so the candidates are a prefix
         candidates = [f for f in faces[:most] if f.visible_area(w, h) >= min_share * biggest]
-        refined = [self.refine(image, f) for f in candidates] + list(faces[len(candidates):])
-        return sorted(refined, key=lambda f: f.visible_area(w, h), reverse=True)
+        refined = [self.refine(image, f) for f in candidates]
+        everyone = refined + list(faces[len(candidates):])
+        return sorted(everyone, key=lambda f: f.visible_area(w, h), reverse=True), refined
 
     @torch.inference_mode()
     def detect(self, images: Sequence[Image.Image]) -> list[list[Detection]]:

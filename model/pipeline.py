@@ -164,9 +164,7 @@ class FacePipeline:
         out = []
         for i, (img, faces) in enumerate(zip(images, detections)):
             if faces:
-                if self.detector.needs_refining(img):  # detected on a downscaled copy
-                    faces = self.detector.refine_candidates(img, faces, CENTRAL_MIN_AREA)
-                face = choose_face(faces, img.width, img.height, self.face_choice)
+                face = self._choose(img, faces)
                 out.append(self._from_detection(img, face, len(faces)))
             elif fallback == "centre":
                 out.append(AlignedFace(self._centred_crop(img), None, None, None, 0,
@@ -174,6 +172,17 @@ class FacePipeline:
             else:
                 raise NoFaceError(index=i)
         return out
+
+    def _choose(self, img: Image.Image, faces: list[Detection]) -> Detection:
+        """The face the image stands for. When it was detected on a downscaled copy, the
+        likely choices are refined at full resolution before choosing, and the chosen face
+        is refined if it was not among them (a sure face smaller than the unsure ones, a
+        fourth central candidate)."""
+        if not self.detector.needs_refining(img):
+            return choose_face(faces, img.width, img.height, self.face_choice)
+        faces, refined = self.detector.refine_candidates(img, faces, CENTRAL_MIN_AREA)
+        face = choose_face(faces, img.width, img.height, self.face_choice)
+        return face if any(face is r for r in refined) else self.detector.refine(img, face)
 
     def _from_detection(self, img: Image.Image, face: Detection, faces_found: int
                         ) -> AlignedFace:

@@ -42,6 +42,18 @@ def test_a_body_may_take_its_grace_period_then_must_keep_the_minimum_rate():
     assert BodyLimits(10**7, 120, 0, 5).wait_s(0, 100) == 20     # no rate check
 
 
+def test_body_settings_that_would_refuse_every_upload_are_rejected_at_start():
+    from pydantic import ValidationError
+
+    from app.config import Settings
+    with pytest.raises(ValidationError, match="body_rate_grace_s"):
+        Settings(body_rate_grace_s=0)  # every body would be late before its first byte
+    with pytest.raises(ValidationError, match="at least one largest /verify body"):
+        Settings(max_body_bytes_in_flight=10 * 1024 * 1024)  # < 2 x 10 MiB as base64
+    with pytest.raises(ValidationError, match="max_pixels"):
+        Settings(max_pixels=300_000_000)  # past Pillow's own guard
+
+
 def test_request_bodies_in_flight_hold_a_bounded_number_of_bytes():
     from app.errors import ServiceError
     from app.intake import BodyBytes
