@@ -111,9 +111,8 @@ class Settings(BaseSettings):
     def _split_keys(cls, v):
         if v is None:
             return []
-        if isinstance(v, (str, SecretStr)):
-            v = (v.get_secret_value() if isinstance(v, SecretStr) else v).split(",")
-        keys = [k.get_secret_value() if isinstance(k, SecretStr) else str(k) for k in v]
+        items = v.split(",") if isinstance(v, str) else v
+        keys = (k.get_secret_value() if isinstance(k, SecretStr) else str(k) for k in items)
         return [k.strip() for k in keys if k.strip()]
 
     @field_validator("log_level", mode="before")

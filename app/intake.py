@@ -82,8 +82,9 @@ class BodyBytes:
         self.held -= n
 
 
-def _too_large(message: str, field: str | None = None) -> ServiceError:
-    return ServiceError("payload_too_large", message, field)
+def _too_large(message: str, field: str | None = None,
+               headers: dict[str, str] | None = None) -> ServiceError:
+    return ServiceError("payload_too_large", message, field, headers)
 
 
 class _Body:
@@ -115,9 +116,8 @@ class _Body:
             except TimeoutError:
                 raise self._too_slow(time.monotonic() - started) from None
             if self.received + len(chunk) > self.limit:
-                raise ServiceError("payload_too_large",
-                                   f"request body is larger than {self.limit} bytes",
-                                   headers={"Connection": "close"})  # the rest stays unread
+                raise _too_large(f"request body is larger than {self.limit} bytes",
+                                 headers={"Connection": "close"})  # the rest stays unread
             self.in_flight.take(len(chunk))
             self.received += len(chunk)
             yield chunk
@@ -244,7 +244,6 @@ async def _read_json(stream, fields) -> tuple[dict, dict]:
         if not isinstance(value, str):
             raise ServiceError("validation_error", f"{name}: must be a base64 string", name)
         raw[name] = decode_base64(value, name)
-        del value
     return raw, extra
 
 
@@ -255,9 +254,8 @@ def decode_base64(value: str, field: str) -> bytes:
     """Standard or URL-safe base64, with or without padding, line-wrapped or not, with or
     without a data: URL prefix. Copies of the text are made only for the forms that need
     them (plain standard base64 is decoded as it is)."""
-    prefix = _DATA_URL.match(value.lstrip())
     text = value.strip()
-    if prefix:
+    if prefix := _DATA_URL.match(text):
         text = text[prefix.end():]
     if _WHITESPACE.search(text):
         text = "".join(text.split())  # line-wrapped base64 is fine

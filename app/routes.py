@@ -24,7 +24,7 @@ from app.schemas import (
     error_responses,
     upload_request_body,
 )
-from app.service import Service
+from app.service import Service, ms
 from model.checkpoint import json_safe
 
 router = APIRouter()
@@ -86,8 +86,7 @@ async def _uploaded(request: Request, fields: tuple[str, ...]):
 
 
 def _timings(service_ms: dict, read_s: float, started: float) -> dict:
-    return {"read": round(read_s * 1000, 3), **service_ms,
-            "total": round((time.perf_counter() - started) * 1000, 3)}
+    return {"read": ms(read_s), **service_ms, "total": ms(time.perf_counter() - started)}
 
 
 _VERIFY_ERRORS = error_responses(400, 401, 408, 413, 415, 422, 500, 503)

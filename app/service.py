@@ -33,6 +33,7 @@ from app.faces import FaceStage
 from app.inference import EncoderRunner
 from app.intake import BodyBytes, BodyLimits
 from app.metrics import BatchObserverAdapter, Metrics
+from model.encoder import pair_distance
 
 log = logging.getLogger("faceverify.service")
 
@@ -41,7 +42,8 @@ class StartupError(RuntimeError):
     """The service cannot start (weights missing/corrupt, no threshold, device absent)."""
 
 
-def _ms(seconds: float) -> float:
+def ms(seconds: float) -> float:
+    """Seconds as the milliseconds of a reply's `timings_ms`."""
     return round(seconds * 1000, 3)
 
 
@@ -228,15 +230,14 @@ class Service:
         self.metrics.stage_duration.labels(stage="decode").observe(prepared.decode_s)
         self.metrics.stage_duration.labels(stage="detect").observe(prepared.detect_s)
         return Embedded(result.output, prepared.faces, {
-            "decode": _ms(prepared.decode_s), "detect": _ms(prepared.detect_s),
-            "queue": _ms(result.queue_s), "encode": _ms(result.inference_s),
+            "decode": ms(prepared.decode_s), "detect": ms(prepared.detect_s),
+            "queue": ms(result.queue_s), "encode": ms(result.inference_s),
             "batch_size": result.batch_size})
 
     async def verify(self, image1: bytes, image2: bytes, detect: bool = True,
                      threshold: float | None = None) -> Verdict:
         """The verdict on two images' faces, at the request's threshold (up to the cap) or
         the service's. A threshold beyond the cap fails before any work is done."""
-        from model.encoder import pair_distance
         threshold = self.check_threshold(threshold)
         out = await self.embed_images({"image1": image1, "image2": image2}, detect)
         e = out.embeddings.double()

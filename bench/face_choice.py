@@ -15,10 +15,10 @@ overlaps LFW's centre box (scaled to the photo) most. The figures are in docs/ac
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
+from bench.report import print_and_save
 from model.detect import Detection, _iou
 from model.pool import process_pool
 
@@ -74,11 +74,7 @@ def main(argv: list[str] | None = None) -> int:
               "without_face": sum(not faces for _, faces in found),
               "with_several_faces": len(multi),
               "not_the_subject": table, "seconds": round(time.time() - t0, 1)}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    print_and_save(report, args.out)
     return 0
 
 

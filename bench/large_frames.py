@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from bench.report import print_and_save
 
 CANVAS = (2000, 1500)
 
@@ -112,11 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         # the pairs whose verdict changed, to look at
         "changed": [r for r in both if (r["photo"] < threshold) != (r["frame"] < threshold)],
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    print_and_save(report, args.out)
     return 0
 
 

@@ -13,6 +13,15 @@ import json
 from pathlib import Path
 
 
+def print_and_save(report: dict, out: Path | None) -> None:
+    """A benchmark's JSON report on stdout and, with --out, in that file."""
+    text = json.dumps(report, indent=2)
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+
+
 def f(x, nd=1, pct=False) -> str:
     if x is None:
         return "—"

@@ -57,14 +57,20 @@ def gpu_mib(pid: int) -> float | None:
     return sum(used) if used else None
 
 
-def rss_mib(pid: int) -> float | None:
+def proc_status(pid: int, key: str) -> int | None:
+    """A number from /proc/<pid>/status (kB for the Vm* keys), None when the process is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
     except OSError:
         return None
     return None
+
+
+def rss_mib(pid: int) -> float | None:
+    kb = proc_status(pid, "VmRSS")
+    return None if kb is None else kb / 1024
 
 
 def server_env(weights: Path, device: str = "cpu", **settings) -> dict[str, str]:

@@ -36,19 +36,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from bench.server import DEFAULT_LFW, ROOT, Server, rss_mib
+from bench.server import DEFAULT_LFW, ROOT, Server, proc_status, rss_mib
 
 DEFAULT_WEIGHTS = ROOT / "weights" / "faceverify-encoder.safetensors"
-
-
-def _proc_status(pid: int, key: str) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def open_fds(pid: int) -> int | None:
@@ -190,12 +180,16 @@ class Soak:
                 self.problem(f"burst: {r.status_code} {r.text[:200]}")
         await asyncio.gather(*(one() for _ in range(300)))
 
-    async def sampler(self, deadline: float, t0: float) -> None:
+    def sample(self, t0: float) -> None:
+        """The server's RSS, open descriptors and threads, and the counts so far."""
         pid = self.server.proc.pid
+        self.samples.append({"t": round(time.monotonic() - t0, 1), "rss_mib": rss_mib(pid),
+                             "fds": open_fds(pid), "threads": proc_status(pid, "Threads"),
+                             "counts": dict(self.counts)})
+
+    async def sampler(self, deadline: float, t0: float) -> None:
         while time.monotonic() < deadline:
-            self.samples.append({"t": round(time.monotonic() - t0, 1), "rss_mib": rss_mib(pid),
-                                 "fds": open_fds(pid), "threads": _proc_status(pid, "Threads"),
-                                 "counts": dict(self.counts)})
+            self.sample(t0)
             await asyncio.sleep(2.0)
 
     async def run(self) -> None:
@@ -210,11 +204,7 @@ class Soak:
             tasks += [self.slow_client(deadline) for _ in range(self.slow)]
             await asyncio.gather(*tasks)
         await asyncio.sleep(3)  # the clients' connections are closed; let the server see it
-        self.samples.append({"t": round(time.monotonic() - t0, 1),
-                             "rss_mib": rss_mib(self.server.proc.pid),
-                             "fds": open_fds(self.server.proc.pid),
-                             "threads": _proc_status(self.server.proc.pid, "Threads"),
-                             "counts": dict(self.counts)})
+        self.sample(t0)
 
 
 def flatness(samples: list[dict], key: str, skip: float = 0.2) -> dict:

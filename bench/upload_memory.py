@@ -28,7 +28,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from bench.server import DEFAULT_LFW, ROOT, Server
+from bench.report import print_and_save
+from bench.server import DEFAULT_LFW, ROOT, Server, proc_status
 
 DEFAULT_WEIGHTS = ROOT / "weights" / "faceverify-encoder.safetensors"
 
@@ -62,13 +63,6 @@ def smooth_jpeg(pixels: int, seed: int) -> bytes:
     buf = io.BytesIO()
     small.resize((width, height), Image.Resampling.BILINEAR).save(buf, "JPEG", quality=90)
     return buf.getvalue()
-
-
-def vm_hwm_mib(pid: int) -> float | None:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return None
 
 
 async def one_round(url: str, kind: str, images: tuple[bytes, bytes], concurrency: int
@@ -135,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             report["rounds"][kind] = {
                 "statuses": counts, "seconds": round(time.monotonic() - t0, 1),
                 "peak_rss_mib": round(max(rss), 1) if rss else None,
-                "vm_hwm_mib_after": round(vm_hwm_mib(server.proc.pid), 1),
+                "vm_hwm_mib_after": round(proc_status(server.proc.pid, "VmHWM") / 1024, 1),
                 "rss_after_mib": round(server.rss(), 1),
             }
             if kind in ("pixels", "max_pixels"):
@@ -144,11 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             print(kind, report["rounds"][kind], flush=True)
     finally:
         server.stop()
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    print_and_save(report, args.out)
     return 0
 
 
