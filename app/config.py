@@ -28,7 +28,11 @@ class Settings(BaseSettings):
         "required and its sha256 is verified at start-up."))
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N (auto: the first GPU "
                                             "when there is one, else the CPU).")
-    detect_device: str | None = Field(None, description="Device for MTCNN face detection; "
+    detector: Literal["yunet", "mtcnn"] = Field("yunet", description=(
+        "The face detector: yunet (ONNX Runtime on the CPU, ~2 ms a photo; the default) or "
+        "mtcnn (torch, ~45 ms a photo on the CPU). See docs/accuracy.md for both measured."))
+    detect_device: str | None = Field(None, description="Device for MTCNN face detection "
+                                                        "(YuNet always runs on the CPU); "
                                                         "unset = same as `device`.")
     precision: Literal["auto", "fp32", "fp16"] = Field("auto", description=(
         "Encoder precision. auto: fp16 on CUDA when the warm-up check shows the embeddings "

@@ -137,7 +137,7 @@ class Service:
         detect_device = s.detect_device or str(device)
         try:
             pipeline = FacePipeline(device=detect_device, spec=encoder.spec,
-                                    face_choice=s.face_choice)
+                                    face_choice=s.face_choice, detector=s.detector)
         except (OSError, ValueError) as exc:  # the landmark model the spec needs
             raise StartupError(f"cannot build the face pipeline for preprocessing "
                                f"{encoder.spec.version!r}: {exc}") from None
@@ -147,7 +147,8 @@ class Service:
             "weights": str(s.weights), "model_name": self.model_ref["name"],
             "model_version": self.model_ref["version"],
             "weights_sha256": self.model_ref["sha256"], "device": str(device),
-            "detect_device": detect_device, "threshold": self.threshold,
+            "detect_device": detect_device, "detector": s.detector,
+            "threshold": self.threshold,
             "max_client_threshold": self.max_client_threshold,
             "embedding_dim": encoder.embedding_dim, "preprocessing": encoder.spec.version,
             "runtime": self.runner.runtime,

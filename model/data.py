@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.detect import DETECTOR_VERSION
+from model.detect import DEFAULT_DETECTOR, DETECTORS
 from model.pool import process_pool
 from model.preprocess import DEFAULT_SPEC, PreprocessSpec
 
@@ -72,10 +72,10 @@ class AlignedImages:
 
 
 def _cache_key(root: Path, rel_paths: list[str], spec: PreprocessSpec,
-               face_choice: str = "largest") -> str:
+               face_choice: str = "largest", detector: str = DEFAULT_DETECTOR) -> str:
     h = hashlib.sha256(spec.version.encode())
     h.update(f"face={face_choice},visible-area".encode())  # model.pipeline.choose_face
-    h.update(DETECTOR_VERSION.encode())
+    h.update(DETECTORS[detector].version.encode())
     for rel in rel_paths:
         h.update(rel.encode())
         h.update(str((root / rel).stat().st_size).encode())
@@ -85,11 +85,13 @@ def _cache_key(root: Path, rel_paths: list[str], spec: PreprocessSpec,
 _worker_pipeline = None
 
 
-def _init_worker(device: str, spec: PreprocessSpec, face_choice: str = "largest") -> None:
+def _init_worker(device: str, spec: PreprocessSpec, face_choice: str = "largest",
+                 detector: str = DEFAULT_DETECTOR) -> None:
     global _worker_pipeline
     torch.set_num_threads(1)
     from model.pipeline import FacePipeline
-    _worker_pipeline = FacePipeline(device=device, spec=spec, face_choice=face_choice)
+    _worker_pipeline = FacePipeline(device=device, spec=spec, face_choice=face_choice,
+                                    detector=detector)
 
 
 def _align_chunk(args: tuple[str, list[str]]) -> tuple[np.ndarray, list[str]]:
@@ -102,8 +104,8 @@ def _align_chunk(args: tuple[str, list[str]]) -> tuple[np.ndarray, list[str]]:
 
 def align_folder(root: str | Path, rel_paths: list[str], workers: int = 2,
                  device: str = "cpu", chunk: int = 16, progress: bool = True,
-                 spec: PreprocessSpec = DEFAULT_SPEC, face_choice: str = "largest"
-                 ) -> tuple[np.ndarray, list[str]]:
+                 spec: PreprocessSpec = DEFAULT_SPEC, face_choice: str = "largest",
+                 detector: str = DEFAULT_DETECTOR) -> tuple[np.ndarray, list[str]]:
     """Detect and align every image (centred fallback where no face is found)."""
     from tqdm import tqdm
     chunks = [(str(root), rel_paths[i:i + chunk]) for i in range(0, len(rel_paths), chunk)]
@@ -111,12 +113,12 @@ def align_folder(root: str | Path, rel_paths: list[str], workers: int = 2,
     bar = tqdm(total=len(rel_paths), desc=f"align {Path(root).name}", disable=not progress,
                unit="img")
     if workers <= 1:
-        _init_worker(device, spec, face_choice)
+        _init_worker(device, spec, face_choice, detector)
         results: Iterator = map(_align_chunk, chunks)
         for c, m in results:
             crops.append(c), methods.extend(m), bar.update(len(m))
     else:
-        with process_pool(workers, _init_worker, (device, spec, face_choice)) as ex:
+        with process_pool(workers, _init_worker, (device, spec, face_choice, detector)) as ex:
             for c, m in ex.map(_align_chunk, chunks):
                 crops.append(c), methods.extend(m), bar.update(len(m))
     bar.close()
@@ -126,8 +128,8 @@ def align_folder(root: str | Path, rel_paths: list[str], workers: int = 2,
 def load_aligned_folder(root: str | Path, name: str | None = None,
                         cache_dir: str | Path = DEFAULT_CACHE_DIR, workers: int = 2,
                         device: str = "cpu", progress: bool = True,
-                        spec: PreprocessSpec = DEFAULT_SPEC, face_choice: str = "largest"
-                        ) -> AlignedImages:
+                        spec: PreprocessSpec = DEFAULT_SPEC, face_choice: str = "largest",
+                        detector: str = DEFAULT_DETECTOR) -> AlignedImages:
     """Aligned crops of every image under an identity-folder root, built once and cached.
 
     `name` prefixes paths and (for non-LFW sets) identities, so sets can be combined.
@@ -135,7 +137,7 @@ def load_aligned_folder(root: str | Path, name: str | None = None,
     root = Path(root)
     name = name or root.name
     rel_paths = scan_identity_folders(root)
-    key = _cache_key(root, rel_paths, spec, face_choice)
+    key = _cache_key(root, rel_paths, spec, face_choice, detector)
     cache_dir = Path(cache_dir)
     npy, meta_path = cache_dir / f"{name}-{key}.npy", cache_dir / f"{name}-{key}.json"
     if npy.exists() and meta_path.exists():
@@ -144,13 +146,14 @@ def load_aligned_folder(root: str | Path, name: str | None = None,
     else:
         log.info("aligning %d images under %s (cached as %s)", len(rel_paths), root, npy)
         crops, methods = align_folder(root, rel_paths, workers=workers, device=device,
-                                      progress=progress, spec=spec, face_choice=face_choice)
+                                      progress=progress, spec=spec, face_choice=face_choice,
+                                      detector=detector)
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = npy.with_suffix(".tmp.npy")
         np.save(tmp, crops)
         tmp.replace(npy)
         meta_path.write_text(json.dumps({"root": str(root), "pipeline": spec.version,
-                                         "face_choice": face_choice,
+                                         "face_choice": face_choice, "detector": detector,
                                          "paths": rel_paths, "methods": methods}))
     if crops.shape[1:] != (spec.crop_size, spec.crop_size, 3) or len(crops) != len(rel_paths):
         raise ValueError(f"aligned cache {npy} does not match {root}; delete it and rebuild")

@@ -1,7 +1,15 @@
-"""Face detection with 5 landmarks: MTCNN, whose weights ship inside facenet-pytorch 2.5.3."""
+"""Face detection with 5 landmarks, by one of two detectors (`DETECTORS`):
+- `yunet`: YuNet (OpenCV Zoo, MIT), converted into weights/detector-yunet.onnx by
+  model/convert_yunet.py and run by ONNX Runtime (model/yunet.py). ~2 ms a 250 px photo on
+  one core. The default.
+- `mtcnn`: MTCNN, whose weights ship inside facenet-pytorch 2.5.3. ~45 ms a 250 px photo.
+Both give boxes and points in the same convention, so alignment (model/pipeline.py) is
+shared; what differs per detector is kept on its class.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -9,8 +17,6 @@ import torch
 from PIL import Image
 
 
-# What the detector finds, as a name: caches of aligned crops (model/data.py) are keyed by it.
-DETECTOR_VERSION = "mtcnn-0.709,second-look-0.8"
 
 
 @dataclass(frozen=True)
@@ -38,14 +44,10 @@ def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _detections(boxes, probs, points, scale: float = 1.0,
-                offset: tuple[float, float] = (0.0, 0.0)) -> list[Detection]:
-    """MTCNN's output for one image, in the coordinates of the image it was cut or scaled
-    from: x * scale + offset."""
-    ox, oy = offset
-    return [Detection((float(b[0]) * scale + ox, float(b[1]) * scale + oy,
-                       float(b[2]) * scale + ox, float(b[3]) * scale + oy),
-                      np.asarray(lm, dtype=np.float64) * scale + [ox, oy], float(score))
+def _detections(boxes, probs, points) -> list[Detection]:
+    """A detector's arrays for one image as Detections."""
+    return [Detection((float(b[0]), float(b[1]), float(b[2]), float(b[3])),
+                      np.asarray(lm, dtype=np.float64), float(score))
             for b, score, lm in zip(boxes, probs, points)]
 
 
@@ -59,22 +61,25 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 class FaceDetector:
-    """Batched MTCNN. Images of equal size are detected in one pass (MTCNN's batching rule).
+    """What every detector shares: the resolution policy and the refining of faces found on
+    a downscaled copy. A subclass says how to find faces in a batch of pixel arrays.
 
-    Images smaller than `min_face_size` cannot hold a detectable face (and MTCNN's pyramid has
-    no level for them): they get no faces. Images whose longer side exceeds
-    `max_detect_side` are detected on a downscaled copy and the boxes and landmarks scaled
-    back, so a huge upload costs no more than a large one; alignment still samples the
-    full-resolution image, and `refine_candidates` re-detects the faces that could be chosen
-    in crops around them at (up to) LFW's scale, so a small face in a large frame gets the
-    box and landmarks it would get in a photo of its own.
+    Images smaller than `min_face_size` cannot hold a detectable face: they get no faces.
+    Images whose longer side exceeds `max_detect_side` are detected on a downscaled copy and
+    the boxes and landmarks scaled back, so a huge upload costs no more than a large one; the
+    smallest face found in such an image is then about `min_face_size` / `max_detect_side` of
+    its longer side. Alignment still samples the full-resolution image, and
+    `refine_candidates` re-detects the faces that could be chosen in crops around them at (up
+    to) LFW's scale, so a small face in a large frame gets the box and landmarks it would get
+    in a photo of its own.
     """
 
-    # An image where MTCNN's pyramid (scale step 0.709) finds no face is searched again with a
-    # denser one: faces that fall between two of its scales are found (LFW's
-    # Marilyn_Monroe_0001 is the one such photo of 13,233). It costs time only on images
-    # without a face.
-    SECOND_LOOK_SCALE_STEP = 0.8
+    name: str = ""
+    # What the detector finds, as a name: caches of aligned crops (model/data.py) are keyed by it.
+    version: str = ""
+    # "largest" (model.pipeline.choose_face) looks at faces scored at least this when there is
+    # one: the detectors' scores live on different scales.
+    sure_score: float = 0.0
 
     # refine(): the crop is REFINE_CONTEXT times the face's box side, resized to at most
     # REFINE_CROP_PX a side (a face of ~128 px, as in a 250x250 LFW photo).
@@ -82,27 +87,17 @@ class FaceDetector:
     REFINE_CROP_PX = 320
 
     def __init__(self, device: str | torch.device = "auto", min_face_size: int = 20,
-                 thresholds: Sequence[float] = (0.6, 0.7, 0.7), max_detect_side: int = 1280):
-        from facenet_pytorch import MTCNN  # heavy import; only where detection is needed
-
+                 max_detect_side: int = 1280):
         self.device = resolve_device(device)
         self.min_face_size = min_face_size
         self.max_detect_side = max_detect_side
-        self._mtcnn = MTCNN(
-            min_face_size=min_face_size, thresholds=list(thresholds), keep_all=True,
-            post_process=False, device=self.device,
-        )
-        self._mtcnn.eval()
-        self._second_look = MTCNN(
-            min_face_size=min_face_size, thresholds=list(thresholds), keep_all=True,
-            factor=self.SECOND_LOOK_SCALE_STEP, post_process=False, device=self.device,
-        )
-        self._second_look.eval()
-        # The refiner looks for one face that fills ~40 % of its crop: a large smallest face
-        # keeps its image pyramid short.
-        self._refiner = MTCNN(min_face_size=40, thresholds=list(thresholds), keep_all=True,
-                              post_process=False, device=self.device)
-        self._refiner.eval()
+
+    def _find(self, pixels: Sequence[np.ndarray], purpose: str = "detect"
+              ) -> list[list[Detection]]:
+        """Faces in each of `pixels` (RGB uint8 arrays of one size), in their coordinates.
+        purpose: "detect", "second-look" (an image where "detect" found none) or "refine" (a
+        crop around one face)."""
+        raise NotImplementedError
 
     def needs_refining(self, image: Image.Image) -> bool:
         """Was this image detected on a downscaled copy?"""
@@ -125,10 +120,10 @@ class FaceDetector:
         if scale < 1.0:
             crop = crop.resize((max(1, round(crop.width * scale)),
                                 max(1, round(crop.height * scale))), Image.Resampling.BILINEAR)
-        boxes, probs, points = self._refiner.detect(np.asarray(crop)[None], landmarks=True)
-        if boxes[0] is None:
+        found = [_rescaled(f, 1.0 / scale, (left, top))
+                 for f in self._find([np.asarray(crop)], "refine")[0]]
+        if not found:
             return face
-        found = _detections(boxes[0], probs[0], points[0], 1.0 / scale, (left, top))
         best = max(found, key=lambda f: _iou(f.box, face.box))
         if _iou(best.box, face.box) < 0.4:
             return face  # not the same face
@@ -165,18 +160,108 @@ class FaceDetector:
                 resized[i] = img.resize(size, Image.Resampling.BILINEAR)
                 scales[i] = img.width / size[0]
             by_size.setdefault(resized.get(i, img).size, []).append(i)
-        for mtcnn in (self._mtcnn, self._second_look):
+        for purpose in ("detect", "second-look"):
             for indices in by_size.values():
-                batch = [np.asarray(resized.get(i, images[i])) for i in indices]
-                boxes, probs, points = mtcnn.detect(np.stack(batch), landmarks=True)
-                for i, b, p, pt in zip(indices, boxes, probs, points):
-                    if b is None:
-                        continue
-                    faces = _detections(b, p, pt, scales.get(i, 1.0))
+                found = self._find([np.asarray(resized.get(i, images[i])) for i in indices],
+                                   purpose)
+                for i, faces in zip(indices, found):
                     w, h = images[i].size
+                    faces = [_rescaled(f, scales.get(i, 1.0)) for f in faces]
                     results[i] = sorted(faces, key=lambda f: f.visible_area(w, h),
                                         reverse=True)
             # the second look: only the images still without a face
             by_size = {size: missing for size, indices in by_size.items()
                        if (missing := [i for i in indices if not results[i]])}
         return results
+
+
+def _rescaled(face: Detection, scale: float, offset: tuple[float, float] = (0.0, 0.0)
+              ) -> Detection:
+    """`face` in the coordinates of the image it was cut or scaled from: x * scale + offset."""
+    if scale == 1.0 and offset == (0.0, 0.0):
+        return face
+    ox, oy = offset
+    x1, y1, x2, y2 = face.box
+    return Detection((x1 * scale + ox, y1 * scale + oy, x2 * scale + ox, y2 * scale + oy),
+                     face.landmarks * scale + [ox, oy], face.score)
+
+
+class MtcnnDetector(FaceDetector):
+    """Batched MTCNN (facenet-pytorch). Images of equal size are detected in one pass."""
+
+    name = "mtcnn"
+    version = "mtcnn-0.709,second-look-0.8"
+    # `python -m bench.face_choice`: on LFW, "largest" picked a face other than the subject
+    # 66 times with no score floor and 49 times with 0.98 (the best of 0.8-0.995).
+    sure_score = 0.98
+
+    # An image where MTCNN's pyramid (scale step 0.709) finds no face is searched again with a
+    # denser one: faces that fall between two of its scales are found (LFW's
+    # Marilyn_Monroe_0001 is the one such photo of 13,233). It costs time only on images
+    # without a face.
+    SECOND_LOOK_SCALE_STEP = 0.8
+
+    def __init__(self, device: str | torch.device = "auto", min_face_size: int = 20,
+                 thresholds: Sequence[float] = (0.6, 0.7, 0.7), max_detect_side: int = 1280):
+        from facenet_pytorch import MTCNN  # heavy import; only where detection is needed
+
+        super().__init__(device, min_face_size, max_detect_side)
+        common = dict(thresholds=list(thresholds), keep_all=True, post_process=False,
+                      device=self.device)
+        self._nets = {
+            "detect": MTCNN(min_face_size=min_face_size, **common),
+            "second-look": MTCNN(min_face_size=min_face_size,
+                                 factor=self.SECOND_LOOK_SCALE_STEP, **common),
+            # the refiner looks for one face that fills ~40 % of its crop: a large smallest
+            # face keeps its image pyramid short
+            "refine": MTCNN(min_face_size=40, **common),
+        }
+        for net in self._nets.values():
+            net.eval()
+
+    def _find(self, pixels: Sequence[np.ndarray], purpose: str = "detect"
+              ) -> list[list[Detection]]:
+        boxes, probs, points = self._nets[purpose].detect(np.stack(pixels), landmarks=True)
+        return [[] if b is None else _detections(b, p, pt)
+                for b, p, pt in zip(boxes, probs, points)]
+
+
+class YunetDetector(FaceDetector):
+    """YuNet through ONNX Runtime (model/yunet.py). A batch is padded to its largest image.
+
+    max_detect_side 640: YuNet finds faces from ~10 px, so a downscaled frame still shows
+    faces of ~2 % of its longer side, and a 640 px pass costs ~7 ms on one core.
+    """
+
+    name = "yunet"
+    version = "yunet-2023mar-f32,t0.6,flip-vote"
+    # also detect on the mirror image and merge by box voting (model/yunet.py)
+    flip = True
+    # `python -m bench.face_choice` (see docs/accuracy.md)
+    sure_score = 0.0
+
+    def __init__(self, device: str | torch.device = "auto", min_face_size: int = 10,
+                 max_detect_side: int = 640, threshold: float = 0.6, threads: int = 1,
+                 path: str | Path | None = None):
+        from model.yunet import DEFAULT_YUNET, YuNet
+        super().__init__(device, min_face_size, max_detect_side)
+        self._net = YuNet(path or DEFAULT_YUNET, threshold=threshold, threads=threads,
+                          flip=self.flip)
+
+    def _find(self, pixels: Sequence[np.ndarray], purpose: str = "detect"
+              ) -> list[list[Detection]]:
+        if purpose == "second-look":
+            return [[] for _ in pixels]  # one pass sees every scale YuNet can
+        return [_detections(b, s, p) for b, p, s in self._net.detect(pixels)]
+
+
+DETECTORS: dict[str, type[FaceDetector]] = {"yunet": YunetDetector, "mtcnn": MtcnnDetector}
+DEFAULT_DETECTOR = "yunet"
+
+
+def make_detector(name: str = DEFAULT_DETECTOR, device: str | torch.device = "auto",
+                  **kw) -> FaceDetector:
+    """The detector called `name` (see DETECTORS)."""
+    if name not in DETECTORS:
+        raise ValueError(f"unknown detector {name!r}; choose from {sorted(DETECTORS)}")
+    return DETECTORS[name](device=device, **kw)

@@ -30,6 +30,7 @@ import torch
 
 from model.checkpoint import card_path, load_encoder, read_card, write_card
 from model.data import load_aligned_folder
+from model.detect import DEFAULT_DETECTOR, DETECTORS
 from model.encoder import embed_crops, pair_distance
 from model.lfw import Pair, pair_images, parse_folds, read_pairs
 from model.metrics import accuracy_at, best_threshold, kfold_accuracy, roc_curve, summarize
@@ -72,16 +73,19 @@ class AlignedLfw:
     which face of a photo with several counts; LFW's photos are centred on the person the
     pairs name, so "central" by default."""
 
-    def __init__(self, lfw_dir: Path, face_choice: str = "central", **kw: Any):
+    def __init__(self, lfw_dir: Path, face_choice: str = "central",
+                 detector: str = DEFAULT_DETECTOR, **kw: Any):
         self.root = Path(lfw_dir) / "lfw-deepfunneled"
         self.face_choice = face_choice
+        self.detector = detector
         self.kw = kw
         self._sets: dict[str, Any] = {}
 
     def __call__(self, spec):
         if spec.version not in self._sets:
             self._sets[spec.version] = load_aligned_folder(
-                self.root, "lfw", spec=spec, face_choice=self.face_choice, **self.kw)
+                self.root, "lfw", spec=spec, face_choice=self.face_choice,
+                detector=self.detector, **self.kw)
         return self._sets[spec.version]
 
 
@@ -198,7 +202,7 @@ def update_card(card_file: Path, key: str, report: dict[str, Any]) -> None:
     if card is None:
         raise SystemExit(f"no model card at {card_file}")
     card.setdefault("evaluation", {})[key] = {
-        k: report[k] for k in ("protocol", "identity_disjoint", "flip_tta", "face_choice",
+        k: report[k] for k in ("protocol", "identity_disjoint", "flip_tta", "face_choice", "detector",
                                "accuracy_mean",
                                "accuracy_std",
                                "auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "pairs")
@@ -240,6 +244,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="which face of a photo with several counts: central (LFW's photos are "
                         "centred on the person the pairs name; face_recognition's reference "
                         "figure uses it) or largest (the service's default)")
+    p.add_argument("--detector", choices=sorted(DETECTORS), default=DEFAULT_DETECTOR,
+                   help="the face detector (model/detect.py)")
     p.add_argument("--flip", choices=["on", "off", "card"], default="card",
                    help="mirror-image test-time augmentation: on, off, or as each model card "
                         "says (default); --write-card records the choice in the card")
@@ -258,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     kw = {"cache_dir": args.cache_dir} if args.cache_dir else {}
     flip = {"on": True, "off": False, "card": None}[args.flip]
-    lfw = AlignedLfw(args.lfw_dir, face_choice=args.face_choice, **kw)
+    lfw = AlignedLfw(args.lfw_dir, face_choice=args.face_choice, detector=args.detector, **kw)
     if args.protocol == "view2":
         groups = {k: Path(v) for k, v in (s.split("=", 1) for s in args.weights_for_folds)}
         if args.weights:
@@ -273,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         report, d, same = evaluate_view1(args.lfw_dir, args.weights, lfw, args.device, flip)
         key = "lfw_view1"
     report["face_choice"] = args.face_choice
+    report["detector"] = args.detector
     curves = {f"{args.label} (AUC {report['auc']:.3f})": (d, same)}
     if args.with_teacher:
         if args.protocol == "view2":

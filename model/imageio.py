@@ -7,6 +7,7 @@ mode (greyscale, palette, RGBA, CMYK, 16-bit) converted to 8-bit RGB.
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import warnings
@@ -68,12 +69,18 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def decode_image(
-    source: bytes | str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    source: bytes | str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    min_side: int | None = None,
 ) -> Image.Image:
     """Decode bytes or a file path into an upright 8-bit RGB image.
 
     The pixel count is checked from the header *before* the pixel data is decoded, so a
     decompression bomb is refused without allocating it.
+
+    min_side: a JPEG whose longer side is at least twice this is decoded at 1/2, 1/4 or 1/8
+    of its size (libjpeg's DCT scaling, Pillow's `draft`), the most reduction that keeps its
+    longer side >= min_side: a 12 MP photo decodes ~4x faster at 1/2 than whole. Other
+    formats are decoded whole.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
@@ -106,6 +113,9 @@ def decode_image(
         raise ImageTooLargeError(width * height, max_pixels)
     try:
         img.seek(0)  # first frame of GIF / animated WebP / multi-page TIFF
+        if min_side and img.format in ("JPEG", "MPO") and max(width, height) >= 2 * min_side:
+            factor = max(width, height) / min_side
+            img.draft("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
         img.load()
         img = ImageOps.exif_transpose(img)
         return _to_rgb(img)

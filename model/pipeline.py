@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from model.align import CENTRE_BOX_250, align_face, centred_face_landmarks, resize_crop
-from model.detect import Detection, FaceDetector
+from model.detect import DEFAULT_DETECTOR, Detection, make_detector
 from model.dlib_chip import chip_details_from_points, extract_chip, extract_image_chip
 from model.preprocess import DEFAULT_SPEC, PreprocessSpec
 
@@ -74,15 +74,29 @@ class AlignedFace:
                 "faces_found": self.faces_found}
 
 
-def dlib_box(box: Sequence[float], landmarks: np.ndarray) -> tuple[int, int, int, int]:
+# The same for YuNet's box and points: `python -m bench.fit_dlib_box --detector yunet`, 1,440
+# celeba-extra photos. Held-out residual: 0.034 / 0.039 / 0.075 (x, y, log size), against
+# 0.074 / 0.045 / 0.078 for constant offsets.
+DLIB_BOX_FROM_YUNET = np.array([
+    [0.0631, 0.131, -0.5261], [-0.0678, -0.0968, 0.2708],
+    [-0.0727, -0.0974, 0.6765], [-0.0413, -0.0854, 0.238], [0.5584, 0.2262, -0.7336],
+    [0.0011, -0.279, 0.2086], [0.0296, 0.1019, 0.1344],
+    [-0.0364, 0.2356, 0.2289], [0.0337, 0.168, -0.784], [-0.0114, 0.2813, -0.5383],
+    [0.1037, 0.1375, 0.1611], [-0.1964, -0.2609, 0.9223]])
+
+DLIB_BOX_FROM = {"mtcnn": DLIB_BOX_FROM_MTCNN, "yunet": DLIB_BOX_FROM_YUNET}
+
+
+def dlib_box(box: Sequence[float], landmarks: np.ndarray,
+             table: np.ndarray = DLIB_BOX_FROM_MTCNN) -> tuple[int, int, int, int]:
     """(left, top, right, bottom), inclusive integers: where dlib's HOG detector would have
-    put this MTCNN face (see DLIB_BOX_FROM_MTCNN)."""
+    put this detected face (`table`: DLIB_BOX_FROM[detector])."""
     x1, y1, x2, y2 = (float(v) for v in box)
     w, h = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
     s, cx, cy = np.sqrt(w * h), (x1 + x2) / 2, (y1 + y2) / 2
     lm = np.asarray(landmarks, dtype=np.float64)
     feats = np.concatenate([[1.0, w / s], (lm[:, 0] - cx) / s, (lm[:, 1] - cy) / s])
-    dx, dy, log_size = feats @ DLIB_BOX_FROM_MTCNN
+    dx, dy, log_size = feats @ table
     side = s * np.exp(log_size)
     hcx, hcy = cx + dx * s, cy + dy * s
     left, top = round(hcx - (side - 1) / 2), round(hcy - (side - 1) / 2)
@@ -104,21 +118,21 @@ def centred_dlib_box(width: int, height: int) -> tuple[int, int, int, int]:
 # - "central": of the faces at least half as large as the largest, the one nearest the image
 #   centre. For face-centred photos such as LFW's, where a bystander cut by the frame's edge
 #   can still be the larger (about 1 % of LFW's photos); evaluation and training use it there.
-# "largest" looks only at the faces MTCNN is sure of (score >= SURE_FACE_SCORE) when there is
-# one: its less sure finds in a photo with a clear face are mostly hands, prints and
+# "largest" looks only at the faces the detector is sure of (score >= its `sure_score`; MTCNN:
+# 0.98) when there is one: its less sure finds in a photo with a clear face are mostly hands, prints and
 # half-hidden bystanders. `python -m bench.face_choice` counts, on face-centred photos, how
 # often a rule picks a face other than the one over the centre (no identity labels used): on
 # LFW's 13,233 photos (2,001 with several faces) "largest" did so 66 times with no score
 # floor and 49 times with 0.98 (the best of 0.8-0.995); on celeba-extra's 4,133 photos, 2
 # either way. "central" gained nothing from a floor (LFW 2 → 2; celeba-extra 0 → 2), so it
 # has none.
+# The floor is the detector's (FaceDetector.sure_score): their scores differ in scale.
 FACE_CHOICES = ("largest", "central")
 CENTRAL_MIN_AREA = 0.5
-SURE_FACE_SCORE = 0.98
 
 
 def choose_face(faces: Sequence[Detection], width: int, height: int, rule: str,
-                sure_score: float = SURE_FACE_SCORE) -> Detection:
+                sure_score: float = 0.0) -> Detection:
     """The face an image stands for, by `rule` (`faces` come largest first)."""
     if rule not in FACE_CHOICES:
         raise ValueError(f"unknown face choice {rule!r}; choose from {FACE_CHOICES}")
@@ -137,12 +151,13 @@ class FacePipeline:
     """Detect and align faces as `spec` says. Detection is batched and runs on `device`;
     `face_choice` says which face of an image counts (see FACE_CHOICES)."""
 
-    def __init__(self, device: str | torch.device = "auto", min_face_size: int = 20,
+    def __init__(self, device: str | torch.device = "auto",
                  spec: PreprocessSpec = DEFAULT_SPEC, landmarks_path: str | Path | None = None,
-                 face_choice: str = "largest"):
+                 face_choice: str = "largest", detector: str = DEFAULT_DETECTOR):
         if face_choice not in FACE_CHOICES:
             raise ValueError(f"unknown face choice {face_choice!r}; choose from {FACE_CHOICES}")
-        self.detector = FaceDetector(device=device, min_face_size=min_face_size)
+        self.detector = make_detector(detector, device=device)
+        self._dlib_box_table = DLIB_BOX_FROM[detector]
         self.spec = spec
         self.face_choice = face_choice
         self.shape_predictor = None
@@ -178,10 +193,11 @@ class FacePipeline:
         likely choices are refined at full resolution before choosing, and the chosen face
         is refined if it was not among them (a sure face smaller than the unsure ones, a
         fourth central candidate)."""
+        sure = self.detector.sure_score
         if not self.detector.needs_refining(img):
-            return choose_face(faces, img.width, img.height, self.face_choice)
+            return choose_face(faces, img.width, img.height, self.face_choice, sure)
         faces, refined = self.detector.refine_candidates(img, faces, CENTRAL_MIN_AREA)
-        face = choose_face(faces, img.width, img.height, self.face_choice)
+        face = choose_face(faces, img.width, img.height, self.face_choice, sure)
         return face if any(face is r for r in refined) else self.detector.refine(img, face)
 
     def _from_detection(self, img: Image.Image, face: Detection, faces_found: int
@@ -193,7 +209,8 @@ class FacePipeline:
             crop = self._chip_from_mtcnn(np.asarray(img), face.landmarks)
         else:
             pixels = np.asarray(img)
-            points = self.shape_predictor.predict(pixels, dlib_box(face.box, face.landmarks))
+            points = self.shape_predictor.predict(
+                pixels, dlib_box(face.box, face.landmarks, self._dlib_box_table))
             crop = self._chip(pixels, points)
             extra["dlib_landmarks"] = points.tolist()
         return AlignedFace(
