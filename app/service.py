@@ -141,8 +141,12 @@ class Service:
         except (OSError, ValueError) as exc:  # the landmark model the spec needs
             raise StartupError(f"cannot build the face pipeline for preprocessing "
                                f"{encoder.spec.version!r}: {exc}") from None
-        self.faces = FaceStage(pipeline, s.detect_workers,
-                               s.max_pixels, on_no_face=self.metrics.faces_not_found.inc)
+        self.faces = FaceStage(pipeline, s.detect_workers, s.max_pixels,
+                               on_no_face=self.metrics.faces_not_found.inc,
+                               decode_min_side=s.decode_min_side or None,
+                               max_wait_s=(s.max_detect_wait_ms / 1000
+                                           if s.max_detect_wait_ms else None),
+                               retry_after_s=s.retry_after_s)
         log.info("model loaded", extra={
             "weights": str(s.weights), "model_name": self.model_ref["name"],
             "model_version": self.model_ref["version"],
@@ -231,6 +235,7 @@ class Service:
         self.metrics.stage_duration.labels(stage="decode").observe(prepared.decode_s)
         self.metrics.stage_duration.labels(stage="detect").observe(prepared.detect_s)
         return Embedded(result.output, prepared.faces, {
+            "detect_wait": ms(prepared.wait_s),
             "decode": ms(prepared.decode_s), "detect": ms(prepared.detect_s),
             "queue": ms(result.queue_s), "encode": ms(result.inference_s),
             "batch_size": result.batch_size})

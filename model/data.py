@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.detect import DEFAULT_DETECTOR, DETECTORS
+from model.detect import DETECTORS
 from model.pool import process_pool
 from model.preprocess import DEFAULT_SPEC, PreprocessSpec
 
@@ -72,10 +72,11 @@ class AlignedImages:
 
 
 def _cache_key(root: Path, rel_paths: list[str], spec: PreprocessSpec,
-               face_choice: str = "largest", detector: str = DEFAULT_DETECTOR) -> str:
+               face_choice: str = "largest", detector: str = "auto") -> str:
     h = hashlib.sha256(spec.version.encode())
     h.update(f"face={face_choice},visible-area".encode())  # model.pipeline.choose_face
-    h.update(DETECTORS[detector].version.encode())
+    from model.pipeline import detector_for
+    h.update(DETECTORS[detector_for(spec, detector)].version.encode())
     for rel in rel_paths:
         h.update(rel.encode())
         h.update(str((root / rel).stat().st_size).encode())
@@ -86,7 +87,7 @@ _worker_pipeline = None
 
 
 def _init_worker(device: str, spec: PreprocessSpec, face_choice: str = "largest",
-                 detector: str = DEFAULT_DETECTOR) -> None:
+                 detector: str = "auto") -> None:
     global _worker_pipeline
     torch.set_num_threads(1)
     from model.pipeline import FacePipeline
@@ -105,7 +106,7 @@ def _align_chunk(args: tuple[str, list[str]]) -> tuple[np.ndarray, list[str]]:
 def align_folder(root: str | Path, rel_paths: list[str], workers: int = 2,
                  device: str = "cpu", chunk: int = 16, progress: bool = True,
                  spec: PreprocessSpec = DEFAULT_SPEC, face_choice: str = "largest",
-                 detector: str = DEFAULT_DETECTOR) -> tuple[np.ndarray, list[str]]:
+                 detector: str = "auto") -> tuple[np.ndarray, list[str]]:
     """Detect and align every image (centred fallback where no face is found)."""
     from tqdm import tqdm
     chunks = [(str(root), rel_paths[i:i + chunk]) for i in range(0, len(rel_paths), chunk)]
@@ -129,7 +130,7 @@ def load_aligned_folder(root: str | Path, name: str | None = None,
                         cache_dir: str | Path = DEFAULT_CACHE_DIR, workers: int = 2,
                         device: str = "cpu", progress: bool = True,
                         spec: PreprocessSpec = DEFAULT_SPEC, face_choice: str = "largest",
-                        detector: str = DEFAULT_DETECTOR) -> AlignedImages:
+                        detector: str = "auto") -> AlignedImages:
     """Aligned crops of every image under an identity-folder root, built once and cached.
 
     `name` prefixes paths and (for non-LFW sets) identities, so sets can be combined.

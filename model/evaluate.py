@@ -30,7 +30,7 @@ import torch
 
 from model.checkpoint import card_path, load_encoder, read_card, write_card
 from model.data import load_aligned_folder
-from model.detect import DEFAULT_DETECTOR, DETECTORS
+from model.detect import DETECTORS
 from model.encoder import embed_crops, pair_distance
 from model.lfw import Pair, pair_images, parse_folds, read_pairs
 from model.metrics import accuracy_at, best_threshold, kfold_accuracy, roc_curve, summarize
@@ -74,7 +74,7 @@ class AlignedLfw:
     pairs name, so "central" by default."""
 
     def __init__(self, lfw_dir: Path, face_choice: str = "central",
-                 detector: str = DEFAULT_DETECTOR, **kw: Any):
+                 detector: str = "auto", **kw: Any):
         self.root = Path(lfw_dir) / "lfw-deepfunneled"
         self.face_choice = face_choice
         self.detector = detector
@@ -244,8 +244,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="which face of a photo with several counts: central (LFW's photos are "
                         "centred on the person the pairs name; face_recognition's reference "
                         "figure uses it) or largest (the service's default)")
-    p.add_argument("--detector", choices=sorted(DETECTORS), default=DEFAULT_DETECTOR,
-                   help="the face detector (model/detect.py)")
+    p.add_argument("--detector", choices=["auto", *sorted(DETECTORS)], default="auto",
+                   help="the face detector (model/detect.py); auto: as the encoder's "
+                        "preprocessing needs (model.pipeline.detector_for)")
     p.add_argument("--flip", choices=["on", "off", "card"], default="card",
                    help="mirror-image test-time augmentation: on, off, or as each model card "
                         "says (default); --write-card records the choice in the card")

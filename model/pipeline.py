@@ -147,15 +147,26 @@ def choose_face(faces: Sequence[Detection], width: int, height: int, rule: str,
                + ((f.box[1] + f.box[3]) / 2 - cy) ** 2)
 
 
+def detector_for(spec: PreprocessSpec, detector: str = "auto") -> str:
+    """The detector a pipeline runs. "auto": YuNet (DEFAULT_DETECTOR) where the detector's
+    face only seeds dlib's shape predictor (`dlib5` specs), MTCNN where its own points place
+    the crop (`mtcnn5` specs: those encoders were trained on MTCNN's points, and YuNet's sit
+    2-3 px elsewhere on a 250 px photo)."""
+    if detector != "auto":
+        return detector
+    return DEFAULT_DETECTOR if spec.landmarks == "dlib5" else "mtcnn"
+
+
 class FacePipeline:
     """Detect and align faces as `spec` says. Detection is batched and runs on `device`;
     `face_choice` says which face of an image counts (see FACE_CHOICES)."""
 
     def __init__(self, device: str | torch.device = "auto",
                  spec: PreprocessSpec = DEFAULT_SPEC, landmarks_path: str | Path | None = None,
-                 face_choice: str = "largest", detector: str = DEFAULT_DETECTOR):
+                 face_choice: str = "largest", detector: str = "auto"):
         if face_choice not in FACE_CHOICES:
             raise ValueError(f"unknown face choice {face_choice!r}; choose from {FACE_CHOICES}")
+        detector = detector_for(spec, detector)
         self.detector = make_detector(detector, device=device)
         self._dlib_box_table = DLIB_BOX_FROM[detector]
         self.spec = spec

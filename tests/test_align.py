@@ -120,7 +120,8 @@ def test_a_face_between_two_pyramid_scales_is_found_by_the_second_look(pipeline)
     """MTCNN's 0.709 pyramid misses Marilyn_Monroe_0001 (LFW's one such photo); the denser
     second look finds her, where the face is."""
     img = decode_image(lfw_photo("Marilyn_Monroe", 1))
-    assert pipeline.detector._mtcnn.detect(np.asarray(img)[None])[0][0] is None
+    assert pipeline.detector.name == "mtcnn"
+    assert pipeline.detector._find([np.asarray(img)], "detect") == [[]]
     face = pipeline.align([img])[0]
     x1, y1, x2, y2 = face.box
     assert face.method == "detected" and 60 < x1 < 110 and 150 < x2 < 210 and y2 - y1 > 90
@@ -135,17 +136,18 @@ def _face(box, score=1.0):
 
 def test_face_choice_rules():
     """largest: by the area inside the image; central: nearest the centre of the faces at
-    least half as large; both look first at the faces MTCNN is sure of."""
-    from model.pipeline import SURE_FACE_SCORE, choose_face
+    least half as large; "largest" looks first at the faces the detector is sure of."""
+    from model.pipeline import choose_face
+    sure = 0.98
     subject = _face((80, 70, 180, 190))                  # 12,000 px², centred
     cut = _face((-60, 60, 70, 210))                      # 19,500 px² box, 10,500 inside
     big_side = _face((150, 10, 290, 170))                # 100 px outside on the right
-    assert choose_face([subject, cut], 250, 250, "largest") is subject
-    assert choose_face([big_side, subject], 250, 250, "largest") is big_side
-    assert choose_face([big_side, subject], 250, 250, "central") is subject
-    unsure = _face((100, 20, 240, 200), score=SURE_FACE_SCORE - 0.01)  # a hand, a print...
-    assert choose_face([unsure, subject], 250, 250, "largest") is subject
-    assert choose_face([unsure], 250, 250, "largest") is unsure  # nothing surer: still a face
+    assert choose_face([subject, cut], 250, 250, "largest", sure) is subject
+    assert choose_face([big_side, subject], 250, 250, "largest", sure) is big_side
+    assert choose_face([big_side, subject], 250, 250, "central", sure) is subject
+    unsure = _face((100, 20, 240, 200), score=sure - 0.01)  # a hand, a print...
+    assert choose_face([unsure, subject], 250, 250, "largest", sure) is subject
+    assert choose_face([unsure], 250, 250, "largest", sure) is unsure  # still a face
     with pytest.raises(ValueError, match="unknown face choice"):
         choose_face([subject], 250, 250, "sharpest")
 
