@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-STAGES = ("read", "decode", "detect", "queue", "encode")  # the service's timings_ms stages
+STAGES = ("read", "detect_wait", "decode", "detect", "queue", "encode")  # the service's timings_ms stages
 def percentiles(values: list[float]) -> dict:
     if not values:
         return {"p50": None, "p90": None, "p99": None, "max": None, "mean": None}
@@ -67,7 +67,7 @@ async def closed_loop(send, items: list, concurrency: int, duration: float, warm
            "latency_hist": histogram(lat, LAT_BINS), "errors": errors}
     timed = [(1000 * (r[1] - r[0]), r[4]) for r in ok if r[4]]
     if timed:
-        stage = {s: statistics.fmean(t[s] for _, t in timed) for s in STAGES}
+        stage = {s: statistics.fmean(t.get(s, 0.0) for _, t in timed) for s in STAGES}
         stage["total_in_service"] = statistics.fmean(t["total"] for _, t in timed)
         client = statistics.fmean(c for c, _ in timed)
         # time in the service outside the timed stages: mostly waiting for a free

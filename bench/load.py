@@ -111,13 +111,13 @@ async def http_cell(url: str, route: str, payloads: dict, detect: bool, concurre
 # ---------------------------------------------------------------------------- in-process
 async def inprocess_cells(weights: Path, payloads: dict, cells: list[tuple[bool, int]],
                           duration: float, warmup: float, max_requests: int,
-                          device: str = "cpu") -> list[dict]:
+                          device: str = "cpu", extra: dict | None = None) -> list[dict]:
     """`Service.verify`, the operation behind /verify (face stage + dynamic batcher, default
     settings), called directly: the same work as /verify minus HTTP, parsing and JSON."""
     from app.config import Settings
     from app.metrics import Metrics
     from app.service import Service
-    settings = Settings(weights=weights, device=device)
+    settings = Settings(weights=weights, device=device, **(extra or {}))
     svc = Service(settings, Metrics(settings.max_batch_size))
     svc.load()
     svc.start()
@@ -227,6 +227,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-requests", type=int, default=5000, help="per cell")
     p.add_argument("--inprocess-concurrency", type=int, nargs="*", default=[1, 16])
     p.add_argument("--device", default="cpu", help="FACEVERIFY_DEVICE of the server")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a service setting for every server, e.g. detect_workers=1 "
+                        "(FACEVERIFY_DETECT_WORKERS); repeatable")
+    p.add_argument("--uvicorn-workers", type=int, default=1,
+                   help="server processes (uvicorn --workers), each with its own model; the "
+                        "memory figures are then the supervisor's only")
     p.add_argument("--out", type=Path, default=Path("bench/results/load.json"))
     p.add_argument("--plots", default="docs",
                    help="folder for bench_throughput.png and bench_latency.png; '' = none")
@@ -240,13 +246,15 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     weights = args.weights.resolve()
     detects = [d == "true" for d in args.detect]
+    extra = dict(s.split("=", 1) for s in args.set)
     result = {"device": args.device, "command": "python -m bench.load " + " ".join(sys.argv[1:] if argv is None
                                                               else argv),
               "machine": machine(), "weights": str(args.weights),
               "settings": {"pairs": args.pairs, "duration_s": args.duration,
                            "embed_duration_s": args.embed_duration, "warmup_s": args.warmup,
                            "max_requests": args.max_requests,
-                           "batching": {k: BATCHING[k] for k in args.batching}},
+                           "batching": {k: BATCHING[k] for k in args.batching},
+                           "service": extra, "uvicorn_workers": args.uvicorn_workers},
               "latency_hist_bins_ms": LAT_BINS.tolist(), "servers": {}, "cells": []}
     card = json.loads(weights.with_suffix(".json").read_text())
     result["model"] = {"name": card.get("name"), "sha256": card.get("weights_sha256"),
@@ -258,8 +266,9 @@ def main(argv=None) -> int:
           f"weights {args.weights}", flush=True)
 
     for batching in args.batching:
-        server = Server(weights, {"log_level": "warning", **BATCHING[batching]},
-                        args.log_dir / f"bench-load-server-{batching}.log", args.device)
+        server = Server(weights, {"log_level": "warning", **extra, **BATCHING[batching]},
+                        args.log_dir / f"bench-load-server-{batching}.log", args.device,
+                        workers=args.uvicorn_workers)
         try:
             ready_s = server.wait_ready()
             time.sleep(2)
@@ -299,7 +308,7 @@ def main(argv=None) -> int:
         cells = [(d, c) for d in detects for c in args.inprocess_concurrency]
         result["inprocess"] = asyncio.run(inprocess_cells(
             weights, payloads, cells, args.duration, args.warmup, args.max_requests,
-            args.device))
+            args.device, extra))
     from app.config import Settings
     result["encoder"] = encoder_efficiency(weights, Settings.model_fields["max_batch_size"]
                                            .default)

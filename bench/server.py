@@ -87,7 +87,7 @@ class Server:
     """`uvicorn app.main:app` on a free 127.0.0.1 port, with an RSS sampler."""
 
     def __init__(self, weights: Path, settings: dict, log_path: Path, device: str = "cpu",
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, workers: int = 1):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_path)
@@ -95,7 +95,8 @@ class Server:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 — held by the server process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
-             "--port", str(self.port), "--no-access-log"],
+             "--port", str(self.port), "--no-access-log",
+             *(["--workers", str(workers)] if workers > 1 else [])],
             cwd=ROOT, env={**server_env(weights, device, **settings), **(env or {})},
             stdout=self._log, stderr=subprocess.STDOUT)
         _SERVERS.append(self.proc)

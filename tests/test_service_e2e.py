@@ -43,9 +43,12 @@ BODY_GRACE_S = 1.0
 def server(tiny_weights, tmp_path_factory):
     lfw_or_skip()
     log = tmp_path_factory.mktemp("server") / "server.log"
+    # No queue-time budget: these tests fire bursts of 64 requests and check every answer;
+    # shedding under overload has its own test (a server with the budget on).
     with running_server(tiny_weights, log, max_upload_bytes=MAX_UPLOAD, max_pixels=MAX_PIXELS,
                         body_rate_grace_s=BODY_GRACE_S, min_body_rate=1024,
-                        max_batch_size=16, max_batch_delay_ms=40, detect_workers=2) as s:
+                        max_batch_size=16, max_batch_delay_ms=40, detect_workers=2,
+                        max_detect_wait_ms=0) as s:
         yield s
 
 
@@ -160,6 +163,33 @@ def test_64_concurrent_requests_each_get_their_own_answer(server, reference, pai
     depth = float(re.search(r"^faceverify_queue_depth (\S+)$", after, re.MULTILINE).group(1))
     assert depth == 0
     assert re.search(r'^faceverify_model_info\{.*name="tiny".*\} 1.0$', after, re.MULTILINE)
+
+
+def test_overload_is_shed_early_with_503_and_the_accepted_requests_wait_within_budget(
+        tiny_weights, reference, pairs, tmp_path):
+    """One detect thread and a 30 ms queue-time budget against a burst of 64 /verify calls:
+    every answer is a correct 200 or a 503 `overloaded` with Retry-After (nothing else, no
+    mixed-up answers); no accepted request waited for a detect thread longer than the budget;
+    and the server answers normally once the burst is over."""
+    jobs = [pairs[i % len(pairs)][:2] for i in range(64)]
+    with running_server(tiny_weights, tmp_path / "server.log", detect_workers=1,
+                        max_detect_wait_ms=30) as srv:
+        async def fire():
+            limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+            async with httpx.AsyncClient(base_url=srv.url, timeout=300, limits=limits) as c:
+                return await asyncio.gather(*[c.post("/verify", files=files(a, b))
+                                              for a, b in jobs])
+        responses = asyncio.run(fire())
+        after = httpx.post(srv.url + "/verify", files=files(*jobs[0]), timeout=60)
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) == {200, 503}, statuses
+    for (a, b), r in zip(jobs, responses):
+        if r.status_code == 503:
+            assert r.json()["error"]["code"] == "overloaded" and "Retry-After" in r.headers
+        else:
+            assert r.json()["distance"] == pytest.approx(reference.distance(a, b), abs=1e-4)
+            assert r.json()["timings_ms"]["detect_wait"] <= 30 + 1
+    assert after.status_code == 200, after.text
 
 
 def _bad_inputs():
@@ -337,7 +367,7 @@ def default_server(tmp_path_factory):
                     "model.train and committed with their model card); LFW verdict quality "
                     "on the default weights needs them")
     log = tmp_path_factory.mktemp("default_server") / "server.log"
-    with running_server(DEFAULT_WEIGHTS, log, max_batch_delay_ms=20) as s:
+    with running_server(DEFAULT_WEIGHTS, log, max_batch_delay_ms=20, max_detect_wait_ms=0) as s:
         yield s
 
 
