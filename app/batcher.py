@@ -3,7 +3,8 @@
 Callers `await batcher.submit(x)` with a tensor of k items (k = 2 for a /verify pair); the k
 items stay together and ride in the same batch. One worker task takes groups off a bounded
 queue and forms a batch of up to `max_batch_size` items, waiting at most `max_delay_s` after
-the first item of the batch was queued; it runs `forward(batch)` in a thread (never on the
+the first item of the batch was queued (or not at all when `more_coming` says nothing else can
+join); it runs `forward(batch)` in a thread (never on the
 event loop) and resolves each caller's future with its own rows of the result.
 
 - Full queue: `submit` raises `Overloaded` at once (the service answers 503 + Retry-After).
@@ -81,7 +82,8 @@ class DynamicBatcher:
     def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], *,
                  max_batch_size: int = 32, max_delay_s: float = 0.005, max_queue: int = 256,
                  retry_after: int = 1, observer: BatchObserver | None = None,
-                 executor: concurrent.futures.Executor | None = None):
+                 executor: concurrent.futures.Executor | None = None,
+                 more_coming: Callable[[int], bool] | None = None):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         if max_queue < 1:
@@ -92,6 +94,10 @@ class DynamicBatcher:
         self.max_queue = max_queue
         self.retry_after = retry_after
         self.observer = observer or _NullObserver()
+        # more_coming(groups in the batch so far): can another group still join it? When it
+        # says no (e.g. no other request is being served), the batch goes without waiting
+        # out `max_delay_s`, so a lone request pays no batching delay.
+        self.more_coming = more_coming
         self._own_executor = executor is None
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="encoder")
@@ -196,6 +202,8 @@ class DynamicBatcher:
                 # After a stop request, or once the deadline passed, take only what is
                 # already queued; otherwise wait until the deadline for more.
                 wait = 0.0 if stopping else deadline - time.perf_counter()
+                if self.more_coming is not None and not self.more_coming(len(batch)):
+                    wait = 0.0
                 g = await self._next_group(wait)
                 if g is None:
                     break

@@ -52,7 +52,8 @@ class ModelRef(BaseModel):
 
 class Timings(BaseModel):
     read: float = Field(..., description="receiving and parsing the upload")
-    detect_wait: float = Field(0.0, description="waiting for a detect thread")
+    detect_wait: float = Field(0.0, description="waiting for a detect thread to take up "
+                                                "the request's first image")
     decode: float
     detect: float = Field(..., description="face detection and alignment of the image(s)")
     queue: float = Field(..., description="waiting in the dynamic batcher")

@@ -163,7 +163,10 @@ class Service:
         self.batcher = DynamicBatcher(
             self.runner, max_batch_size=s.max_batch_size,
             max_delay_s=s.max_batch_delay_ms / 1000, max_queue=s.max_queue,
-            retry_after=s.retry_after_s, observer=BatchObserverAdapter(self.metrics))
+            retry_after=s.retry_after_s, observer=BatchObserverAdapter(self.metrics),
+            # every request in flight holds one group; when they are all in the batch, no
+            # other can join it
+            more_coming=lambda groups: self.in_flight > groups)
         self.batcher.start()
 
     def warm_up(self) -> None:

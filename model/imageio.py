@@ -117,7 +117,7 @@ def decode_image(
             factor = max(width, height) / min_side
             img.draft("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
         img.load()
-        img = ImageOps.exif_transpose(img)
+        ImageOps.exif_transpose(img, in_place=True)  # no copy when upright
         return _to_rgb(img)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise InvalidImageError(f"cannot decode image: {exc}") from exc

@@ -276,3 +276,27 @@ def test_forward_returning_the_wrong_number_of_rows_fails_the_batch():
         await b.stop()
 
     run(main())
+
+
+def test_a_lone_request_does_not_wait_out_the_batching_delay():
+    """With `more_coming` saying nothing else can join, a batch goes at once; while it says
+    more may come, the batcher waits (up to max_delay_s) and the late group rides along."""
+    async def scenario(more: bool) -> tuple[float, list]:
+        rec = Recorder()
+        b = DynamicBatcher(rec, max_batch_size=8, max_delay_s=0.5,
+                           more_coming=lambda groups: more)
+        b.start()
+        t0 = time.perf_counter()
+        first = asyncio.create_task(b.submit(torch.tensor([[1.0]])))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(b.submit(torch.tensor([[2.0]])))
+        await first
+        elapsed = time.perf_counter() - t0
+        await second
+        await b.stop()
+        return elapsed, rec.batches
+
+    alone, batches = asyncio.run(scenario(more=False))
+    assert alone < 0.25 and batches == [[1.0], [2.0]]
+    waited, batches = asyncio.run(scenario(more=True))
+    assert waited >= 0.45 and batches == [[1.0, 2.0]]
