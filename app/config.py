@@ -100,10 +100,10 @@ class Settings(BaseSettings):
     detect_workers: int = Field(2, ge=1, le=64, description=(
         "Threads that decode and detect faces off the event loop."))
     max_detect_wait_ms: float = Field(250.0, ge=0, description=(
-        "Queue-time budget of detection: a request expected to wait longer than this for a "
-        "detect thread (the jobs ahead of it times the recent mean job time) gets 503 "
-        "overloaded with Retry-After at once, and so does one that waited longer anyway. "
-        "0 = no budget (requests queue without bound, up to `max_concurrent_requests`)."))
+        "Queue-time budget of detection: a request whose first image waited longer than this "
+        "for a detect thread gets 503 overloaded with Retry-After when a thread takes it up, "
+        "unworked, so the accepted requests' latency stays bounded under overload. 0 = no "
+        "budget (requests queue up to `max_concurrent_requests`)."))
     decode_min_side: int = Field(1280, ge=0, description=(
         "JPEGs at least twice this on their longer side are decoded at 1/2, 1/4 or 1/8 size "
         "(libjpeg's DCT scaling), keeping the longer side >= this: a 12 MP photo decodes at "

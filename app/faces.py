@@ -4,10 +4,13 @@ The blocking work (Pillow decoding, detection, alignment) runs in a thread pool 
 `detect_workers` threads, so a slow image never stalls the event loop. Errors from model/
 become the contract's codes, tagged with the field name of the image they concern.
 
-Overload is shed at the door: a request whose expected wait for a thread (the jobs ahead of
-it times the recent mean job time, over the threads) exceeds `max_wait_s` gets 503 at once,
-and one that still waited longer than that when a thread takes it gets 503 then, so an
-accepted request's latency stays bounded instead of climbing with the queue.
+Overload is shed on a queue-time budget: a request whose first image waited longer than
+`max_wait_s` for a thread gets 503 when a thread takes it up (its other images are then
+dropped unworked), so an accepted request's latency stays bounded instead of climbing with the
+queue. The check is made when the work would start, not by a forecast at the door: a forecast
+from recent job times rejected almost everything once rejections themselves (cheap, and
+instantly retried by a closed-loop client) took the CPU and stretched the job times
+(bench.wrk_load at 16 clients: 17 answers of 200 to 26,819 of 503).
 """
 from __future__ import annotations
 
@@ -38,18 +41,11 @@ class FaceStage:
         self.max_pixels = max_pixels
         self.decode_min_side = decode_min_side
         self.on_no_face = on_no_face or (lambda: None)
-        self.workers = workers
         self.max_wait_s = max_wait_s
         self.retry_after_s = retry_after_s
-        self.waiting = 0  # jobs submitted and not yet started (event loop and threads)
         self._lock = threading.Lock()
-        self.mean_job_s = 0.0  # exponentially weighted, over the last ~20 jobs
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="detect")
-
-    def expected_wait_s(self) -> float:
-        """How long a job submitted now would wait for a thread, from the recent job time."""
-        return self.waiting * self.mean_job_s / self.workers
 
     def _overloaded(self, why: str) -> ServiceError:
         return ServiceError("overloaded", f"face detection is saturated ({why}); retry later",
@@ -59,13 +55,9 @@ class FaceStage:
         """Each image is its own job, so a pair's two images are decoded and detected on two
         threads at once. When several images fail, an image's own fault (undecodable, too
         large) is reported before another's missing face, as if all were decoded first."""
-        if self.max_wait_s is not None and self.expected_wait_s() > self.max_wait_s:
-            raise self._overloaded(f"expected wait {self.expected_wait_s() * 1000:.0f} ms")
         loop = asyncio.get_running_loop()
-        with self._lock:
-            self.waiting += len(images)
         submitted = time.perf_counter()
-        started: list[bool] = []  # set by the request's first job to start
+        started: list[bool] = []  # the request's first job to start: True = accepted
         done = await asyncio.gather(*(
             loop.run_in_executor(self.executor, self._prepare_one, name, data, detect,
                                  submitted, started) for name, data in images.items()),
@@ -84,30 +76,26 @@ class FaceStage:
     def _prepare_one(self, name: str, data: bytes, detect: bool, submitted: float,
                      started: list[bool]) -> tuple[AlignedFace, float, float, float]:
         """One image's face, its decode and detect seconds, and its wait for a thread. The
-        queue-time budget is checked by the request's first job to start only: once one
-        image is being worked on, its siblings are not thrown away."""
+        queue-time budget is checked by the request's first job to start: once one image is
+        being worked on its siblings are not thrown away, and once it was refused they are
+        not worked on."""
         t0 = time.perf_counter()
+        waited = t0 - submitted
         with self._lock:
-            self.waiting -= 1
-            first = not started
-            started.append(True)
-        if first and self.max_wait_s is not None and t0 - submitted > self.max_wait_s:
-            raise self._overloaded(f"waited {(t0 - submitted) * 1000:.0f} ms")
+            if not started:
+                started.append(self.max_wait_s is None or waited <= self.max_wait_s)
+            accepted = started[0]
+        if not accepted:
+            raise self._overloaded(f"waited {waited * 1000:.0f} ms for a detect thread")
+        image = self._decode(name, data)
+        t1 = time.perf_counter()
         try:
-            image = self._decode(name, data)
-            t1 = time.perf_counter()
-            try:
-                face = self.pipeline.align([image], detect=detect, fallback="raise")[0]
-            except NoFaceError:
-                self.on_no_face()
-                raise ServiceError("no_face_detected", f"{name}: no face detected in the image",
-                                   name) from None
-            return face, t1 - t0, time.perf_counter() - t1, t0 - submitted
-        finally:
-            job = time.perf_counter() - t0
-            with self._lock:
-                self.mean_job_s = job if not self.mean_job_s else (
-                    0.95 * self.mean_job_s + 0.05 * job)
+            face = self.pipeline.align([image], detect=detect, fallback="raise")[0]
+        except NoFaceError:
+            self.on_no_face()
+            raise ServiceError("no_face_detected", f"{name}: no face detected in the image",
+                               name) from None
+        return face, t1 - t0, time.perf_counter() - t1, waited
 
     def _decode(self, name: str, data: bytes):
         try:
