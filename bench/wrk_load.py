@@ -1,12 +1,13 @@
-"""`POST /verify` throughput with `wrk` as the client: a load generator in C, so that the client
-takes little of the two cores the service is measured on.
+"""`POST /verify` (or `/embed`) throughput with `wrk` as the client: a load generator in C, so
+that the client takes little of the two cores the service is measured on.
 
-    python -m bench.wrk_load [--concurrency 1 16 64] [--duration 15] [--pairs 200]
-                             [--set NAME=VALUE ...] [--uvicorn-workers 1]
-                             [--out bench/results/wrk_load.json]
+    python -m bench.wrk_load [--route /verify] [--detect true] [--concurrency 1 16 64]
+                             [--duration 15] [--pairs 200] [--set NAME=VALUE ...]
+                             [--uvicorn-workers 1] [--out bench/results/wrk_load.json]
 
 Needs `wrk` (Debian: `apt-get install wrk`). The same LFW View 2 pairs as bench.load
-(`--pairs`, same seed), each as a ready multipart body in a temporary folder; a Lua script
+(`--pairs`, same seed; /embed: their photos), each as a ready multipart body in a temporary
+folder (`--detect false`: the aligned crops, as a client that aligns faces itself sends them); a Lua script
 cycles through them (each connection starts at its own offset). One server (bench/server.py,
 default settings plus `--set`), then for each concurrency a `wrk -t1 -c N` run after a
 3-second warm-up run; wrk's own latency percentiles (of all answers) and its count of
@@ -52,18 +53,21 @@ request = function()
   if offset == nil then offset = math.random(n) end
   i = i + 1
   local body = bodies[((offset + i) % n) + 1]
-  return wrk.format("POST", "/verify",
+  return wrk.format("POST", "@ROUTE@",
     {["Content-Type"] = "multipart/form-data; boundary=@BOUNDARY@"}, body)
 end
-""".replace("@BOUNDARY@", BOUNDARY)
+"""
 
 
-def multipart(a: bytes, b: bytes) -> bytes:
+def multipart(images: dict[str, bytes], detect: bool = True) -> bytes:
+    """A multipart/form-data body: the images as file fields, then `detect`."""
     parts = []
-    for name, data in (("image1", a), ("image2", b)):
+    for name, data in images.items():
         parts.append(f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"; '
                      f'filename="{name}.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'.encode()
                      + data + b"\r\n")
+    parts.append(f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="detect"\r\n\r\n'
+                 f'{"true" if detect else "false"}\r\n'.encode())
     return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
 
 
@@ -85,12 +89,12 @@ def parse_wrk(out: str) -> dict:
     return res
 
 
-def statuses(url: str) -> dict[str, float]:
-    """/verify answers so far, by status, from the service's own counter."""
+def statuses(url: str, route: str) -> dict[str, float]:
+    """The route's answers so far, by status, from the service's own counter."""
     text = httpx.get(url + "/metrics", timeout=10).text
     return {s: float(v) for s, v in re.findall(
-        r'^faceverify_requests_total\{route="/verify",status="(\d+)"\} (\S+)$', text,
-        re.MULTILINE)}
+        r'^faceverify_requests_total\{route="' + re.escape(route)
+        + r'",status="(\d+)"\} (\S+)$', text, re.MULTILINE)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pairs", type=int, default=200)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     p.add_argument("--duration", type=int, default=15)
+    p.add_argument("--route", choices=["/verify", "/embed"], default="/verify")
+    p.add_argument("--detect", choices=["true", "false"], default="true",
+                   help="false: the photos' aligned crops, sent with detect=false")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--uvicorn-workers", type=int, default=1)
     p.add_argument("--log-dir", type=Path, default=Path("runs/logs"))
@@ -113,14 +120,19 @@ def main(argv: list[str] | None = None) -> int:
     settings = dict(s.split("=", 1) for s in args.set)
     from model.checkpoint import load_encoder
     payloads = load_payloads(args.lfw_dir, args.pairs, spec=load_encoder(args.weights)[0].spec)
-    report = {"pairs": len(payloads["pairs"]), "settings": settings,
+    detect = args.detect == "true"
+    images = payloads[detect]
+    bodies = ([{"image1": images[a], "image2": images[b]} for a, b in payloads["pairs"]]
+              if args.route == "/verify" else [{"image": images[x]} for x in payloads["paths"]])
+    report = {"route": args.route, "detect": detect, "bodies": len(bodies),
+              "pairs": len(payloads["pairs"]), "settings": settings,
               "uvicorn_workers": args.uvicorn_workers, "duration_s": args.duration,
               "cells": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (a, b) in enumerate(payloads["pairs"], 1):
-            Path(tmp, f"{i}.body").write_bytes(multipart(payloads[True][a], payloads[True][b]))
-        script = Path(tmp, "verify.lua")
-        script.write_text(LUA)
+        for i, fields in enumerate(bodies, 1):
+            Path(tmp, f"{i}.body").write_bytes(multipart(fields, detect))
+        script = Path(tmp, "load.lua")
+        script.write_text(LUA.replace("@BOUNDARY@", BOUNDARY).replace("@ROUTE@", args.route))
         # info: one log line per request with its status and duration (the 200s' latency)
         server = Server(args.weights, {"log_level": "info", **settings},
                         args.log_dir / "wrk_load.log", workers=args.uvicorn_workers)
@@ -131,21 +143,21 @@ def main(argv: list[str] | None = None) -> int:
                     return subprocess.run(
                         ["wrk", "-t1", f"-c{c}", f"-d{seconds}s", "--latency", "--timeout",
                          "30s", "-s", str(script), server.url, "--", tmp,
-                         str(len(payloads["pairs"]))],
+                         str(len(bodies))],
                         capture_output=True, text=True, check=True).stdout
                 run(3)
-                before, seen = statuses(server.url), len(server.log_lines())
+                before, seen = statuses(server.url, args.route), len(server.log_lines())
                 out = run(args.duration)
-                after, lines = statuses(server.url), server.log_lines()[seen:]
+                after, lines = statuses(server.url, args.route), server.log_lines()[seen:]
                 ok_ms = [ln["duration_ms"] for ln in lines
-                         if ln.get("path") == "/verify" and ln.get("status") == 200]
+                         if ln.get("path") == args.route and ln.get("status") == 200]
                 cell = {"concurrency": c, **parse_wrk(out),
                         "statuses": {s: after.get(s, 0) - before.get(s, 0) for s in after},
                         "server_ms_of_200s": percentiles(ok_ms)}
                 # wrk's counts (the /metrics statuses are one worker's when there are several)
-                cell["ok_pairs_per_s"] = (cell["requests"] - cell["non_2xx"]) / args.duration
+                cell["ok_per_s"] = (cell["requests"] - cell["non_2xx"]) / args.duration
                 report["cells"].append(cell)
-                print(f"c={c:<3} {cell['ok_pairs_per_s']:6.1f} ok pairs/s  "
+                print(f"c={c:<3} {cell['ok_per_s']:6.1f} ok answers/s  "
                       f"p50 {cell['latency_ms'].get('p50')} ms  p99 "
                       f"{cell['latency_ms'].get('p99')} ms  200s in the server: p50 "
                       f"{cell['server_ms_of_200s']['p50']} ms  statuses {cell['statuses']}",

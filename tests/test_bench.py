@@ -196,3 +196,45 @@ def test_peer_installed_matches_teacher_when_present(lfw_images):
                           Path(tmp), "peer")
     check = peer.teacher_crosscheck(peer.DEFAULT_TEACHER, rels, r["emb"], r["faces_found"])
     assert check["compared"] == 1 and check["within_1e-4"] == 1
+
+
+WRK_OUTPUT = """Running 12s test @ http://127.0.0.1:41234
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   290.11ms   45.20ms 392.83ms   70.00%
+    Req/Sec   219.50     30.00   300.00     80.00%
+  Latency Distribution
+     50%  287.72ms
+     75%  310.00ms
+     90%  350.10ms
+     99%  392.83ms
+  2638 requests in 12.01s, 1.02MB read
+  Socket errors: connect 0, read 0, write 0, timeout 2
+  Non-2xx or 3xx responses: 2092
+Requests/sec:    219.65
+Transfer/sec:     86.99KB
+"""
+
+
+def test_wrk_report_is_parsed_into_rates_and_percentiles():
+    from bench.wrk_load import parse_wrk
+    r = parse_wrk(WRK_OUTPUT)
+    assert r["requests"] == 2638 and r["non_2xx"] == 2092 and r["requests_per_s"] == 219.65
+    assert r["latency_ms"] == {"p50": 287.72, "p75": 310.0, "p90": 350.1, "p99": 392.83}
+    assert r["socket_errors"].endswith("timeout 2")
+
+
+def test_wrk_bodies_are_multipart_forms_the_service_parses(tiny_weights, tmp_path):
+    """The bodies bench.wrk_load sends are what a real server accepts as a /verify form."""
+    import httpx
+
+    from bench.wrk_load import BOUNDARY, multipart
+    from tests.conftest import lfw_photo
+    from tests.service_support import running_server
+    a, b = lfw_photo("Colin_Powell", 1).read_bytes(), lfw_photo("Colin_Powell", 2).read_bytes()
+    with running_server(tiny_weights, tmp_path / "server.log") as srv:
+        r = httpx.post(srv.url + "/verify", content=multipart({"image1": a, "image2": b}),
+                       headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+                       timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["faces"][0]["faces_found"] >= 1
