@@ -65,7 +65,8 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(32, ge=2, le=4096, description=(
         "Most faces in one encoder forward pass (>= 2, so a /verify pair fits in one)."))
     max_batch_delay_ms: float = Field(5.0, ge=0, le=1000, description=(
-        "Longest wait, after the first face of a batch was queued, for more faces."))
+        "Longest wait, after the first face of a batch was queued, for more faces (none when "
+        "every request being served is already in the batch)."))
     max_queue: int = Field(256, ge=2, description=(
         "Most faces waiting for the encoder; beyond it requests get 503 overloaded."))
     max_concurrent_requests: int = Field(128, ge=1, description=(

@@ -80,8 +80,11 @@ class AlignedLfw:
         self.detector = detector
         self.kw = kw
         self._sets: dict[str, Any] = {}
+        self.detectors_used: set[str] = set()  # what "auto" resolved to, per spec
 
     def __call__(self, spec):
+        from model.pipeline import detector_for
+        self.detectors_used.add(detector_for(spec, self.detector))
         if spec.version not in self._sets:
             self._sets[spec.version] = load_aligned_folder(
                 self.root, "lfw", spec=spec, face_choice=self.face_choice,
@@ -280,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         report, d, same = evaluate_view1(args.lfw_dir, args.weights, lfw, args.device, flip)
         key = "lfw_view1"
     report["face_choice"] = args.face_choice
-    report["detector"] = args.detector
+    report["detector"] = ", ".join(sorted(lfw.detectors_used)) or args.detector
     curves = {f"{args.label} (AUC {report['auc']:.3f})": (d, same)}
     if args.with_teacher:
         if args.protocol == "view2":
