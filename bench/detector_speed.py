@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from bench.report import print_and_save
 from bench.server import DEFAULT_LFW

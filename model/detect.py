@@ -8,15 +8,13 @@ shared; what differs per detector is kept on its class.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
-
-
 
 
 @dataclass(frozen=True)
@@ -208,8 +206,8 @@ class MtcnnDetector(FaceDetector):
         from facenet_pytorch import MTCNN  # heavy import; only where detection is needed
 
         super().__init__(device, min_face_size, max_detect_side)
-        common = dict(thresholds=list(thresholds), keep_all=True, post_process=False,
-                      device=self.device)
+        common = {"thresholds": list(thresholds), "keep_all": True, "post_process": False,
+                  "device": self.device}
         self._nets = {
             "detect": MTCNN(min_face_size=min_face_size, **common),
             "second-look": MTCNN(min_face_size=min_face_size,

@@ -4,11 +4,13 @@ Training, evaluation and the service all call `FacePipeline`, so a face is prepr
 same way everywhere. What "aligned" means is the encoder's preprocessing spec
 (model/preprocess.py), which the weights and the model card carry:
 - `template112`: MTCNN's 5 points → similarity onto the 112x112 template (model/align.py);
-- `dlib-chip`: MTCNN's box → dlib's 5-point shape predictor (our port, model/dlib_landmarks.py)
-  in the box dlib's HOG detector would have drawn (`dlib_box`) → dlib's 150x150 face chip
-  (model/dlib_chip.py).
-Which face of a photo counts is the pipeline's `face_choice`. Caches of aligned crops
-(model/data.py) are keyed by the spec's version and the face choice.
+- `dlib-chip`: the detector's box → dlib's 5-point shape predictor (our port,
+  model/dlib_landmarks.py) in the box dlib's HOG detector would have drawn (`dlib_box`) →
+  dlib's 150x150 face chip (model/dlib_chip.py).
+Which detector finds the faces is `detector_for(spec)` unless chosen (YuNet for `dlib5` specs,
+MTCNN for `mtcnn5` ones); which face of a photo counts is the pipeline's `face_choice`. Caches
+of aligned crops (model/data.py) are keyed by the spec's version, the face choice and the
+detector's version.
 """
 from __future__ import annotations
 
@@ -119,14 +121,15 @@ def centred_dlib_box(width: int, height: int) -> tuple[int, int, int, int]:
 #   centre. For face-centred photos such as LFW's, where a bystander cut by the frame's edge
 #   can still be the larger (about 1 % of LFW's photos); evaluation and training use it there.
 # "largest" looks only at the faces the detector is sure of (score >= its `sure_score`; MTCNN:
-# 0.98) when there is one: its less sure finds in a photo with a clear face are mostly hands, prints and
-# half-hidden bystanders. `python -m bench.face_choice` counts, on face-centred photos, how
+# 0.98, YuNet: 0.85) when there is one: its less sure finds in a photo with a clear face are
+# mostly hands, prints and half-hidden bystanders. `python -m bench.face_choice` counts, on face-centred photos, how
 # often a rule picks a face other than the one over the centre (no identity labels used): on
 # LFW's 13,233 photos (2,001 with several faces) "largest" did so 66 times with no score
 # floor and 49 times with 0.98 (the best of 0.8-0.995); on celeba-extra's 4,133 photos, 2
 # either way. "central" gained nothing from a floor (LFW 2 → 2; celeba-extra 0 → 2), so it
 # has none.
-# The floor is the detector's (FaceDetector.sure_score): their scores differ in scale.
+# The figures above are MTCNN's; YuNet's are on its class (model/detect.py). The floor is the
+# detector's (FaceDetector.sure_score): their scores differ in scale.
 FACE_CHOICES = ("largest", "central")
 CENTRAL_MIN_AREA = 0.5
 
