@@ -95,8 +95,8 @@ class DynamicBatcher:
         self.retry_after = retry_after
         self.observer = observer or _NullObserver()
         # more_coming(groups in the batch so far): can another group still join it? When it
-        # says no (e.g. no other request is being served), the batch goes without waiting
-        # out `max_delay_s`, so a lone request pays no batching delay.
+        # says no (the service: no request is still in its face stage), the batch goes
+        # without waiting out `max_delay_s`, so a lone request pays no batching delay.
         self.more_coming = more_coming
         self._own_executor = executor is None
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(

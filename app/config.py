@@ -66,7 +66,7 @@ class Settings(BaseSettings):
         "Most faces in one encoder forward pass (>= 2, so a /verify pair fits in one)."))
     max_batch_delay_ms: float = Field(5.0, ge=0, le=1000, description=(
         "Longest wait, after the first face of a batch was queued, for more faces (none when "
-        "every request being served is already in the batch)."))
+        "no request is still being decoded or detected: nothing else could join)."))
     max_queue: int = Field(256, ge=2, description=(
         "Most faces waiting for the encoder; beyond it requests get 503 overloaded."))
     max_concurrent_requests: int = Field(128, ge=1, description=(
@@ -108,8 +108,9 @@ class Settings(BaseSettings):
     decode_min_side: int = Field(1280, ge=0, description=(
         "JPEGs at least twice this on their longer side are decoded at 1/2, 1/4 or 1/8 size "
         "(libjpeg's DCT scaling), keeping the longer side >= this: a 12 MP photo decodes at "
-        "2016x1512 in a quarter of the time. Detection sees at most 640 px (YuNet) anyway; "
-        "alignment samples the decoded image. 0 = always decode whole."))
+        "2016x1512 in ~2/3 of the time, and later steps handle a quarter of the pixels. "
+        "Detection sees at most 640 px (YuNet) anyway; alignment samples the decoded image; "
+        "boxes and landmarks are reported in the upload's pixels. 0 = always decode whole."))
     torch_threads: int = Field(0, ge=0, description=(
         "torch intra-op threads for the process (0 = leave torch's default)."))
     warmup: bool = Field(True, description="Run detection and encoder passes before reporting "

@@ -21,7 +21,12 @@ import time
 from dataclasses import dataclass
 
 from app.errors import ServiceError
-from model.imageio import ImageTooLargeError, InvalidImageError, UnsupportedImageError, decode_image
+from model.imageio import (
+    ImageTooLargeError,
+    InvalidImageError,
+    UnsupportedImageError,
+    decode_reduced,
+)
 from model.pipeline import AlignedFace, FacePipeline, NoFaceError
 
 
@@ -31,6 +36,20 @@ class PreparedFaces:
     decode_s: float  # of the slowest image (images are prepared side by side)
     detect_s: float
     wait_s: float = 0.0  # until a detect thread took the request's first image
+
+
+@dataclass
+class _RequestJobs:
+    """What a request's image jobs share (each flag is set once, under the GIL)."""
+
+    submitted: float
+    accepted: bool | None = None  # by the first job to start: within the queue-time budget?
+    undecodable: bool = False  # an image failed to decode: the others stop
+    faceless: bool = False  # an image has no face: the others are decoded, not detected
+
+
+class _Dropped(Exception):
+    """A job given up because a sibling image already decided the request's answer."""
 
 
 class FaceStage:
@@ -56,13 +75,14 @@ class FaceStage:
         threads at once. When several images fail, an image's own fault (undecodable, too
         large) is reported before another's missing face, as if all were decoded first."""
         loop = asyncio.get_running_loop()
-        submitted = time.perf_counter()
-        started: list[bool] = []  # the request's first job to start: True = accepted
+        request = _RequestJobs(time.perf_counter())
         done = await asyncio.gather(*(
-            loop.run_in_executor(self.executor, self._prepare_one, name, data, detect,
-                                 submitted, started) for name, data in images.items()),
-            return_exceptions=True)
-        failed = [r for r in done if isinstance(r, BaseException)]
+            loop.run_in_executor(self.executor, self._prepare_one, name, data, detect, request)
+            for name, data in images.items()), return_exceptions=True)
+        failed = [r for r in done if isinstance(r, BaseException) and not isinstance(r, _Dropped)]
+        if any(isinstance(e, asyncio.CancelledError) for e in failed):  # the pool shut down
+            raise ServiceError("not_ready", "the service is shutting down; retry later",
+                               headers={"Retry-After": str(self.retry_after_s)})
         if failed:
             raise next((e for e in failed if not (isinstance(e, ServiceError)
                                                   and e.code == "no_face_detected")), failed[0])
@@ -73,34 +93,46 @@ class FaceStage:
                              detect_s=max(d for _, _, d, _ in done),
                              wait_s=min(w for *_, w in done))
 
-    def _prepare_one(self, name: str, data: bytes, detect: bool, submitted: float,
-                     started: list[bool]) -> tuple[AlignedFace, float, float, float]:
-        """One image's face, its decode and detect seconds, and its wait for a thread. The
-        queue-time budget is checked by the request's first job to start: once one image is
-        being worked on its siblings are not thrown away, and once it was refused they are
-        not worked on."""
+    def _prepare_one(self, name: str, data: bytes, detect: bool, request: _RequestJobs
+                     ) -> tuple[AlignedFace, float, float, float]:
+        """One image's face (in the upload's pixel coordinates), its decode and detect
+        seconds, and its wait for a thread.
+
+        The queue-time budget is checked by the request's first job to start: once one image
+        is being worked on its siblings are not thrown away, and once it was refused they are
+        not worked on. A sibling that failed to decode stops the others' work (the request's
+        answer is that error); after a sibling found no face the others are still decoded,
+        for the error order, but not detected."""
         t0 = time.perf_counter()
-        waited = t0 - submitted
+        waited = t0 - request.submitted
         with self._lock:
-            if not started:
-                started.append(self.max_wait_s is None or waited <= self.max_wait_s)
-            accepted = started[0]
-        if not accepted:
+            if request.accepted is None:
+                request.accepted = self.max_wait_s is None or waited <= self.max_wait_s
+        if not request.accepted:
             raise self._overloaded(f"waited {waited * 1000:.0f} ms for a detect thread")
-        image = self._decode(name, data)
+        if request.undecodable:
+            raise _Dropped()
+        try:
+            image, scale = self._decode(name, data)
+        except ServiceError:
+            request.undecodable = True
+            raise
         t1 = time.perf_counter()
+        if request.undecodable or request.faceless:
+            raise _Dropped()
         try:
             face = self.pipeline.align([image], detect=detect, fallback="raise")[0]
         except NoFaceError:
+            request.faceless = True
             self.on_no_face()
             raise ServiceError("no_face_detected", f"{name}: no face detected in the image",
                                name) from None
-        return face, t1 - t0, time.perf_counter() - t1, waited
+        return face.scaled(scale), t1 - t0, time.perf_counter() - t1, waited
 
     def _decode(self, name: str, data: bytes):
         try:
-            return decode_image(data, max_pixels=self.max_pixels,
-                                min_side=self.decode_min_side)
+            return decode_reduced(data, max_pixels=self.max_pixels,
+                                  min_side=self.decode_min_side)
         except ImageTooLargeError as exc:
             raise ServiceError("payload_too_large", f"{name}: {exc}", name) from None
         except UnsupportedImageError as exc:

@@ -162,8 +162,9 @@ _ERROR_DESCRIPTIONS = {
     422: "no_face_detected, or validation_error (missing field, bad threshold/detect, a "
          "threshold above max_client_threshold, malformed body)",
     500: "internal_error (no details; see the server log line with the same request id)",
-    503: "overloaded (queue full, too many requests in progress, or too many bodies "
-         "arriving) or not_ready (warming up); has a Retry-After header",
+    503: "overloaded (queue full, too many requests in progress, too many bodies arriving, "
+         "or the request waited longer than max_detect_wait_ms for a detect thread) or "
+         "not_ready (warming up); has a Retry-After header",
 }
 
 

@@ -83,6 +83,7 @@ class Service:
         self.ready = False
         self.warmup_error: str | None = None
         self.in_flight = 0
+        self.preparing = 0  # requests in the face stage (their groups may join a batch)
         self.body_bytes = BodyBytes(settings.max_body_bytes_in_flight, settings.retry_after_s)
         self.body_limits = BodyLimits(settings.max_upload_bytes, settings.body_timeout_s,
                                       settings.min_body_rate, settings.body_rate_grace_s)
@@ -138,7 +139,7 @@ class Service:
         try:
             pipeline = FacePipeline(device=detect_device, spec=encoder.spec,
                                     face_choice=s.face_choice, detector=s.detector)
-        except (OSError, ValueError) as exc:  # the landmark model the spec needs
+        except (OSError, ValueError) as exc:  # the detector's or landmark model's file
             raise StartupError(f"cannot build the face pipeline for preprocessing "
                                f"{encoder.spec.version!r}: {exc}") from None
         self.faces = FaceStage(pipeline, s.detect_workers, s.max_pixels,
@@ -164,9 +165,9 @@ class Service:
             self.runner, max_batch_size=s.max_batch_size,
             max_delay_s=s.max_batch_delay_ms / 1000, max_queue=s.max_queue,
             retry_after=s.retry_after_s, observer=BatchObserverAdapter(self.metrics),
-            # every request in flight holds one group; when they are all in the batch, no
-            # other can join it
-            more_coming=lambda groups: self.in_flight > groups)
+            # a group can still come only from a request in the face stage (queued groups
+            # are taken into the batch at once)
+            more_coming=lambda groups: self.preparing > 0)
         self.batcher.start()
 
     def warm_up(self) -> None:
@@ -224,7 +225,11 @@ class Service:
         """Decode, detect and align each image's face, and encode them in one batch with
         other requests' faces, inside one of `max_concurrent_requests` slots."""
         with self.admit():
-            prepared = await self.faces.prepare(images, detect)
+            self.preparing += 1
+            try:
+                prepared = await self.faces.prepare(images, detect)
+            finally:
+                self.preparing -= 1
             crops = torch.from_numpy(np.stack([f.crop for f in prepared.faces]))
             try:
                 result = await self.batcher.submit(crops)

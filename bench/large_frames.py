@@ -27,15 +27,24 @@ CANVAS = (2000, 1500)
 
 
 def paste_into_canvas(photo: Image.Image, rng: np.random.Generator,
-                      canvas: tuple[int, int] = CANVAS) -> bytes:
-    """The photo at its own scale at a random position in a noisy canvas, as JPEG bytes."""
+                      canvas: tuple[int, int] = CANVAS, scale: float = 1.0,
+                      quality: int = 95, grain: float = 0.0) -> bytes:
+    """The photo (enlarged `scale` times) at a random position in a canvas of blurred noise
+    (plus per-pixel `grain`, for a phone-like JPEG size), as JPEG bytes."""
     noise = rng.normal(128, 20, (canvas[1] // 10, canvas[0] // 10, 3)).clip(0, 255)
     frame = Image.fromarray(noise.astype(np.uint8)).resize(canvas, Image.Resampling.BILINEAR)
+    if grain:
+        pixels = np.asarray(frame, dtype=np.int16) + rng.normal(0, grain, (canvas[1], canvas[0], 3))
+        frame = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+    photo = photo.convert("RGB")
+    if scale != 1.0:
+        photo = photo.resize((round(photo.width * scale), round(photo.height * scale)),
+                             Image.Resampling.BICUBIC)
     x = int(rng.integers(0, canvas[0] - photo.width))
     y = int(rng.integers(0, canvas[1] - photo.height))
-    frame.paste(photo.convert("RGB"), (x, y))
+    frame.paste(photo, (x, y))
     buf = io.BytesIO()
-    frame.save(buf, "JPEG", quality=95)
+    frame.save(buf, "JPEG", quality=quality)
     return buf.getvalue()
 
 

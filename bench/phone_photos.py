@@ -16,7 +16,6 @@ stage timings, and the verdicts and distance changes against the LFW photos.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from bench.closed_loop import percentiles
+from bench.large_frames import paste_into_canvas
 from bench.report import print_and_save
 from bench.server import DEFAULT_LFW, Server
 
@@ -34,19 +34,8 @@ FRAME = (4032, 3024)
 
 def phone_photo(photo: Image.Image, rng: np.random.Generator, frame=FRAME) -> bytes:
     """`photo` enlarged 1.5-6x at a random position in a textured 12 MP frame, as JPEG."""
-    scale = float(rng.uniform(1.5, 6.0))
-    face = photo.convert("RGB").resize((round(photo.width * scale), round(photo.height * scale)),
-                                       Image.Resampling.BICUBIC)
-    coarse = rng.normal(128, 30, (frame[1] // 16, frame[0] // 16, 3)).clip(0, 255)
-    canvas = np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize(
-        frame, Image.Resampling.BILINEAR), dtype=np.int16)
-    canvas = (canvas + rng.normal(0, 6, canvas.shape)).clip(0, 255).astype(np.uint8)
-    img = Image.fromarray(canvas)
-    img.paste(face, (int(rng.integers(0, frame[0] - face.width)),
-                     int(rng.integers(0, frame[1] - face.height))))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=92)
-    return buf.getvalue()
+    return paste_into_canvas(photo, rng, frame, scale=float(rng.uniform(1.5, 6.0)),
+                             quality=92, grain=6.0)
 
 
 def post(client: httpx.Client, url: str, a: bytes, b: bytes) -> tuple[float, dict]:

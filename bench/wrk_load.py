@@ -7,9 +7,10 @@ that the client takes little of the two cores the service is measured on.
 
 Needs `wrk` (Debian: `apt-get install wrk`). The same LFW View 2 pairs as bench.load
 (`--pairs`, same seed; /embed: their photos), each as a ready multipart body in a temporary
-folder (`--detect false`: the aligned crops, as a client that aligns faces itself sends them); a Lua script
-cycles through them (each connection starts at its own offset). One server (bench/server.py,
-default settings plus `--set`), then for each concurrency a `wrk -t1 -c N` run after a
+folder (`--detect false`: the aligned crops, as a client that aligns faces itself sends
+them); a Lua script cycles through them from a random start (wrk runs one Lua state per
+thread, so with `-t1` the connections share one cycle). One server (bench/server.py, default
+settings plus `--set`), then for each concurrency a `wrk -t1 -c N` run after a
 3-second warm-up run; wrk's own latency percentiles (of all answers) and its count of
 non-2xx answers, which give the 200s per second; the service's answers per status from its
 /metrics before and after (one worker's, when there are several); and the latency of the
@@ -50,6 +51,7 @@ end
 local i = 0
 local offset = nil
 request = function()
+  -- one Lua state per wrk thread: its connections share this cycle
   if offset == nil then offset = math.random(n) end
   i = i + 1
   local body = bodies[((offset + i) % n) + 1]

@@ -1,7 +1,7 @@
 """Face detection with 5 landmarks, by one of two detectors (`DETECTORS`):
 - `yunet`: YuNet (OpenCV Zoo, MIT), converted into weights/detector-yunet.onnx by
-  model/convert_yunet.py and run by ONNX Runtime (model/yunet.py). ~2 ms a 250 px photo on
-  one core. The default.
+  model/convert_yunet.py and run by ONNX Runtime (model/yunet.py). ~3.3 ms a 250 px photo on
+  one core with its mirror-image pass. The default for dlib5 specs.
 - `mtcnn`: MTCNN, whose weights ship inside facenet-pytorch 2.5.3. ~45 ms a 250 px photo.
 Both give boxes and points in the same convention, so alignment (model/pipeline.py) is
 shared; what differs per detector is kept on its class.
@@ -153,12 +153,7 @@ class FaceDetector:
             if min(img.size) < self.min_face_size:
                 continue
             if self.needs_refining(img):  # detected on a downscaled copy
-                scale = self.max_detect_side / max(img.size)
-                size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-                # reducing_gap: an integer box reduction first, then bilinear: ~2x faster
-                # on a 12 MP frame, and less aliasing
-                resized[i] = img.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-                scales[i] = img.width / size[0]
+                resized[i], scales[i] = _downscaled(img, self.max_detect_side)
             by_size.setdefault(resized.get(i, img).size, []).append(i)
         for purpose in ("detect", "second-look"):
             for indices in by_size.values():
@@ -173,6 +168,18 @@ class FaceDetector:
             by_size = {size: missing for size, indices in by_size.items()
                        if (missing := [i for i in indices if not results[i]])}
         return results
+
+
+def _downscaled(img: Image.Image, side: int) -> tuple[Image.Image, float]:
+    """`img` with its longer side at most `side`, and the factor back to its coordinates.
+    reducing_gap: an integer box reduction first, then bilinear: ~2x faster on a 12 MP
+    frame than bilinear alone, and less aliasing."""
+    if max(img.size) <= side:
+        return img, 1.0
+    scale = side / max(img.size)
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    return (img.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0),
+            img.width / size[0])
 
 
 def _rescaled(face: Detection, scale: float, offset: tuple[float, float] = (0.0, 0.0)
@@ -190,7 +197,7 @@ class MtcnnDetector(FaceDetector):
     """Batched MTCNN (facenet-pytorch). Images of equal size are detected in one pass."""
 
     name = "mtcnn"
-    version = "mtcnn-0.709,second-look-0.8"
+    version = "mtcnn-0.709,second-look-0.8,reduce-2"
     # `python -m bench.face_choice`: on LFW, "largest" picked a face other than the subject
     # 66 times with no score floor and 49 times with 0.98 (the best of 0.8-0.995).
     sure_score = 0.98
@@ -234,7 +241,7 @@ class YunetDetector(FaceDetector):
     """
 
     name = "yunet"
-    version = "yunet-2023mar-f32,t0.6,flip-vote,sure-0.85,second-look-1280"
+    version = "yunet-2023mar-f32,t0.6,flip-vote,sure-0.85,side-640,second-look-1280"
     # also detect on the mirror image and merge by box voting (model/yunet.py)
     flip = True
     # `python -m bench.face_choice --detector yunet`: on LFW, "largest" picked a face other than
@@ -269,12 +276,8 @@ class YunetDetector(FaceDetector):
         for i, img in enumerate(images):
             if results[i] or not self.needs_refining(img):
                 continue
-            scale = min(1.0, self.SECOND_LOOK_SIDE / max(img.size))
-            copy = img if scale == 1.0 else img.resize(
-                (max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                Image.Resampling.BILINEAR, reducing_gap=2.0)
-            found = [_rescaled(f, img.width / copy.width)
-                     for f in self._find([np.asarray(copy)], "detect")[0]]
+            copy, back = _downscaled(img, self.SECOND_LOOK_SIDE)
+            found = [_rescaled(f, back) for f in self._find([np.asarray(copy)], "detect")[0]]
             results[i] = sorted(found, key=lambda f: f.visible_area(*img.size), reverse=True)
         return results
 

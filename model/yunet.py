@@ -108,6 +108,21 @@ def vote(boxes: np.ndarray, points: np.ndarray, scores: np.ndarray, iou: float
 MIRROR_ORDER = [1, 0, 2, 4, 3]
 
 
+def check_against_card(path: Path, data: bytes) -> None:
+    """ValueError unless `data` has the sha256 the card beside `path` records (the card is
+    written by model.convert_yunet; a graph without a card is taken as it is)."""
+    import hashlib
+    import json
+    card = path.with_suffix(".json")
+    if not card.exists():
+        return
+    want = json.loads(card.read_text()).get("sha256")
+    got = hashlib.sha256(data).hexdigest()
+    if want and got != want:
+        raise ValueError(f"{path} has sha256 {got}, but its card {card.name} records {want}; "
+                         f"rebuild it with `make detector-weights`")
+
+
 class YuNet:
     """The network and its decode. `detect(pixels)` → per image (boxes, landmarks, scores),
     with landmarks in MTCNN's order (image-left eye, image-right eye, nose, image-left mouth
@@ -119,13 +134,18 @@ class YuNet:
     def __init__(self, path: str | Path = DEFAULT_YUNET, threshold: float = 0.6,
                  nms_iou: float = 0.3, threads: int = 1, flip: bool = False):
         import onnxruntime as ort
+        data = Path(path).read_bytes()  # OSError when missing
+        check_against_card(Path(path), data)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         self.threshold, self.nms_iou, self.flip = threshold, nms_iou, flip
-        self._session = ort.InferenceSession(str(path), options,
-                                             providers=["CPUExecutionProvider"])
+        try:
+            self._session = ort.InferenceSession(data, options,
+                                                 providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 — ORT raises bare Exception subclasses
+            raise ValueError(f"{path}: not a loadable ONNX graph ({exc})") from None
         self._names = [o.name for o in self._session.get_outputs()]
 
     def detect(self, pixels: Sequence[np.ndarray]

@@ -119,3 +119,22 @@ def test_a_face_missed_on_the_downscaled_frame_is_found_by_the_second_look(yunet
         x1, y1, x2, y2 = faces[0].box
         assert 1700 < (x1 + x2) / 2 < 1950 and 240 < (y1 + y2) / 2 < 490, (seed, faces[0].box)
     assert missed_first >= 1, "no frame needed the second look: the test no longer tests it"
+
+
+def test_a_detector_file_that_is_not_the_one_its_card_records_is_refused(tmp_path):
+    """The service refuses to start on a changed or damaged detector graph (its card keeps
+    the converter's sha256), and on a file ONNX Runtime cannot load, with a ValueError that
+    start-up reports as a StartupError."""
+    import shutil
+
+    from model.yunet import YuNet
+    path = tmp_path / "detector-yunet.onnx"
+    shutil.copy(WEIGHTS, path)
+    shutil.copy(WEIGHTS.with_suffix(".json"), path.with_suffix(".json"))
+    YuNet(path)  # as converted: loads
+    path.write_bytes(WEIGHTS.read_bytes()[:-10])
+    with pytest.raises(ValueError, match="sha256"):
+        YuNet(path)
+    path.with_suffix(".json").unlink()
+    with pytest.raises(ValueError, match="not a loadable ONNX graph"):
+        YuNet(path)
