@@ -34,6 +34,12 @@ class EncoderRunner:
         self._fp16_model: SiameseEncoder | None = None
         self._lock = threading.Lock()  # one forward pass at a time on this encoder
 
+    def share_cores_with(self, contended) -> None:
+        """`contended()`: are the CPU cores wanted by other work right now? The ONNX Runtime
+        encoder then runs its batch on one thread (model/runtime.py: OnnxEncoder)."""
+        if hasattr(self._cpu_forward, "contended"):
+            self._cpu_forward.contended = contended
+
     @property
     def precision(self) -> str:
         return "fp16" if self.dtype == torch.float16 else "fp32"

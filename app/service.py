@@ -135,6 +135,8 @@ class Service:
                                         s.runtime)
         except RuntimeError as exc:  # runtime=onnxruntime that cannot run here
             raise StartupError(f"cannot start the encoder runtime: {exc}") from None
+        # while requests are in the face stage, the encoder leaves them the other core
+        self.runner.share_cores_with(lambda: self.preparing > 0)
         detect_device = s.detect_device or str(device)
         try:
             pipeline = FacePipeline(device=detect_device, spec=encoder.spec,

@@ -64,6 +64,39 @@ def test_onnxruntime_gives_the_torch_embeddings_within_1e_4():
     assert (runner(x) - ref).norm(dim=1).max() < 1e-4
 
 
+def test_a_contended_encoder_runs_on_one_thread_with_the_same_embeddings(tiny_weights):
+    """With two threads the ONNX Runtime encoder keeps a one-thread session; while the
+    service says its cores are wanted (requests in the face stage) a batch runs there, and
+    the embeddings are the same either way."""
+    pytest.importorskip("onnxruntime")
+    from model.runtime import OnnxEncoder
+    encoder, _ = load_encoder(tiny_weights, "cpu")
+    ort_encoder = OnnxEncoder(encoder, threads=2)
+    assert ort_encoder.lean_session is not ort_encoder.session
+    runner = EncoderRunner(encoder, torch.device("cpu"), runtime="onnxruntime")
+    busy = [False]
+    runner.share_cores_with(lambda: busy[0])
+    used = []
+    for name in ("session", "lean_session"):
+        real = getattr(runner._cpu_forward, name)
+
+        class Recording:  # the real session, noting that it ran
+            def __init__(self, inner, name=name):
+                self.inner, self.name = inner, name
+
+            def run(self, *args):
+                used.append(self.name)
+                return self.inner.run(*args)
+        setattr(runner._cpu_forward, name, Recording(real))
+    x = torch.randint(0, 256, (4, *runner.crop_shape), dtype=torch.uint8,
+                      generator=torch.Generator().manual_seed(5))
+    alone = runner(x)
+    busy[0] = True
+    shared = runner(x)
+    assert used == ["session", "lean_session"]  # (one and the same session on one core)
+    assert (alone - shared).norm(dim=1).max() < 1e-5
+
+
 def test_runtime_torch_is_honoured_and_auto_falls_back_without_onnxruntime(tiny_weights,
                                                                           monkeypatch):
     import sys
