@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 
 from bench.load import machine
+from bench.server import DEFAULT_WEIGHTS
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -75,8 +75,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
-    p.add_argument("--weights", type=Path, default=Path(os.environ.get(
-        "FACEVERIFY_WEIGHTS", "weights/faceverify-encoder.safetensors")))
+    p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 128, 512])
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--load-duration", type=float, default=10)

@@ -39,7 +39,7 @@ import numpy as np
 
 from bench.closed_loop import LAT_BINS, closed_loop
 from bench.load_report import plot, summarize
-from bench.server import DEFAULT_LFW, Server, gpu_mib
+from bench.server import DEFAULT_LFW, DEFAULT_WEIGHTS, Server, gpu_mib
 
 BATCHING = {  # name -> service settings
     "off": {"max_batch_size": 2, "max_batch_delay_ms": 0},
@@ -214,8 +214,7 @@ def machine() -> dict:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", type=Path, default=Path(os.environ.get(
-        "FACEVERIFY_WEIGHTS", "weights/faceverify-encoder.safetensors")))
+    p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     p.add_argument("--lfw-dir", type=Path, default=DEFAULT_LFW)
     p.add_argument("--pairs", type=int, default=400, help="distinct View 2 pairs to cycle")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])

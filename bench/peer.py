@@ -39,8 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_LFW = Path(os.environ.get("FACEVERIFY_LFW_DIR", ROOT.parent / "shared/data/lfw"))
+from bench.server import DEFAULT_LFW, DEFAULT_WEIGHTS, ROOT
+
 DEFAULT_TEACHER = ROOT.parent / "shared/data/teacher/dlib-teacher.npz"
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -289,9 +289,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--peer-python", default=str(ROOT / ".peer/bin/python"))
     p.add_argument("--lfw-dir", type=Path, default=DEFAULT_LFW)
-    p.add_argument("--weights", type=Path, default=Path(os.environ.get(
-        "FACEVERIFY_WEIGHTS", "weights/faceverify-encoder.safetensors")),
-        help="faceverify encoder for the timing runs")
+    p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS,
+                   help="faceverify encoder for the timing runs")
     p.add_argument("--faceverify-report", type=Path,
                    default=Path("bench/results/lfw_view2.json"))
     p.add_argument("--faceverify-weights", type=Path,

@@ -16,7 +16,6 @@ stage timings, and the verdicts and distance changes against the LFW photos.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from PIL import Image
 from bench.closed_loop import percentiles
 from bench.large_frames import paste_into_canvas
 from bench.report import print_and_save
-from bench.server import DEFAULT_LFW, Server
+from bench.server import DEFAULT_LFW, DEFAULT_WEIGHTS, Server
 
 FRAME = (4032, 3024)
 
@@ -49,8 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from model.lfw import read_pairs
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", type=Path, default=Path(os.environ.get(
-        "FACEVERIFY_WEIGHTS", "weights/faceverify-encoder.safetensors")))
+    p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     p.add_argument("--lfw-dir", type=Path, default=DEFAULT_LFW)
     p.add_argument("--pairs", type=int, default=40)
     p.add_argument("--min-sides", type=int, nargs="+", default=[1280, 0])

@@ -22,6 +22,10 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LFW = Path(os.environ.get("FACEVERIFY_LFW_DIR", ROOT.parent / "shared/data/lfw"))
+# The weights a benchmark serves unless told (--weights), relative to the repository root
+# where the benchmarks run and the servers they start are.
+DEFAULT_WEIGHTS = Path(os.environ.get("FACEVERIFY_WEIGHTS",
+                                      "weights/faceverify-encoder.safetensors"))
 _SERVERS: list[subprocess.Popen] = []  # stopped at exit whatever happens
 
 

@@ -36,9 +36,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from bench.server import DEFAULT_LFW, ROOT, Server, proc_status, rss_mib
-
-DEFAULT_WEIGHTS = ROOT / "weights" / "faceverify-encoder.safetensors"
+from bench.server import DEFAULT_LFW, DEFAULT_WEIGHTS, ROOT, Server, proc_status, rss_mib
 
 
 def open_fds(pid: int) -> int | None:

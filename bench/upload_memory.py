@@ -29,9 +29,7 @@ import numpy as np
 from PIL import Image
 
 from bench.report import print_and_save
-from bench.server import DEFAULT_LFW, ROOT, Server, proc_status
-
-DEFAULT_WEIGHTS = ROOT / "weights" / "faceverify-encoder.safetensors"
+from bench.server import DEFAULT_LFW, DEFAULT_WEIGHTS, ROOT, Server, proc_status
 
 
 def padded_photo(photo: bytes, size: int, seed: int) -> bytes:

@@ -19,7 +19,6 @@ non-2xx answers, which give the 200s per second; the service's answers per statu
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import subprocess
@@ -31,7 +30,7 @@ import httpx
 
 from bench.closed_loop import percentiles
 from bench.report import print_and_save
-from bench.server import DEFAULT_LFW, Server
+from bench.server import DEFAULT_LFW, DEFAULT_WEIGHTS, Server
 
 BOUNDARY = "faceverifybenchboundary"
 
@@ -103,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.load import load_payloads
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", type=Path, default=Path(os.environ.get(
-        "FACEVERIFY_WEIGHTS", "weights/faceverify-encoder.safetensors")))
+    p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     p.add_argument("--lfw-dir", type=Path, default=DEFAULT_LFW)
     p.add_argument("--pairs", type=int, default=200)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])

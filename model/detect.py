@@ -79,6 +79,10 @@ class FaceDetector:
     # one: the detectors' scores live on different scales.
     sure_score: float = 0.0
 
+    # The second look's copy of an image where the first found no face (see `detect`);
+    # None: the same copy as the first look's.
+    SECOND_LOOK_SIDE: int | None = None
+
     # refine(): the crop is REFINE_CONTEXT times the face's box side, resized to at most
     # REFINE_CROP_PX a side (a face of ~128 px, as in a 250x250 LFW photo).
     REFINE_CONTEXT = 2.5
@@ -144,30 +148,38 @@ class FaceDetector:
 
     @torch.inference_mode()
     def detect(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
-        """Return, for each image, its faces sorted by visible area (largest first)."""
+        """Return, for each image, its faces sorted by visible area (largest first).
+
+        An image where the first look finds no face gets a second: on a copy of up to
+        SECOND_LOOK_SIDE when the detector has one (a larger copy than the first look's,
+        so only for images that were downscaled), else on the same copy with the
+        detector's "second-look" purpose."""
         results: list[list[Detection]] = [[] for _ in images]
-        by_size: dict[tuple[int, int], list[int]] = {}
-        scales: dict[int, float] = {}
-        resized: dict[int, Image.Image] = {}
-        for i, img in enumerate(images):
-            if min(img.size) < self.min_face_size:
-                continue
-            if self.needs_refining(img):  # detected on a downscaled copy
-                resized[i], scales[i] = _downscaled(img, self.max_detect_side)
-            by_size.setdefault(resized.get(i, img).size, []).append(i)
-        for purpose in ("detect", "second-look"):
-            for indices in by_size.values():
-                found = self._find([np.asarray(resized.get(i, images[i])) for i in indices],
-                                   purpose)
-                for i, faces in zip(indices, found):
-                    w, h = images[i].size
-                    faces = [_rescaled(f, scales.get(i, 1.0)) for f in faces]
-                    results[i] = sorted(faces, key=lambda f: f.visible_area(w, h),
-                                        reverse=True)
-            # the second look: only the images still without a face
-            by_size = {size: missing for size, indices in by_size.items()
-                       if (missing := [i for i in indices if not results[i]])}
+        firsts = {i: _downscaled(img, self.max_detect_side) for i, img in enumerate(images)
+                  if min(img.size) >= self.min_face_size}
+        self._look(images, firsts, "detect", results)
+        if self.SECOND_LOOK_SIDE is None:
+            seconds = {i: firsts[i] for i in firsts if not results[i]}
+        else:
+            seconds = {i: _downscaled(images[i], self.SECOND_LOOK_SIDE) for i in firsts
+                       if not results[i] and self.needs_refining(images[i])}
+        self._look(images, seconds, "second-look", results)
         return results
+
+    def _look(self, images: Sequence[Image.Image],
+              copies: dict[int, tuple[Image.Image, float]], purpose: str,
+              results: list[list[Detection]]) -> None:
+        """Detect on each image's copy (copies of one size in one batch) and store its faces,
+        in the image's coordinates, largest first."""
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, (copy, _) in copies.items():
+            by_size.setdefault(copy.size, []).append(i)
+        for indices in by_size.values():
+            found = self._find([np.asarray(copies[i][0]) for i in indices], purpose)
+            for i, faces in zip(indices, found):
+                w, h = images[i].size
+                results[i] = sorted((_rescaled(f, copies[i][1]) for f in faces),
+                                    key=lambda f: f.visible_area(w, h), reverse=True)
 
 
 def _downscaled(img: Image.Image, side: int) -> tuple[Image.Image, float]:
@@ -259,27 +271,15 @@ class YunetDetector(FaceDetector):
                           flip=self.flip)
 
     # A frame downscaled to 640 px where YuNet finds no face is searched again on a copy of
-    # up to SECOND_LOOK_SIDE: LFW's Marilyn_Monroe_0001 pasted into a 2000x1500 frame
+    # up to 1,280 px: LFW's Marilyn_Monroe_0001 pasted into a 2000x1500 frame
     # (bench.large_frames) is found at 1,280 px and not at 640. Costs time only on images
     # without a face.
     SECOND_LOOK_SIDE = 1280
 
     def _find(self, pixels: Sequence[np.ndarray], purpose: str = "detect"
               ) -> list[list[Detection]]:
-        if purpose == "second-look":
-            return [[] for _ in pixels]  # at the same size YuNet sees what it saw
+        # one network for every purpose: the second look differs by its larger copy
         return [_detections(b, s, p) for b, p, s in self._net.detect(pixels)]
-
-    @torch.inference_mode()
-    def detect(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
-        results = super().detect(images)
-        for i, img in enumerate(images):
-            if results[i] or not self.needs_refining(img):
-                continue
-            copy, back = _downscaled(img, self.SECOND_LOOK_SIDE)
-            found = [_rescaled(f, back) for f in self._find([np.asarray(copy)], "detect")[0]]
-            results[i] = sorted(found, key=lambda f: f.visible_area(*img.size), reverse=True)
-        return results
 
 
 DETECTORS: dict[str, type[FaceDetector]] = {"yunet": YunetDetector, "mtcnn": MtcnnDetector}

@@ -83,15 +83,17 @@ class OnnxEncoder:
         self.onnx_bytes = len(graph)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
         lean = self.contended is not None and self.contended()
-        session = self.lean_session if lean else self.session
-        return torch.from_numpy(session.run(None, {"x": arr})[0])
+        return self._run(self.lean_session if lean else self.session, x)
 
     def lean(self, x: torch.Tensor) -> torch.Tensor:
         """The one-thread session's embeddings (for the parity check)."""
+        return self._run(self.lean_session, x)
+
+    @staticmethod
+    def _run(session, x: torch.Tensor) -> torch.Tensor:
         arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(self.lean_session.run(None, {"x": arr})[0])
+        return torch.from_numpy(session.run(None, {"x": arr})[0])
 
 
 def max_embedding_error(a: Callable[[torch.Tensor], torch.Tensor],

@@ -64,20 +64,29 @@ def decode(outputs: dict[str, np.ndarray], index: int, h: int, w: int, threshold
             np.concatenate(scores).astype(np.float64))
 
 
+def _areas(boxes: np.ndarray) -> np.ndarray:
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def _iou_with(boxes: np.ndarray, areas: np.ndarray, i, others) -> np.ndarray:
+    """Intersection over union of box `i` with the boxes `others` (indices or a slice)."""
+    w = np.clip(np.minimum(boxes[i, 2], boxes[others, 2])
+                - np.maximum(boxes[i, 0], boxes[others, 0]), 0, None)
+    h = np.clip(np.minimum(boxes[i, 3], boxes[others, 3])
+                - np.maximum(boxes[i, 1], boxes[others, 1]), 0, None)
+    inter = w * h
+    return inter / (areas[i] + areas[others] - inter + 1e-9)
+
+
 def suppress(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     """Greedy non-maximum suppression: the indices kept, best score first."""
     order = np.argsort(-scores, kind="stable")
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    areas = _areas(boxes)
     kept = []
     while len(order):
         i, rest = order[0], order[1:]
         kept.append(i)
-        w = np.clip(np.minimum(boxes[i, 2], boxes[rest, 2])
-                    - np.maximum(boxes[i, 0], boxes[rest, 0]), 0, None)
-        h = np.clip(np.minimum(boxes[i, 3], boxes[rest, 3])
-                    - np.maximum(boxes[i, 1], boxes[rest, 1]), 0, None)
-        inter = w * h
-        order = rest[inter / (areas[i] + areas[rest] - inter + 1e-9) <= iou]
+        order = rest[_iou_with(boxes, areas, i, rest) <= iou]
     return np.asarray(kept, dtype=np.int64)
 
 
@@ -87,20 +96,15 @@ def vote(boxes: np.ndarray, points: np.ndarray, scores: np.ndarray, iou: float
     score-weighted mean of every detection overlapping it by more than 0.5 (the same face
     seen in another pass), its score the best of them."""
     keep = suppress(boxes, scores, iou)
+    if not len(keep):
+        return boxes[:0], points[:0], scores[:0]
+    areas = _areas(boxes)
     out_b, out_p = [], []
     for i in keep:
-        w = np.clip(np.minimum(boxes[i, 2], boxes[:, 2]) - np.maximum(boxes[i, 0], boxes[:, 0]),
-                    0, None)
-        h = np.clip(np.minimum(boxes[i, 3], boxes[:, 3]) - np.maximum(boxes[i, 1], boxes[:, 1]),
-                    0, None)
-        inter = w * h
-        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        same = inter / (area[i] + area - inter + 1e-9) > 0.5
+        same = _iou_with(boxes, areas, i, slice(None)) > 0.5
         weight = scores[same] / scores[same].sum()
         out_b.append(weight @ boxes[same])
         out_p.append(np.tensordot(weight, points[same], axes=1))
-    if not len(keep):
-        return boxes[:0], points[:0], scores[:0]
     return np.array(out_b), np.array(out_p), scores[keep]
 
 
