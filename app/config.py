@@ -116,6 +116,27 @@ class Settings(BaseSettings):
     warmup: bool = Field(True, description="Run detection and encoder passes before reporting "
                                            "ready.")
 
+    # --- 1:N galleries -----------------------------------------------------------------
+    gallery_enabled: bool = Field(True, description=(
+        "Serve the /galleries routes (enroll, identify, subject verify, list, delete). false ="
+        " the routes do not exist (404) and no store is opened."))
+    gallery_url: str = Field("sqlite:///data/gallery.db", description=(
+        "Where enrolled faces are kept. sqlite:///relative/path or sqlite:////absolute/path: "
+        "an embedded file (WAL, synchronous writes), for one server. postgresql://user:pass@"
+        "host:port/db: shared by several replicas, which stay in sync through LISTEN/NOTIFY. "
+        "Search is always in memory, in each replica."))
+    gallery_store_crops: bool = Field(False, description=(
+        "Also store each enrolled face's aligned crop (a 150x150 PNG, ~40 KB): it lets "
+        "`python -m app.gallery reembed` move a gallery to new weights without the original "
+        "photos, but it keeps a face image of every enrolled person; off = only the vectors."))
+    gallery_threshold: float | None = Field(None, gt=0, le=2, description=(
+        "identify's default `match` threshold; unset = the model card's FAR 0.1 % threshold "
+        "(`threshold.at_far_1e-3`), stricter than /verify's because a search makes one "
+        "comparison per subject. A request's `threshold` wins, up to `max_client_threshold`."))
+    gallery_sync_interval_s: float = Field(5.0, gt=0, description=(
+        "Every replica re-reads the store's change log at least this often, besides "
+        "PostgreSQL's notifications (which a dropped connection can lose)."))
+
     # --- security and logs -------------------------------------------------------------
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list, description=(
         "Comma-separated API keys; empty = authentication off. Clients send `X-API-Key: <key>`"

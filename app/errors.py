@@ -24,11 +24,13 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "request_timeout": (408, "the request body did not arrive in time"),
     "payload_too_large": (413, "the upload is too large"),
     "unsupported_media_type": (415, "unsupported content type or image format"),
+    "model_mismatch": (409, "stored vectors were embedded by other weights"),
     "no_face_detected": (422, "no face detected in the image"),
     "validation_error": (422, "the request is not valid"),
     "internal_error": (500, "internal error"),
     "overloaded": (503, "the service is overloaded; retry later"),
     "not_ready": (503, "the service is starting up; retry later"),
+    "store_unavailable": (503, "the gallery store is unreachable; retry later"),
 }
 
 

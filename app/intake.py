@@ -24,6 +24,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
@@ -34,6 +35,8 @@ from app.errors import ServiceError
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries, part headers and small fields
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
+# The non-image fields a request may carry (each route reads the ones it takes).
+EXTRA_FIELDS = ("threshold", "detect", "top_k")
 _DATA_URL = re.compile(r"^data:[\w.+/-]*(;[\w=.+-]+)*;base64,", re.IGNORECASE)
 
 
@@ -44,6 +47,7 @@ class Intake:
     detect: bool
     read_s: float
     release: Callable[[], None]  # gives the body's bytes back to BodyBytes; call once answered
+    extra: dict[str, object] = dataclass_field(default_factory=dict)  # EXTRA_FIELDS as sent, unparsed
 
 
 @dataclass(frozen=True)
@@ -174,7 +178,7 @@ async def read_images(request: Request, fields: tuple[str, ...], limits: BodyLim
         images = _check_images(raw, fields, max_upload_bytes)
         return Intake(images, parse_threshold(extra.get("threshold")),
                       parse_detect(extra.get("detect")), time.perf_counter() - started,
-                      body.release)
+                      body.release, extra)
     except BaseException:
         body.release()
         raise
@@ -213,7 +217,7 @@ async def _read_multipart(request: Request, stream, fields) -> tuple[dict, dict]
                                        f"{key}: must be a file part (multipart) or a base64 "
                                        "string (JSON)", key)
                 raw.setdefault(key, await value.read())
-            elif key in ("threshold", "detect") and isinstance(value, str):
+            elif key in EXTRA_FIELDS and isinstance(value, str):
                 extra.setdefault(key, value)
     finally:
         await form.close()
@@ -235,7 +239,7 @@ async def _read_json(stream, fields) -> tuple[dict, dict]:
         del body
     if not isinstance(doc, dict):
         raise ServiceError("validation_error", "JSON body must be an object")
-    extra = {k: doc[k] for k in ("threshold", "detect") if k in doc}
+    extra = {k: doc[k] for k in EXTRA_FIELDS if k in doc}
     raw: dict[str, bytes] = {}
     for name in fields:
         value = doc.pop(name, None)
@@ -287,6 +291,21 @@ def parse_threshold(value) -> float | None:
                            "threshold: must be in (0, 2] (Euclidean distance between unit "
                            "vectors)", "threshold")
     return t
+
+
+def parse_int(value, field: str, default: int, low: int, high: int) -> int:
+    """An integer field or query parameter in [low, high]; empty = default."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ServiceError("validation_error", f"{field}: must be an integer", field)
+    try:
+        n = int(value)
+    except ValueError:
+        raise ServiceError("validation_error", f"{field}: must be an integer", field) from None
+    if not low <= n <= high:
+        raise ServiceError("validation_error", f"{field}: must be from {low} to {high}", field)
+    return n
 
 
 def parse_detect(value) -> bool:

@@ -25,7 +25,7 @@ log = logging.getLogger("faceverify.main")
 DESCRIPTION = """Face verification with a Siamese encoder.
 
 `POST /verify` compares the largest face of two images; `POST /embed` returns one face's unit
-embedding. Images come as multipart files or base64 strings in JSON. Errors are
+embedding. `/galleries/…` enrolls faces under subjects and identifies a face against them (1:N). Images come as multipart files or base64 strings in JSON. Errors are
 `{"error": {"code", "message", "field"}}`. When API keys are configured, send
 `X-API-Key: <key>` or `Authorization: Bearer <key>` (health, metrics and docs stay open).
 """
@@ -64,6 +64,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = Service(settings, metrics)
     install_error_handlers(app)
     app.include_router(router)
+    if settings.gallery_enabled:
+        from app.gallery.routes import router as gallery_router
+        app.include_router(gallery_router)
     app.add_middleware(RequestMiddleware, metrics=metrics)
     return app
 

@@ -63,6 +63,15 @@ class Metrics:
                                  "preprocessing", "sha256"],
                                 registry=r)
         self.ready = Gauge("faceverify_ready", "1 when warmed up and serving.", registry=r)
+        self.gallery_vectors = Gauge("faceverify_gallery_vectors",
+                                     "Enrolled faces held in memory for search (this model's).",
+                                     registry=r)
+        self.gallery_search = Histogram("faceverify_gallery_search_seconds",
+                                        "Exact search of one identify (matrix product, top-k).",
+                                        buckets=FAST_BUCKETS, registry=r)
+        self.gallery_writes = Counter("faceverify_gallery_writes",
+                                      "Gallery writes committed by this replica.", ["op"],
+                                      registry=r)
 
     # BatchObserver protocol (app/batcher.py)
     def batch_done(self, size: int, inference_s: float, ok: bool) -> None:

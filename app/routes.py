@@ -49,7 +49,7 @@ def service_of(request: Request) -> Service:
     return request.app.state.service
 
 
-def _wants_crops(request: Request) -> bool:
+def wants_crops(request: Request) -> bool:
     return parse_flag(request.query_params.get("return_crops"), "return_crops", default=False)
 
 
@@ -60,7 +60,7 @@ def crop_png_base64(crop: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _reply(model, faces, with_crops: bool):
+def reply_with_crops(model, faces, with_crops: bool):
     """The response model; with `?return_crops=true` it also carries the crops. Without it
     the JSON has no `crops` key at all, so the default reply is exactly as before."""
     if not with_crops:
@@ -70,7 +70,7 @@ def _reply(model, faces, with_crops: bool):
 
 
 @asynccontextmanager
-async def _uploaded(request: Request, fields: tuple[str, ...]):
+async def uploaded(request: Request, fields: tuple[str, ...]):
     """The request's images, read under the body limits; their bytes count against
     `max_body_bytes_in_flight` until the answer. The service's concurrency slot is taken only
     after this (Service.embed_images), so a slow upload holds its bytes, never a slot an
@@ -85,15 +85,15 @@ async def _uploaded(request: Request, fields: tuple[str, ...]):
         intake.release()
 
 
-def _timings(service_ms: dict, read_s: float, started: float) -> dict:
+def request_timings(service_ms: dict, read_s: float, started: float) -> dict:
     return {"read": ms(read_s), **service_ms, "total": ms(time.perf_counter() - started)}
 
 
-_VERIFY_ERRORS = error_responses(400, 401, 408, 413, 415, 422, 500, 503)
+UPLOAD_ERRORS = error_responses(400, 401, 408, 413, 415, 422, 500, 503)
 
 
 @router.post(
-    "/verify", response_model=VerifyResponse, responses=_VERIFY_ERRORS, tags=["faces"],
+    "/verify", response_model=VerifyResponse, responses=UPLOAD_ERRORS, tags=["faces"],
     dependencies=[Depends(require_api_key)],
     summary="Are the two faces the same person?",
     openapi_extra={"requestBody": upload_request_body(["image1", "image2"]),
@@ -104,33 +104,33 @@ _VERIFY_ERRORS = error_responses(400, 401, 408, 413, 415, 422, 500, 503)
                 "`distance < threshold`.")
 async def verify(request: Request) -> VerifyResponse:
     started = time.perf_counter()
-    with_crops = _wants_crops(request)
+    with_crops = wants_crops(request)
     svc = service_of(request)
-    async with _uploaded(request, ("image1", "image2")) as intake:
+    async with uploaded(request, ("image1", "image2")) as intake:
         v = await svc.verify(intake.images["image1"], intake.images["image2"], intake.detect,
                              intake.threshold)
-    return _reply(VerifyResponse(
+    return reply_with_crops(VerifyResponse(
         verified=v.verified, distance=v.distance, threshold=v.threshold,
         similarity=v.similarity, model=svc.model_ref, faces=[f.describe() for f in v.faces],
-        timings_ms=_timings(v.timings_ms, intake.read_s, started)), v.faces, with_crops)
+        timings_ms=request_timings(v.timings_ms, intake.read_s, started)), v.faces, with_crops)
 
 
 @router.post(
-    "/embed", response_model=EmbedResponse, responses=_VERIFY_ERRORS, tags=["faces"],
+    "/embed", response_model=EmbedResponse, responses=UPLOAD_ERRORS, tags=["faces"],
     dependencies=[Depends(require_api_key)],
     summary="The unit embedding of the largest face in an image",
     openapi_extra={"requestBody": upload_request_body(["image"]),
                    "parameters": [RETURN_CROPS_PARAMETER]})
 async def embed(request: Request) -> EmbedResponse:
     started = time.perf_counter()
-    with_crops = _wants_crops(request)
+    with_crops = wants_crops(request)
     svc = service_of(request)
-    async with _uploaded(request, ("image",)) as intake:
+    async with uploaded(request, ("image",)) as intake:
         out = await svc.embed(intake.images["image"], intake.detect)
     vec = out.embeddings[0].tolist()
-    return _reply(EmbedResponse(embedding=vec, dim=len(vec), normalized=True,
+    return reply_with_crops(EmbedResponse(embedding=vec, dim=len(vec), normalized=True,
                                 model=svc.model_ref, face=out.faces[0].describe(),
-                                timings_ms=_timings(out.timings_ms, intake.read_s, started)),
+                                timings_ms=request_timings(out.timings_ms, intake.read_s, started)),
                   out.faces, with_crops)
 
 

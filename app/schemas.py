@@ -95,6 +95,69 @@ class EmbedResponse(BaseModel):
                        "encode": 5.1, "total": 43.0, "batch_size": 3}}})
 
 
+# ------------------------------------------------------------------------------ galleries
+class EnrollResponse(BaseModel):
+    gallery: str
+    subject: str
+    face_id: str = Field(..., description="the stored face's id (for DELETE .../faces/{id})")
+    face: Face
+    model: ModelRef
+    timings_ms: Timings
+    model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"example": {
+        "gallery": "staff", "subject": "alice", "face_id": "9c1f0d3b6a2e4f7c8d5b1a0e3f6c9d2b",
+        "face": _FACE_EXAMPLE, "model": _MODEL_EXAMPLE,
+        "timings_ms": {"read": 0.3, "decode": 1.2, "detect": 3.9, "queue": 0.1,
+                       "encode": 8.0, "total": 16.4, "batch_size": 1}}})
+
+
+class Candidate(BaseModel):
+    subject: str
+    face_id: str = Field(..., description="the subject's enrolled face nearest the probe")
+    distance: float = Field(..., description="Euclidean distance between unit embeddings")
+    similarity: float = Field(..., description="cosine similarity, 1 - distance^2 / 2")
+    match: bool = Field(..., description="distance < threshold")
+
+
+class IdentifyTimings(Timings):
+    search: float = Field(..., description="the exact search over the gallery's vectors")
+
+
+class IdentifyResponse(BaseModel):
+    candidates: list[Candidate] = Field(..., description="the top_k nearest subjects, each by "
+                                                         "its nearest face, nearest first")
+    threshold: float = Field(..., description="the match threshold used: the request's, else "
+                                              "FACEVERIFY_GALLERY_THRESHOLD, else the model "
+                                              "card's FAR 0.1 % threshold")
+    face: Face
+    model: ModelRef
+    timings_ms: IdentifyTimings
+    model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"example": {
+        "candidates": [{"subject": "alice", "face_id": "9c1f0d3b6a2e4f7c8d5b1a0e3f6c9d2b",
+                        "distance": 0.3012, "similarity": 0.9546, "match": True},
+                       {"subject": "bob", "face_id": "0b7e1c2d3f4a5b6c7d8e9f0a1b2c3d4e",
+                        "distance": 0.6633, "similarity": 0.78, "match": False}],
+        "threshold": 0.4002, "face": _FACE_EXAMPLE, "model": _MODEL_EXAMPLE,
+        "timings_ms": {"read": 0.3, "decode": 1.2, "detect": 3.9, "queue": 0.1,
+                       "encode": 8.0, "search": 0.2, "total": 16.6, "batch_size": 1}}})
+
+
+class SubjectVerifyResponse(VerifyResponse):
+    """/verify's answer, against the subject's enrolled face nearest the probe."""
+
+    subject: str
+    face_id: str = Field(..., description="the enrolled face compared")
+
+
+class Subject(BaseModel):
+    subject: str
+    faces: int
+
+
+class SubjectsResponse(BaseModel):
+    subjects: list[Subject]
+    next: str | None = Field(..., description="cursor for the next page; null on the last")
+
+
 class Live(BaseModel):
     status: str = "alive"
     model_config = ConfigDict(json_schema_extra={"example": {"status": "alive"}})
@@ -128,6 +191,12 @@ ERROR_EXAMPLES: dict[int, dict[str, dict[str, Any]]] = {
                                                  "truncated", "image1"),
           "bad_base64": _err("invalid_image", "image2: not valid base64", "image2")},
     401: {"unauthorized": _err("unauthorized", "missing API key", "X-API-Key")},
+    404: {"not_found": _err("not_found", "no subject 'alice' in gallery 'staff'")},
+    409: {"model_mismatch": _err("model_mismatch", "gallery 'staff' holds 12 face(s) embedded "
+                                 "by other weights than the loaded ones (3f1c2a9e0b7d…); their "
+                                 "vectors cannot be compared with this model's. Run `python -m"
+                                 " app.gallery reembed` (needs stored crops), or delete and "
+                                 "re-enroll those subjects")},
     408: {"request_timeout": _err("request_timeout", "the request body was too slow: 12 bytes "
                                   "in 5.0 s (send it within 120 s, at least 10240 bytes/s)")},
     413: {"payload_too_large": _err("payload_too_large", "image1 is 12582912 bytes, more "
@@ -149,11 +218,16 @@ ERROR_EXAMPLES: dict[int, dict[str, dict[str, Any]]] = {
                                  "3b9f6c1e2a7d4f00)")},
     503: {"overloaded": _err("overloaded", "the encoder queue is full (256 of 256 faces "
                              "waiting)"),
-          "not_ready": _err("not_ready", "the service is starting up; retry later")},
+          "not_ready": _err("not_ready", "the service is starting up; retry later"),
+          "store_unavailable": _err("store_unavailable", "the gallery store is unreachable; "
+                                    "retry later")},
 }
 _ERROR_DESCRIPTIONS = {
     400: "invalid_image: empty, truncated or not an image, or broken base64",
     401: "unauthorized: API keys are configured and none or a wrong one was sent",
+    404: "not_found: no such gallery, subject or face",
+    409: "model_mismatch: the gallery holds faces embedded by other weights than the loaded "
+         "ones (re-embed them: python -m app.gallery reembed)",
     408: "request_timeout: the body did not arrive within body_timeout_s, or slower than "
          "min_body_rate; the connection is closed",
     413: "payload_too_large: upload over max_upload_bytes, or more pixels than max_pixels",
@@ -163,8 +237,9 @@ _ERROR_DESCRIPTIONS = {
          "threshold above max_client_threshold, malformed body)",
     500: "internal_error (no details; see the server log line with the same request id)",
     503: "overloaded (queue full, too many requests in progress, too many bodies arriving, "
-         "or the request waited longer than max_detect_wait_ms for a detect thread) or "
-         "not_ready (warming up); has a Retry-After header",
+         "or the request waited longer than max_detect_wait_ms for a detect thread), "
+         "not_ready (warming up), or store_unavailable (the gallery database cannot be "
+         "reached); has a Retry-After header",
 }
 
 
@@ -180,8 +255,11 @@ def error_responses(*statuses: int) -> dict[int, dict[str, Any]]:
     return out
 
 
-def upload_request_body(fields: list[str], example_b64: str = "/9j/4AAQSkZJRgABAQ...") -> dict:
-    """The OpenAPI requestBody for an image route: multipart files or JSON base64 strings."""
+def upload_request_body(fields: list[str], example_b64: str = "/9j/4AAQSkZJRgABAQ...",
+                        options: tuple[str, ...] | None = None) -> dict:
+    """The OpenAPI requestBody for an image route: multipart files or JSON base64 strings,
+    with the `options` fields (default: threshold and detect for two images, detect for
+    one)."""
     file_props = {f: {"type": "string", "format": "binary", "description": "image file (JPEG, "
                       "PNG, WebP, BMP, TIFF, GIF)"} for f in fields}
     b64_props = {f: {"type": "string", "format": "byte", "description": "base64 image (a "
@@ -194,9 +272,12 @@ def upload_request_body(fields: list[str], example_b64: str = "/9j/4AAQSkZJRgABA
         "detect": {"type": "boolean", "default": True,
                    "description": "false: the image is already an aligned face crop "
                                   "(resized to the model card's crop size, no detection)"},
+        "top_k": {"type": "integer", "minimum": 1, "maximum": 100, "default": 5,
+                  "description": "how many subjects to return (each by its nearest face)"},
     }
-    if len(fields) == 1:
-        common = {"detect": common["detect"]}
+    if options is None:
+        options = ("threshold", "detect") if len(fields) > 1 else ("detect",)
+    common = {k: common[k] for k in options}
     return {"required": True, "content": {
         "multipart/form-data": {"schema": {"type": "object", "required": fields,
                                            "properties": {**file_props, **common}}},
@@ -204,5 +285,5 @@ def upload_request_body(fields: list[str], example_b64: str = "/9j/4AAQSkZJRgABA
             "schema": {"type": "object", "required": fields,
                        "properties": {**b64_props, **common}},
             "example": {**{f: example_b64 for f in fields},
-                        **({"threshold": 1.0} if len(fields) > 1 else {})}},
+                        **({"threshold": 0.4} if "threshold" in options else {})}},
     }}

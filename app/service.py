@@ -79,6 +79,8 @@ class Service:
         self.device: torch.device | None = None
         self.threshold: float | None = None
         self.max_client_threshold: float | None = None
+        self.gallery_threshold: float | None = None
+        self.gallery = None  # app.gallery.service.GalleryService, when galleries are on
         self.model_ref: dict[str, str] = {}
         self.ready = False
         self.warmup_error: str | None = None
@@ -127,6 +129,8 @@ class Service:
         cap = float(s.max_client_threshold or (card.get("threshold") or {}).get("at_far_1e-2")
                     or self.threshold)
         self.max_client_threshold = max(self.threshold, math.floor(cap * 1e4) / 1e4)
+        self.gallery_threshold = float(s.gallery_threshold or (card.get("threshold") or {}).get(
+            "at_far_1e-3") or self.threshold)
         self.model_ref = {"name": str(card.get("name", s.weights.stem)),
                           "version": str(card.get("version", "")),
                           "sha256": str(card["weights_sha256"])}
@@ -150,6 +154,8 @@ class Service:
                                max_wait_s=(s.max_detect_wait_ms / 1000
                                            if s.max_detect_wait_ms else None),
                                retry_after_s=s.retry_after_s)
+        if s.gallery_enabled:
+            self.gallery = self._open_gallery(encoder.embedding_dim)
         log.info("model loaded", extra={
             "weights": str(s.weights), "model_name": self.model_ref["name"],
             "model_version": self.model_ref["version"],
@@ -161,8 +167,23 @@ class Service:
             "runtime": self.runner.runtime,
             "load_ms": round((time.perf_counter() - t0) * 1000, 1)})
 
+    def _open_gallery(self, dim: int):
+        from app.gallery.service import GalleryService
+        from app.gallery.store import StoreError, open_store
+        s = self.settings
+        try:
+            gallery = GalleryService(self, open_store(s.gallery_url),
+                                     store_crops=s.gallery_store_crops,
+                                     sync_interval_s=s.gallery_sync_interval_s)
+            gallery.load(dim, self.model_ref["sha256"])
+        except StoreError as exc:
+            raise StartupError(f"cannot open the gallery store: {exc}") from None
+        return gallery
+
     def start(self) -> None:
         s = self.settings
+        if self.gallery is not None:
+            self.gallery.start()
         self.batcher = DynamicBatcher(
             self.runner, max_batch_size=s.max_batch_size,
             max_delay_s=s.max_batch_delay_ms / 1000, max_queue=s.max_queue,
@@ -203,6 +224,8 @@ class Service:
             await self.batcher.stop(drain=True)
         if self.faces is not None:
             await asyncio.to_thread(self.faces.shutdown)
+        if self.gallery is not None:
+            await asyncio.to_thread(self.gallery.stop)
 
     # -- per request ---------------------------------------------------------------------
     def require_ready(self) -> None:
@@ -212,11 +235,12 @@ class Service:
             raise ServiceError("not_ready", message,
                                headers={"Retry-After": str(self.settings.retry_after_s)})
 
-    def check_threshold(self, threshold: float | None) -> float:
+    def check_threshold(self, threshold: float | None, default: float | None = None) -> float:
         """The threshold a request gets: its own, up to `max_client_threshold`, or the
-        service's. A caller may tighten the verdict freely but loosen it only so far."""
+        service's (`default`, else the verdict threshold). A caller may tighten the verdict
+        freely but loosen it only so far."""
         if threshold is None:
-            return self.threshold
+            return self.threshold if default is None else default
         if threshold > self.max_client_threshold:
             raise ServiceError("validation_error", f"threshold: {threshold:g} is looser than "
                                f"this server allows (at most {self.max_client_threshold:g})",

@@ -1,0 +1,133 @@
+"""HTTP routes of the 1:N galleries (docs/api.md, "Galleries"): the same auth, body limits,
+errors and metrics as /verify; the work is in app/gallery/service.py."""
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from app.auth import require_api_key
+from app.gallery.service import GalleryService
+from app.intake import parse_int
+from app.routes import UPLOAD_ERRORS, request_timings, service_of, uploaded
+from app.schemas import (
+    EnrollResponse,
+    IdentifyResponse,
+    SubjectsResponse,
+    SubjectVerifyResponse,
+    error_responses,
+    upload_request_body,
+)
+from app.service import ms
+
+NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+MAX_TOP_K = 100
+Name = Annotated[str, Path(pattern=NAME_PATTERN, description="1-64 of A-Z a-z 0-9 . _ -")]
+
+router = APIRouter(prefix="/galleries", tags=["galleries"],
+                   dependencies=[Depends(require_api_key)])
+_ERRORS = error_responses(400, 401, 404, 408, 409, 413, 415, 422, 500, 503)
+
+
+def gallery_of(request: Request) -> GalleryService:
+    svc = service_of(request)
+    svc.require_ready()
+    return svc.gallery
+
+
+@router.post("/{gallery}/subjects/{subject}/faces", status_code=201,
+             response_model=EnrollResponse, responses=_ERRORS,
+             summary="Enroll the largest face of an image under a subject",
+             openapi_extra={"requestBody": upload_request_body(["image"])},
+             description="Detects, aligns and embeds the image's face (as /embed) and stores "
+                         "its vector under (gallery, subject); the gallery is created by its "
+                         "first face. Committed before the 201.")
+async def enroll(request: Request, gallery: Name, subject: Name) -> JSONResponse:
+    started = time.perf_counter()
+    g = gallery_of(request)
+    async with uploaded(request, ("image",)) as intake:
+        face_id, probe = await g.enroll(gallery, subject, intake.images["image"], intake.detect)
+    svc = service_of(request)
+    body = EnrollResponse(gallery=gallery, subject=subject, face_id=face_id,
+                          face=probe.face.describe(), model=svc.model_ref,
+                          timings_ms=request_timings(probe.timings_ms, intake.read_s, started))
+    return JSONResponse(body.model_dump(mode="json"), status_code=201)
+
+
+@router.post("/{gallery}/identify", response_model=IdentifyResponse, responses=_ERRORS,
+             summary="Who is this? The gallery's nearest subjects",
+             openapi_extra={"requestBody": upload_request_body(
+                 ["image"], options=("top_k", "threshold", "detect"))},
+             description="Embeds the image's face and searches the gallery exactly: the "
+                         "`top_k` nearest subjects, each by its nearest face. `match` is "
+                         "`distance < threshold`; the default threshold is the model card's "
+                         "FAR 0.1 % one, stricter than /verify's (a search is one comparison "
+                         "per subject).")
+async def identify(request: Request, gallery: Name) -> JSONResponse:
+    started = time.perf_counter()
+    svc = service_of(request)
+    g = gallery_of(request)
+    async with uploaded(request, ("image",)) as intake:
+        top_k = parse_int(intake.extra.get("top_k", request.query_params.get("top_k")),
+                          "top_k", 5, 1, MAX_TOP_K)
+        threshold = svc.check_threshold(intake.threshold, default=svc.gallery_threshold)
+        hits, probe, search_s = await g.identify(gallery, intake.images["image"], top_k,
+                                                 intake.detect)
+    body = IdentifyResponse(
+        candidates=[{"subject": h.subject, "face_id": h.face_id, "distance": h.distance,
+                     "similarity": h.similarity, "match": h.distance < threshold}
+                    for h in hits],
+        threshold=threshold, face=probe.face.describe(), model=svc.model_ref,
+        timings_ms=request_timings({**probe.timings_ms, "search": ms(search_s)},
+                                   intake.read_s, started))
+    return JSONResponse(body.model_dump(mode="json"))
+
+
+@router.post("/{gallery}/subjects/{subject}/verify", response_model=SubjectVerifyResponse,
+             responses=_ERRORS, summary="Is this the subject? /verify against the subject's "
+                                        "nearest enrolled face",
+             openapi_extra={"requestBody": upload_request_body(
+                 ["image"], options=("threshold", "detect"))})
+async def verify_subject(request: Request, gallery: Name, subject: Name) -> JSONResponse:
+    started = time.perf_counter()
+    svc = service_of(request)
+    g = gallery_of(request)
+    async with uploaded(request, ("image",)) as intake:
+        threshold = svc.check_threshold(intake.threshold)
+        hit, probe = await g.nearest(gallery, subject, intake.images["image"], intake.detect)
+    body = SubjectVerifyResponse(
+        verified=hit.distance < threshold, distance=hit.distance, threshold=threshold,
+        similarity=hit.similarity, model=svc.model_ref, faces=[probe.face.describe()],
+        timings_ms=request_timings(probe.timings_ms, intake.read_s, started),
+        subject=subject, face_id=hit.face_id)
+    return JSONResponse(body.model_dump(mode="json", exclude={"crops"}))
+
+
+@router.get("/{gallery}/subjects", response_model=SubjectsResponse,
+            responses=error_responses(401, 404, 422, 503),
+            summary="The gallery's subjects and their number of faces, by name")
+async def list_subjects(request: Request, gallery: Name,
+                        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                        cursor: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None
+                        ) -> SubjectsResponse:
+    rows, nxt = await gallery_of(request).subjects(gallery, limit, cursor)
+    return SubjectsResponse(subjects=[{"subject": s, "faces": n} for s, n in rows], next=nxt)
+
+
+@router.delete("/{gallery}/subjects/{subject}", status_code=204,
+               responses=error_responses(401, 404, 422, 503),
+               summary="Delete a subject and all its faces (from the store and every "
+                       "replica's search)")
+async def delete_subject(request: Request, gallery: Name, subject: Name) -> Response:
+    await gallery_of(request).delete_subject(gallery, subject)
+    return Response(status_code=204)
+
+
+@router.delete("/{gallery}/subjects/{subject}/faces/{face_id}", status_code=204,
+               responses=error_responses(401, 404, 422, 503), summary="Delete one face")
+async def delete_face(request: Request, gallery: Name, subject: Name,
+                      face_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]) -> Response:
+    await gallery_of(request).delete_face(gallery, subject, face_id)
+    return Response(status_code=204)

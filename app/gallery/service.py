@@ -1,0 +1,220 @@
+"""1:N on top of the 1:1 service: enroll faces under (gallery, subject), identify a face
+against a gallery, verify a face against one subject, list and delete.
+
+The data path is the one of /embed (decode → detect/align → batched encode, inside
+`Service.embed_images`); then the store (a committed write) and the in-memory index (exact
+search). Writes go to the store first and are applied to this replica's index from the
+change log right after, so a client reads its own writes on the replica it wrote to; other
+replicas apply them when notified (PostgreSQL) or at their next catch-up (app/gallery/store.py).
+
+Why identify's default threshold is stricter than /verify's: a 1:N search makes N
+comparisons, so with a per-comparison false-accept rate p the chance that some stranger in
+the gallery is accepted is about 1 - (1 - p)^N. At the card's FAR 1 % threshold a probe
+of an unenrolled person against 100 subjects would match someone 63 % of the time; at FAR
+0.1 %, about 10 %. The default is therefore the model card's FAR 0.1 % threshold
+(`threshold.at_far_1e-3`); galleries of thousands need a stricter one still, which a
+request or `FACEVERIFY_GALLERY_THRESHOLD` can set (docs/api.md, docs/accuracy.md).
+"""
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from app.errors import ServiceError
+from app.gallery.index import GalleryIndex, GalleryVectors, Hit
+from app.gallery.store import Store, StoreError
+
+log = logging.getLogger("faceverify.gallery")
+
+
+@dataclass
+class Probe:
+    """A query image's face, embedded."""
+
+    vector: np.ndarray  # (d,) float32, unit
+    face: object  # model.pipeline.AlignedFace
+    timings_ms: dict
+
+
+class GalleryService:
+    def __init__(self, service, store: Store, *, store_crops: bool = False,
+                 sync_interval_s: float = 5.0):
+        self.service = service  # app.service.Service: embedding, thresholds, model
+        self.store = store
+        self.store_crops = store_crops
+        self.sync_interval_s = sync_interval_s
+        self.index: GalleryIndex | None = None
+        self._sync_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    # -- life cycle ------------------------------------------------------------------------
+    def load(self, dim: int, model_sha256: str) -> None:
+        """Read every face into memory (blocking; at start-up, before ready)."""
+        t0 = time.perf_counter()
+        index = GalleryIndex(dim, model_sha256)
+        seq, faces = self.store.snapshot()
+        for f in faces:
+            index.put(f.gallery, f.subject, f.face_id, f.model_sha256, f.embedding)
+        index.seq = seq
+        self.index = index
+        self.sync()
+        foreign = sum(len(g.foreign) for g in index.galleries.values())
+        log.info("gallery loaded", extra={
+            "store": self.store.url_kind, "galleries": len(index.galleries),
+            "vectors": index.vectors, "other_model_faces": foreign, "seq": index.seq,
+            "load_ms": round((time.perf_counter() - t0) * 1000, 1)})
+        if foreign:
+            log.warning("gallery: %d face(s) were embedded by other weights; identify refuses "
+                        "their galleries until `python -m app.gallery reembed`", foreign)
+
+    def start(self) -> None:
+        self._watcher = threading.Thread(
+            target=self.store.watch, args=(self._sync_quietly, self.sync_interval_s, self._stop),
+            name="gallery-sync", daemon=True)
+        self._watcher.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+        self.store.close()
+
+    def sync(self) -> int:
+        """Apply the change log from the index's position; the number of changes applied."""
+        applied = 0
+        with self._sync_lock:
+            while True:
+                changes = self.store.changes_since(self.index.seq)
+                if not changes:
+                    return applied
+                with self.index.lock:
+                    for c in changes:
+                        if c.op in ("add", "update") and c.face is not None:
+                            f = c.face
+                            self.index.put(f.gallery, f.subject, f.face_id, f.model_sha256,
+                                           f.embedding)
+                        elif c.op == "delete_face":
+                            self.index.remove_face(c.gallery, c.face_id)
+                        elif c.op == "delete_subject":
+                            self.index.remove_subject(c.gallery, c.subject)
+                        self.index.seq = c.seq
+                applied += len(changes)
+                self.service.metrics.gallery_vectors.set(self.index.vectors)
+
+    def _sync_quietly(self) -> None:
+        try:
+            self.sync()
+        except StoreError as exc:
+            log.warning("gallery: catch-up failed: %s", exc)
+
+    # -- helpers -----------------------------------------------------------------------------
+    async def _store(self, fn, *args):
+        """A store call in a thread; an unreachable store is 503 for the client."""
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except StoreError as exc:
+            log.error("gallery store error: %s", exc)
+            raise ServiceError("store_unavailable",
+                               headers={"Retry-After": str(self.service.settings.retry_after_s)}
+                               ) from None
+
+    async def _write(self, fn, *args):
+        out = await self._store(fn, *args)
+        await self._store(self.sync)  # read-your-writes on this replica
+        return out
+
+    async def probe(self, image: bytes, detect: bool) -> Probe:
+        out = await self.service.embed(image, detect)
+        return Probe(out.embeddings[0].numpy().astype(np.float32), out.faces[0],
+                     out.timings_ms)
+
+    def _searchable(self, gallery: str) -> GalleryVectors:
+        g = self.index.gallery(gallery)
+        if g is None:
+            raise ServiceError("not_found", f"no gallery {gallery!r}")
+        if g.foreign:
+            raise ServiceError(
+                "model_mismatch",
+                f"gallery {gallery!r} holds {len(g.foreign)} face(s) embedded by other weights "
+                f"than the loaded ones ({self.index.model_sha256[:12]}…); their vectors cannot "
+                "be compared with this model's. Run `python -m app.gallery reembed` (needs "
+                "stored crops), or delete and re-enroll those subjects")
+        return g
+
+    # -- operations ------------------------------------------------------------------------
+    async def enroll(self, gallery: str, subject: str, image: bytes, detect: bool = True
+                     ) -> tuple[str, Probe]:
+        p = await self.probe(image, detect)
+        face_id = uuid.uuid4().hex
+        crop_png = crop_spec = None
+        if self.store_crops:
+            buf = io.BytesIO()
+            Image.fromarray(np.ascontiguousarray(p.face.crop), "RGB").save(buf, format="PNG")
+            crop_png = buf.getvalue()
+            crop_spec = self.service.runner.encoder.spec.version
+        await self._write(self.store.add_face, gallery, subject, face_id,
+                          self.index.model_sha256, p.vector, crop_png, crop_spec)
+        self.service.metrics.gallery_writes.labels(op="enroll").inc()
+        return face_id, p
+
+    async def identify(self, gallery: str, image: bytes, top_k: int, detect: bool = True
+                       ) -> tuple[list[Hit], Probe, float]:
+        self._searchable(gallery)  # before the image's work: a 404 costs nothing
+        p = await self.probe(image, detect)
+
+        def search():
+            with self.index.lock:
+                t0 = time.perf_counter()
+                hits = self._searchable(gallery).search(p.vector, top_k)
+                return hits, time.perf_counter() - t0
+        hits, seconds = await asyncio.to_thread(search)
+        self.service.metrics.gallery_search.observe(seconds)
+        return hits, p, seconds
+
+    async def nearest(self, gallery: str, subject: str, image: bytes, detect: bool = True
+                      ) -> tuple[Hit, Probe]:
+        self._subject_or_404(gallery, subject)
+        p = await self.probe(image, detect)
+        with self.index.lock:
+            hit = self._searchable(gallery).nearest_of(subject, p.vector)
+        if hit is None:  # deleted meanwhile, or only other models' faces
+            self._subject_or_404(gallery, subject)
+            raise ServiceError("model_mismatch", f"subject {subject!r} has no face embedded "
+                               "by the loaded weights; run `python -m app.gallery reembed`")
+        return hit, p
+
+    def _subject_or_404(self, gallery: str, subject: str) -> None:
+        g = self.index.gallery(gallery)
+        if g is None:
+            raise ServiceError("not_found", f"no gallery {gallery!r}")
+        if not g.has_subject(subject):
+            raise ServiceError("not_found", f"no subject {subject!r} in gallery {gallery!r}")
+
+    async def subjects(self, gallery: str, limit: int, cursor: str | None
+                       ) -> tuple[list[tuple[str, int]], str | None]:
+        rows = await self._store(self.store.subjects, gallery, limit + 1, cursor)
+        if not rows and cursor is None:
+            raise ServiceError("not_found", f"no gallery {gallery!r}")
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, (rows[-1][0] if more else None)
+
+    async def delete_subject(self, gallery: str, subject: str) -> None:
+        if not await self._write(self.store.delete_subject, gallery, subject):
+            raise ServiceError("not_found", f"no subject {subject!r} in gallery {gallery!r}")
+        self.service.metrics.gallery_writes.labels(op="delete_subject").inc()
+
+    async def delete_face(self, gallery: str, subject: str, face_id: str) -> None:
+        if not await self._write(self.store.delete_face, gallery, subject, face_id):
+            raise ServiceError("not_found", f"no face {face_id!r} of subject {subject!r} in "
+                               f"gallery {gallery!r}")
+        self.service.metrics.gallery_writes.labels(op="delete_face").inc()
