@@ -47,7 +47,7 @@ class Intake:
     detect: bool
     read_s: float
     release: Callable[[], None]  # gives the body's bytes back to BodyBytes; call once answered
-    extra: dict[str, object] = dataclass_field(default_factory=dict)  # EXTRA_FIELDS as sent, unparsed
+    extra: dict[str, object] = dataclass_field(default_factory=dict)  # EXTRA_FIELDS, raw
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The one harness that starts the real service for benchmarks and tests.
 
 `Server` runs `uvicorn app.main:app` in a subprocess on a free 127.0.0.1 port, with
-FACEVERIFY_* settings from its arguments only (none leak in from the caller's environment),
+FACEVERIFY_* settings from its arguments only (none leak in from the caller's environment;
+the gallery is a SQLite file beside the log unless `gallery_url` is given),
 waits for /health/ready, samples the process's memory, and stops it with SIGTERM (SIGKILL
 after 30 s). Every server started is also stopped at interpreter exit, whatever happens.
 """
@@ -97,6 +98,9 @@ class Server:
         self.log_path = Path(log_path)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 — held by the server process
+        # a gallery of its own beside its log, unless told (never the repository's data/)
+        settings = {"gallery_url": f"sqlite:///{self.log_path.resolve().with_suffix('')}"
+                                   "-gallery.db", **settings}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
              "--port", str(self.port), "--no-access-log",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,11 @@ LFW_DIR = Path(os.environ.get("FACEVERIFY_LFW_DIR", ROOT.parent / "shared" / "da
 LFW_IMAGES = LFW_DIR / "lfw-deepfunneled"
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Apps built in-process read unset settings from the environment: their galleries go to a
+# throwaway file, never to the repository's data/ (servers in a subprocess get their own,
+# bench.server.Server).
+os.environ.setdefault("FACEVERIFY_GALLERY_URL",
+                      f"sqlite:///{tempfile.mkdtemp(prefix='faceverify-gallery-')}/gallery.db")
 
 
 def lfw_or_skip() -> Path:
@@ -86,3 +92,12 @@ def tiny_weights(small_lfw, cache_dir, tmp_path_factory) -> Path:
     """A small real encoder from a short real training run (~20 s), for the service tests."""
     from tests.service_support import train_tiny_encoder
     return train_tiny_encoder(small_lfw, cache_dir, tmp_path_factory.mktemp("tiny_encoder"))
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL server (tests/postgres_support.py); `postgres.database()` gives
+    each test an empty database of its own."""
+    from tests.postgres_support import Postgres
+    with Postgres() as pg:
+        yield pg

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from app.auth import require_api_key
 from app.gallery.service import GalleryService
 from app.intake import parse_int
-from app.routes import UPLOAD_ERRORS, request_timings, service_of, uploaded
+from app.routes import request_timings, service_of, uploaded
 from app.schemas import (
     EnrollResponse,
     IdentifyResponse,

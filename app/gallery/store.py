@@ -73,6 +73,8 @@ class CropRow:
     """A stored face with its crop, for re-embedding."""
 
     face_id: str
+    gallery: str
+    subject: str
     model_sha256: str
     crop_png: bytes | None
     crop_spec: str | None
@@ -283,7 +285,7 @@ class SqliteStore(Store):
 
     def crops(self, not_model):
         return [CropRow(*r) for r in self._read(
-            "SELECT face_id, model_sha256, crop_png, crop_spec FROM faces "
+            "SELECT face_id, gallery, subject, model_sha256, crop_png, crop_spec FROM faces "
             "WHERE model_sha256 != ?", (not_model,))]
 
     def close(self):
@@ -454,7 +456,7 @@ class PostgresStore(Store):
 
     def crops(self, not_model):
         return [CropRow(*r) for r in self._run(lambda conn: conn.execute(
-            "SELECT face_id, model_sha256, crop_png, crop_spec FROM faces "
+            "SELECT face_id, gallery, subject, model_sha256, crop_png, crop_spec FROM faces "
             "WHERE model_sha256 != %s", (not_model,)).fetchall())]
 
     def watch(self, on_change, interval_s, stop):

@@ -1,12 +1,17 @@
 // faceverify demo page: plain JavaScript, no build step, no external assets.
-// Talks to this service only: POST verify?return_crops=true and embed?return_crops=true
-// (relative URLs, so the page also works behind a path prefix).
+// Talks to this service only: POST verify?return_crops=true and embed?return_crops=true, and
+// the gallery routes (galleries/{gallery}/subjects…, galleries/{gallery}/identify) for the
+// Identify tab (relative URLs, so the page also works behind a path prefix).
 "use strict";
 (() => {
   const $ = (sel, root = document) => root.querySelector(sel);
   const $$ = (sel, root = document) => [...root.querySelectorAll(sel)];
   const KEY_STORE = "faceverify.apiKey";
   const PHOTO = { image1: "the first photo", image2: "the second photo", image: "the photo" };
+  const NAMES = { gallery: "gallery name", subject: "subject name" };
+  const NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
+  const NAME_RULE = "Use 1 to 64 letters (A-Z, a-z), digits, dots, underscores or hyphens; " +
+    "no spaces.";
   const cap = (s) => s.charAt(0).toUpperCase() + s.slice(1);
 
   // ------------------------------------------------------------------ API key (session only)
@@ -33,7 +38,8 @@
       $("#" + t.getAttribute("aria-controls")).hidden = !on;
     }
     if (focus) tab.focus();
-    history.replaceState(null, "", tab.id === "tab-embed" ? "#embed" : "#verify");
+    history.replaceState(null, "", "#" + tab.id.slice("tab-".length));
+    if (tab.id === "tab-identify") onIdentifyShown();
   }
   for (const tab of tabs) {
     tab.addEventListener("click", () => selectTab(tab, false));
@@ -45,7 +51,8 @@
       selectTab(tabs[(next + tabs.length) % tabs.length], true);
     });
   }
-  if (location.hash === "#embed") selectTab($("#tab-embed"), false);
+  // #embed or #identify in the address opens that tab (after the rest of the page is wired).
+  const initialTab = tabs.find((t) => location.hash === "#" + t.id.slice("tab-".length));
 
   // ------------------------------------------------------------------------- drop zones
   const formatBytes = (n) => n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(0)} KB`
@@ -133,17 +140,20 @@
   }
 
   // ------------------------------------------------------------------- requests, errors
-  async function post(path, body) {
+  async function request(method, path, body) {
     let resp;
     try {
-      resp = await fetch(path, { method: "POST", body, headers: authHeaders() });
+      resp = await fetch(path, { method, body, headers: authHeaders() });
     } catch (err) {
       return { ok: false, status: 0, data: null };
     }
     let data = null;
-    try { data = await resp.json(); } catch (_) { /* not JSON (e.g. a proxy's page) */ }
+    if (resp.status !== 204) {
+      try { data = await resp.json(); } catch (_) { /* not JSON (e.g. a proxy's page) */ }
+    }
     return { ok: resp.ok, status: resp.status, data, retryAfter: resp.headers.get("Retry-After") };
   }
+  const post = (path, body) => request("POST", path, body);
 
   // What a person should read for each of the service's errors.
   function describeError(res) {
@@ -177,7 +187,16 @@
         return ["This server needs an API key.", keyInput.value.trim()
           ? "The key entered above was not accepted." : "Enter it in the API key field above."];
       case "validation_error":
+        if (NAMES[err.field]) return [`The ${NAMES[err.field]} is not a valid name.`, NAME_RULE];
         return ["The request was not accepted.", err.message || ""];
+      case "not_found":
+        return ["Not found.", err.message ? cap(err.message) + "." : ""];
+      case "model_mismatch":
+        return ["This gallery was built with other weights than the ones this server runs.",
+          "Its faces cannot be compared with this model's; the detail below says what to do."];
+      case "store_unavailable":
+        return ["The gallery store cannot be reached right now.",
+          `Try again in ${retry} second${retry === 1 ? "" : "s"}.`];
       case "internal_error":
         return ["Something went wrong in the service.",
           "Try again; if it keeps happening, give the request id below to the operator."];
@@ -363,4 +382,258 @@
         : "Selected: press Ctrl+C (or ⌘C) to copy.";
     }
   });
+
+  // --------------------------------------------------------------------------- identify
+  // 1:N against a gallery stored by the service: enroll, list, delete, search (top 5).
+  const TOP_K = 5;
+  const PAGE = 100;
+  const enc = encodeURIComponent;
+  const galleryInput = $("#gallery");
+  const galleryStatus = $("#gallery-status");
+  const subjectInput = $("#subject");
+  const enForm = $("#enroll-form");
+  const enDrop = $(".drop", enForm);
+  const enError = $("#enroll-error");
+  const enResult = $("#enroll-result");
+  const sList = $("#subject-list");
+  const sStatus = $("#subjects-status");
+  const sError = $("#subjects-error");
+  const sMore = $("#subjects-more");
+  const seForm = $("#search-form");
+  const seDrop = $(".drop", seForm);
+  const seError = $("#search-error");
+  const seResult = $("#search-result");
+  let listGen = 0, enGen = 0, seGen = 0;
+  let listed = null;  // the gallery the subject list shows
+  let nextCursor = null;
+  const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+  const galleryPath = (g) => `galleries/${enc(g)}`;
+  // 404 for the gallery itself (not for a subject, and not "no such route": galleries off).
+  const noGallery = (res) => res.status === 404 && res.data && res.data.error &&
+    /^no gallery /.test(res.data.error.message || "");
+
+  // A name from its field, or null (with the rule shown, the field marked and focused).
+  function checkedName(input, label, errorEl, focus) {
+    const name = input.value.trim();
+    if (NAME_RE.test(name)) { input.removeAttribute("aria-invalid"); return name; }
+    input.setAttribute("aria-invalid", "true");
+    if (errorEl) {
+      showError(errorEl, name ? `The ${label} is not a valid name.` : `Enter a ${label} first.`,
+        NAME_RULE);
+    }
+    if (focus) input.focus();
+    return null;
+  }
+
+  function onIdentifyShown() { loadSubjects(false); }
+
+  function galleryChanged() {
+    enGen += 1; seGen += 1;
+    enError.hidden = true; enResult.hidden = true;
+    seError.hidden = true; seResult.hidden = true;
+    loadSubjects(false);
+  }
+  galleryInput.addEventListener("change", galleryChanged);
+  galleryInput.addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter") { ev.preventDefault(); galleryChanged(); }
+  });
+
+  // ---------------------------------------------------------------------- subject list
+  async function loadSubjects(more) {
+    const gen = ++listGen;
+    sError.hidden = true;
+    const g = checkedName(galleryInput, "gallery name", null, false);
+    galleryStatus.textContent = g ? "" : "Not a valid gallery name. " + NAME_RULE;
+    if (!g) {
+      listed = null;
+      sList.replaceChildren();
+      sMore.hidden = true;
+      sStatus.textContent = "Enter a valid gallery name above to see its subjects.";
+      return;
+    }
+    const q = new URLSearchParams({ limit: String(PAGE) });
+    if (more && nextCursor && listed === g) q.set("cursor", nextCursor);
+    else more = false;
+    if (!more && listed !== g) sList.replaceChildren();
+    sStatus.textContent = `Loading the subjects of “${g}”…`;
+    const res = await request("GET", `${galleryPath(g)}/subjects?${q}`);
+    if (gen !== listGen) return;  // a newer load (another gallery, a refresh) wins
+    if (!more) sList.replaceChildren();
+    listed = g;
+    nextCursor = null;
+    sMore.hidden = true;
+    if (noGallery(res)) {
+      sStatus.textContent = `Gallery “${g}” has no subjects yet: enroll a face to create it.`;
+      return;
+    }
+    if (!res.ok || !res.data) {
+      sStatus.textContent = "";
+      showServiceError(sError, res);
+      return;
+    }
+    for (const s of res.data.subjects) sList.appendChild(subjectItem(g, s));
+    nextCursor = res.data.next || null;
+    sMore.hidden = !nextCursor;
+    const n = sList.children.length;
+    sStatus.textContent = n ? `${plural(n, "subject")}${nextCursor ? " so far" : ""} in gallery ` +
+      `“${g}”.` : `Gallery “${g}” has no subjects yet: enroll a face to add one.`;
+  }
+
+  function subjectItem(g, s) {
+    const li = document.createElement("li");
+    li.dataset.subject = s.subject;
+    const name = Object.assign(document.createElement("span"),
+      { className: "subject-name", textContent: s.subject });
+    const faces = Object.assign(document.createElement("span"),
+      { className: "subject-faces", textContent: plural(s.faces, "face") });
+    const del = Object.assign(document.createElement("button"),
+      { type: "button", className: "delete", textContent: "Delete" });
+    del.setAttribute("aria-label", `Delete ${s.subject} (${plural(s.faces, "face")})`);
+    del.addEventListener("click", () => deleteSubject(g, s.subject, li, del));
+    li.append(name, faces, del);
+    return li;
+  }
+
+  async function deleteSubject(g, subject, li, button) {
+    sError.hidden = true;
+    button.disabled = true;
+    const res = await request("DELETE", `${galleryPath(g)}/subjects/${enc(subject)}`);
+    // 404: already gone (deleted elsewhere); the list is refreshed either way.
+    if (!res.ok && res.status !== 404) {
+      button.disabled = false;
+      showServiceError(sError, res);
+      return;
+    }
+    const after = li.nextElementSibling || li.previousElementSibling;
+    const afterName = after && after.dataset.subject;
+    li.remove();
+    seGen += 1;  // a shown search may name the deleted subject: search again to see the change
+    seResult.hidden = true;
+    await loadSubjects(false);
+    sStatus.textContent = `Deleted ${subject} from gallery “${g}”. ` + sStatus.textContent;
+    // Keep the keyboard where it was: the neighbouring subject's button, else the refresh one.
+    const next = afterName && $$("li", sList).find((x) => x.dataset.subject === afterName);
+    (next ? $("button.delete", next) : $("#subjects-refresh")).focus();
+  }
+
+  sMore.addEventListener("click", () => loadSubjects(true));
+  $("#subjects-refresh").addEventListener("click", () => loadSubjects(false));
+
+  // ---------------------------------------------------------------------------- enroll
+  const clearEnroll = () => { enGen += 1; enError.hidden = true; enResult.hidden = true; };
+  setupDrop(enDrop, clearEnroll);
+  subjectInput.addEventListener("input", () => { enError.hidden = true; enResult.hidden = true; });
+
+  enForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    clearEnroll();
+    const g = checkedName(galleryInput, "gallery name", enError, true);
+    if (!g) return;
+    const subject = checkedName(subjectInput, "subject name", enError, true);
+    if (!subject) return;
+    const input = $("input[type=file]", enDrop);
+    if (!input.files[0]) {
+      showError(enError, "Choose a photo to enroll first.",
+        "Drop a photo on the box, or click it to pick one.");
+      input.focus();
+      return;
+    }
+    const body = new FormData();
+    body.append("image", input.files[0]);
+    const gen = enGen;
+    setBusy($("#enroll-button"), $("#enroll-busy"), true);
+    const res = await post(`${galleryPath(g)}/subjects/${enc(subject)}/faces`, body);
+    setBusy($("#enroll-button"), $("#enroll-busy"), false);
+    if (gen !== enGen) return;
+    if (!res.ok || !res.data) { showServiceError(enError, res); return; }
+    const d = res.data;
+    const t = d.timings_ms || {};
+    $("#enroll-message").textContent = `Enrolled a face of ${d.subject} in gallery ` +
+      `“${d.gallery}” (face id ${String(d.face_id).slice(0, 8)}…, ${Math.round(t.total)} ms).`;
+    faceNotes($("#enroll-notes"), [d.face], ["the photo"]);
+    drawFace(enDrop, d.face);
+    enResult.hidden = false;
+    loadSubjects(false);
+  });
+
+  // ---------------------------------------------------------------------------- search
+  const clearSearch = () => { seGen += 1; seError.hidden = true; seResult.hidden = true; };
+  setupDrop(seDrop, clearSearch);
+
+  seForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    clearSearch();
+    const g = checkedName(galleryInput, "gallery name", seError, true);
+    if (!g) return;
+    const input = $("input[type=file]", seDrop);
+    if (!input.files[0]) {
+      showError(seError, "Choose a photo to search with first.",
+        "Drop a photo on the box, or click it to pick one.");
+      input.focus();
+      return;
+    }
+    const body = new FormData();
+    body.append("image", input.files[0]);
+    body.append("top_k", String(TOP_K));
+    const gen = seGen;
+    setBusy($("#search-button"), $("#search-busy"), true);
+    const res = await post(`${galleryPath(g)}/identify`, body);
+    setBusy($("#search-button"), $("#search-busy"), false);
+    if (gen !== seGen) return;
+    if (noGallery(res)) {
+      showError(seError, `Gallery “${g}” does not exist yet.`,
+        "Enroll at least one face in it first (the Enroll box above), then search again.",
+        `not_found (HTTP 404): ${res.data.error.message}`);
+      return;
+    }
+    if (!res.ok || !res.data) { showServiceError(seError, res); return; }
+    showCandidates(g, res.data);
+  });
+
+  function showCandidates(g, d) {
+    const cands = [...(d.candidates || [])].sort((a, b) => a.distance - b.distance);
+    const title = $("#search-verdict");
+    const best = cands[0];
+    if (!best) {
+      title.className = "verdict";
+      title.textContent = `Gallery “${g}” has no faces to compare with.`;
+    } else if (best.match) {
+      title.className = "verdict same";
+      title.textContent = `✓ Best match: ${best.subject}`;
+    } else {
+      title.className = "verdict different";
+      title.textContent = `✗ No match in “${g}”`;
+    }
+    $("#candidates").hidden = !best;
+    $("#candidates-caption").textContent = `The ${plural(cands.length, "nearest subject")} in ` +
+      `“${g}”, nearest first (each by its nearest face). A distance below the threshold ` +
+      `${d.threshold.toFixed(3)} is a match; it is stricter than Verify's, since a search ` +
+      "makes one comparison per subject.";
+    const rows = cands.map((c, i) => {
+      const tr = document.createElement("tr");
+      if (c.match) tr.className = "is-match";
+      const cell = (txt, cls) => Object.assign(document.createElement("td"),
+        { textContent: txt, className: cls || "" });
+      const badge = Object.assign(document.createElement("span"), {
+        className: "badge " + (c.match ? "same" : "different"),
+        textContent: c.match ? "✓ Match" : "✗ No match" });
+      const matchCell = cell("", "match");
+      matchCell.appendChild(badge);
+      const subjectCell = Object.assign(document.createElement("th"),
+        { scope: "row", textContent: c.subject, className: "subject" });
+      tr.append(cell(String(i + 1), "rank"), subjectCell, cell(c.distance.toFixed(3), "num distance"),
+        cell(c.similarity.toFixed(3), "num similarity"), matchCell);
+      return tr;
+    });
+    $("#candidates tbody").replaceChildren(...rows);
+    faceNotes($("#search-notes"), [d.face], ["the photo"]);
+    drawFace(seDrop, d.face);
+    const search = (d.timings_ms || {}).search;
+    $("#search-meta").textContent = metaLine(d) +
+      (search === undefined ? "" : ` Search ${search.toFixed(2)} ms.`);
+    seResult.hidden = false;
+    title.focus();
+  }
+
+  if (initialTab) selectTab(initialTab, false);
 })();

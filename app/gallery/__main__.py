@@ -1,0 +1,95 @@
+"""The operator's gallery commands, on the store a server would open (FACEVERIFY_* settings).
+
+    python -m app.gallery stats     # faces per model, and how many can be re-embedded
+    python -m app.gallery reembed   # re-embed other models' faces with the loaded weights
+
+`reembed` is what a service started with new weights asks for: their identify answers 409
+model_mismatch on a gallery that still holds vectors from the old weights. It needs the
+aligned crops, which are stored only with FACEVERIFY_GALLERY_STORE_CROPS=true, and only crops
+cut by the new encoder's own preprocessing can be reused (same crop size and alignment);
+other faces must be re-enrolled from their photos, or dropped with --delete-unembeddable.
+Running servers pick the new vectors up from the change log, like any other write.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from app.config import Settings
+from app.gallery.store import open_store
+
+
+def _encoder(weights: Path, device: str):
+    from model.checkpoint import load_encoder
+    encoder, card = load_encoder(weights, device=device)
+    if card is None or not card.get("weights_sha256"):
+        raise SystemExit(f"{weights}: no model card with a weights_sha256 beside it")
+    return encoder, card["weights_sha256"]
+
+
+def stats(store, model_sha256: str, spec: str) -> dict:
+    rows = store.crops(not_model=model_sha256)
+    return {"other_model_faces": len(rows),
+            "by_model": dict(Counter(r.model_sha256[:12] for r in rows)),
+            "reembeddable": sum(r.crop_png is not None and r.crop_spec == spec for r in rows)}
+
+
+def reembed(store, encoder, model_sha256: str, batch_size: int = 64,
+            delete_unembeddable: bool = False) -> dict:
+    """Re-embed every face of another model whose stored crop this encoder can read."""
+    from model.encoder import embed_crops
+    spec = encoder.spec.version
+    rows = store.crops(not_model=model_sha256)
+    usable = [r for r in rows if r.crop_png is not None and r.crop_spec == spec]
+    unusable = [r for r in rows if r not in usable]
+    size = encoder.spec.crop_size
+    for i in range(0, len(usable), batch_size):
+        chunk = usable[i:i + batch_size]
+        crops = np.stack([np.asarray(Image.open(io.BytesIO(r.crop_png)).convert("RGB")
+                                     .resize((size, size))) for r in chunk])
+        vectors = embed_crops(encoder, crops).numpy()
+        for r, v in zip(chunk, vectors):
+            store.update_embedding(r.face_id, model_sha256, v)
+    deleted = 0
+    if delete_unembeddable:
+        for r in unusable:
+            deleted += store.delete_face(r.gallery, r.subject, r.face_id)
+    return {"reembedded": len(usable), "unembeddable": len(unusable) - deleted,
+            "deleted": deleted}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m app.gallery", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=["stats", "reembed"])
+    p.add_argument("--url", help="the store (default: FACEVERIFY_GALLERY_URL or its default)")
+    p.add_argument("--weights", type=Path,
+                   help="the weights to embed with (default: FACEVERIFY_WEIGHTS or its default)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--delete-unembeddable", action="store_true",
+                   help="reembed: delete the faces that have no usable crop (their subjects "
+                        "must be re-enrolled from photos)")
+    args = p.parse_args(argv)
+    settings = Settings()
+    store = open_store(args.url or settings.gallery_url)
+    encoder, sha = _encoder(args.weights or settings.weights, args.device)
+    try:
+        if args.command == "stats":
+            out = stats(store, sha, encoder.spec.version)
+        else:
+            out = reembed(store, encoder, sha, delete_unembeddable=args.delete_unembeddable)
+    finally:
+        store.close()
+    print(json.dumps({"model_sha256": sha, **out}))
+    return 1 if out.get("unembeddable") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
