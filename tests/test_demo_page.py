@@ -8,7 +8,9 @@ and driver paths are given). Playwright would need its own pinned browser build 
 toolchain on top.
 
 Photos: Colin_Powell_0002 and _0005 (one person), Colin_Powell_0002 and Tony_Blair_0001 (two
-people), a composite of three LFW faces, and files the service refuses.
+people), a composite of three LFW faces, and files the service refuses. The Identify tab enrolls
+Colin_Powell_0002 and Tony_Blair_0001 in a gallery and searches it with Colin_Powell_0005; the
+server's gallery store is a SQLite file in the test's temporary folder.
 
 The server runs with an API key and a small upload limit so that one server covers the key
 field, the "too large" message and the rest. Weights: the default weights
@@ -77,9 +79,12 @@ def weights(request) -> tuple[Path, bool]:
 
 @pytest.fixture(scope="module")
 def server(weights, tmp_path_factory):
-    log = tmp_path_factory.mktemp("demo_server") / "server.log"
-    with running_server(weights[0], log, api_keys=API_KEY, max_upload_bytes=MAX_UPLOAD,
-                        max_batch_delay_ms=2, detect_workers=1) as s:
+    folder = tmp_path_factory.mktemp("demo_server")
+    # The Identify tab's galleries go to a throwaway SQLite file (sqlite:////tmp/…/gallery.db),
+    # never to the repository's data/.
+    with running_server(weights[0], folder / "server.log", api_keys=API_KEY,
+                        max_upload_bytes=MAX_UPLOAD, max_batch_delay_ms=2, detect_workers=1,
+                        gallery_url=f"sqlite:///{folder / 'gallery.db'}") as s:
         yield s
 
 
@@ -192,6 +197,29 @@ def api_verify(server, a: Path, b: Path) -> dict:
                    files={"image1": (a.name, a.read_bytes()), "image2": (b.name, b.read_bytes())})
     assert r.status_code == 200, r.text
     return r.json()
+
+
+def api_identify(server, gallery: str, photo: Path) -> dict:
+    r = httpx.post(f"{server.url}/galleries/{gallery}/identify", headers={"X-API-Key": API_KEY},
+                   timeout=60, data={"top_k": "5"}, files={"image": (photo.name,
+                                                                     photo.read_bytes())})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def listed_subjects(drv) -> list[list[str]]:
+    """The Identify tab's subject list: [name, faces text] per row."""
+    return drv.execute_script("""return [...document.querySelectorAll('#subject-list li')]
+        .map(li => [li.querySelector('.subject-name').textContent,
+                    li.querySelector('.subject-faces').textContent])""")
+
+
+def enroll(drv, subject: str, photo: Path) -> str:
+    field = drv.find_element("id", "subject")
+    field.clear()
+    field.send_keys(subject)
+    choose(drv, "enroll-image", photo)
+    return submit(drv, "enroll-button", "enroll-result", "enroll-error")
 
 
 def no_horizontal_scroll(drv) -> bool:
@@ -429,3 +457,97 @@ def test_labels_and_a_narrow_screen(driver, server, photos, tmp_path, weights):
     assert tops[1] > tops[0] + 50
     assert drv.save_screenshot(str(tmp_path / "narrow.png"))
     drv.set_window_size(*DESKTOP)
+
+
+def test_identify_tab_enrolls_lists_searches_and_deletes(driver, server, photos, weights,
+                                                         tmp_path):
+    from selenium.webdriver.common.keys import Keys
+    drv, must_be_right = driver, weights[1]
+    open_page(drv, server)
+    # Keyboard: End on the tab list selects the last tab, Identify.
+    drv.find_element("id", "tab-verify").click()
+    drv.switch_to.active_element.send_keys(Keys.END)
+    assert drv.switch_to.active_element.get_attribute("id") == "tab-identify"
+    assert drv.find_element("id", "tab-identify").get_attribute("aria-selected") == "true"
+    assert drv.find_element("id", "tab-verify").get_attribute("aria-selected") == "false"
+    assert drv.find_element("id", "panel-identify").get_attribute("role") == "tabpanel"
+    assert visible(drv, "#enroll-button") and not visible(drv, "#verify-button")
+    assert drv.current_url.endswith("#identify")
+    assert drv.find_element("id", "gallery").get_attribute("value") == "demo"
+    # The server's gallery store starts empty: no gallery "demo" yet.
+    wait_for(drv, "document.getElementById('subjects-status').textContent"
+                  ".includes('no subjects yet')", what="empty gallery")
+
+    # Enroll two people; each shows up in the list at once.
+    assert enroll(drv, "colin_powell", photos["powell_a"]) == "result"
+    assert "Enrolled a face of colin_powell in gallery “demo”" in text(drv, "#enroll-result")
+    wait_for(drv, "document.querySelectorAll('#subject-list li').length === 1")
+    assert enroll(drv, "tony_blair", photos["blair"]) == "result"
+    wait_for(drv, "document.querySelectorAll('#subject-list li').length === 2")
+    assert listed_subjects(drv) == [["colin_powell", "1 face"], ["tony_blair", "1 face"]]
+    assert "2 subjects in gallery “demo”" in text(drv, "#subjects-status")
+
+    # Errors: a name the API refuses is caught before any request; a photo without a face is
+    # the service's no_face_detected, in words.
+    assert enroll(drv, "colin powell", photos["powell_b"]) == "error"
+    msg = text(drv, "#enroll-error")
+    assert "The subject name is not a valid name." in msg and "no spaces" in msg, msg
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (200, 200), (120, 160, 200)).save(blank)
+    assert enroll(drv, "nobody", blank) == "error"
+    print("DBG", drv.execute_script("return [...document.querySelectorAll('#panel-identify .drop')].map(d=>{const b=d.querySelector('.face-box'); const i=d.querySelector('.preview-img'); return [d.dataset.field, b.hidden, b.children.length, i.naturalWidth, b.getBoundingClientRect().width]})"))
+    msg = text(drv, "#enroll-error")
+    assert "No face found in the photo." in msg and "no_face_detected (HTTP 422)" in msg, msg
+    assert len(listed_subjects(drv)) == 2
+
+    # Search with another photo of Colin Powell: the candidates, nearest first, as the API says.
+    choose(drv, "probe-image", photos["powell_b"])
+    wait_for(drv, "document.querySelector('#panel-identify [data-field=probe-image] "
+                  ".preview-img').naturalWidth > 0", what="probe preview")
+    assert submit(drv, "search-button", "search-result", "search-error") == "result"
+    assert visible(drv, "#panel-identify [data-field=probe-image] .preview-img")
+    assert visible(drv, "#panel-identify [data-field=probe-image] .face-box")
+    rows = drv.execute_script("""return [...document.querySelectorAll('#candidates tbody tr')]
+        .map(tr => [...tr.children].map(c => c.textContent.trim()))""")
+    api = api_identify(server, "demo", photos["powell_b"])
+    assert [r[1] for r in rows] == [c["subject"] for c in api["candidates"]]
+    assert [r[2] for r in rows] == [f"{c['distance']:.3f}" for c in api["candidates"]]
+    assert [r[3] for r in rows] == [f"{c['similarity']:.3f}" for c in api["candidates"]]
+    assert [r[4] for r in rows] == ["✓ Match" if c["match"] else "✗ No match"
+                                    for c in api["candidates"]]
+    assert [r[0] for r in rows] == ["1", "2"]
+    assert [float(r[2]) for r in rows] == sorted(float(r[2]) for r in rows)
+    assert f"{api['threshold']:.3f}" in text(drv, "#candidates-caption")
+    if must_be_right:
+        assert rows[0][1] == "colin_powell" and rows[0][4] == "✓ Match", rows
+        assert rows[1][1] == "tony_blair" and rows[1][4] == "✗ No match", rows
+        assert "Best match: colin_powell" in text(drv, "#search-verdict")
+    print("DBG", drv.execute_script("return [...document.querySelectorAll('#panel-identify .drop')].map(d=>{const b=d.querySelector('.face-box'); const i=d.querySelector('.preview-img'); return [d.dataset.field, b.hidden, b.children.length, i.naturalWidth, b.getBoundingClientRect().width]})"))
+    save_screenshot(drv, tmp_path / "identify.png")
+    print("DBG", drv.execute_script("return [...document.querySelectorAll('#panel-identify .drop')].map(d=>{const b=d.querySelector('.face-box'); const i=d.querySelector('.preview-img'); return [d.dataset.field, b.hidden, b.children.length, i.naturalWidth, b.getBoundingClientRect().width]})"))
+    drv.set_window_size(*NARROW)  # one column, nothing wider than the screen
+    assert no_horizontal_scroll(drv)
+    drv.set_window_size(*DESKTOP)
+
+    # Delete a subject: it leaves the list (and the gallery).
+    drv.find_element("css selector", "#subject-list li[data-subject=tony_blair] button").click()
+    wait_for(drv, "!document.querySelector('#subject-list li[data-subject=tony_blair]')",
+             what="tony_blair gone")
+    wait_for(drv, "document.getElementById('subjects-status').textContent"
+                  ".includes('Deleted tony_blair')")
+    assert listed_subjects(drv) == [["colin_powell", "1 face"]]
+    r = httpx.get(f"{server.url}/galleries/demo/subjects", headers={"X-API-Key": API_KEY})
+    assert r.json()["subjects"] == [{"subject": "colin_powell", "faces": 1}]
+
+    # A gallery that does not exist: searched, it says so; listed, it is empty.
+    gallery = drv.find_element("id", "gallery")
+    gallery.clear()
+    gallery.send_keys("nobody-here", Keys.ENTER)
+    wait_for(drv, "document.getElementById('subjects-status').textContent"
+                  ".includes('“nobody-here” has no subjects yet')")
+    assert listed_subjects(drv) == []
+    assert submit(drv, "search-button", "search-result", "search-error") == "error"
+    assert "Gallery “nobody-here” does not exist yet." in text(drv, "#search-error")
+    # No script errors or CSP refusals (the 404s of the absent gallery are the browser's
+    # "Failed to load resource" lines, expected).
+    assert [m for m in severe_console_errors(drv) if "Failed to load resource" not in m] == []
