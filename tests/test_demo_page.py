@@ -495,7 +495,6 @@ def test_identify_tab_enrolls_lists_searches_and_deletes(driver, server, photos,
     blank = tmp_path / "blank.png"
     Image.new("RGB", (200, 200), (120, 160, 200)).save(blank)
     assert enroll(drv, "nobody", blank) == "error"
-    print("DBG", drv.execute_script("return [...document.querySelectorAll('#panel-identify .drop')].map(d=>{const b=d.querySelector('.face-box'); const i=d.querySelector('.preview-img'); return [d.dataset.field, b.hidden, b.children.length, i.naturalWidth, b.getBoundingClientRect().width]})"))
     msg = text(drv, "#enroll-error")
     assert "No face found in the photo." in msg and "no_face_detected (HTTP 422)" in msg, msg
     assert len(listed_subjects(drv)) == 2
@@ -522,9 +521,7 @@ def test_identify_tab_enrolls_lists_searches_and_deletes(driver, server, photos,
         assert rows[0][1] == "colin_powell" and rows[0][4] == "✓ Match", rows
         assert rows[1][1] == "tony_blair" and rows[1][4] == "✗ No match", rows
         assert "Best match: colin_powell" in text(drv, "#search-verdict")
-    print("DBG", drv.execute_script("return [...document.querySelectorAll('#panel-identify .drop')].map(d=>{const b=d.querySelector('.face-box'); const i=d.querySelector('.preview-img'); return [d.dataset.field, b.hidden, b.children.length, i.naturalWidth, b.getBoundingClientRect().width]})"))
     save_screenshot(drv, tmp_path / "identify.png")
-    print("DBG", drv.execute_script("return [...document.querySelectorAll('#panel-identify .drop')].map(d=>{const b=d.querySelector('.face-box'); const i=d.querySelector('.preview-img'); return [d.dataset.field, b.hidden, b.children.length, i.naturalWidth, b.getBoundingClientRect().width]})"))
     drv.set_window_size(*NARROW)  # one column, nothing wider than the screen
     assert no_horizontal_scroll(drv)
     drv.set_window_size(*DESKTOP)

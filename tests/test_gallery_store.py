@@ -85,7 +85,9 @@ def test_other_models_faces_are_counted_not_searched():
     idx.put("g", "bob", "f2", "old-model", unit(rng, 1)[0])
     g = idx.gallery("g")
     assert len(g) == 1 and g.foreign == {"f2": "bob"} and g.has_subject("bob")
-    idx.put("g", "bob", "f2", "new-model", unit(rng, 1)[0])  # re-embedded
+    idx.put("g", "bob", "f2", "new-model", unit(rng, 1)[0], update=True)  # re-embedded
+    assert len(g) == 2 and not g.foreign
+    idx.put("g", "bob", "f2", "new-model", unit(rng, 1)[0], update=True)  # and again
     assert len(g) == 2 and not g.foreign
     idx.remove_subject("g", "alice")
     idx.remove_subject("g", "bob")

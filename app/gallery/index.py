@@ -29,18 +29,24 @@ def _hit(subject: str, face_id: str, score: float) -> Hit:
 
 
 class GalleryVectors:
-    """One gallery's faces. Not thread-safe by itself: `GalleryIndex` holds its lock."""
+    """One gallery's faces. Not thread-safe by itself: `GalleryIndex` holds its lock.
+
+    Memory is kept to the arrays (a million faces: 512 MB of vectors, 32 MB of ids, 8 MB of
+    subject codes, plus the subject names): no per-face Python object. The rare by-id and
+    by-subject operations (delete, subject verify) scan the id or code array (~1 ms a
+    million rows)."""
+
+    ID_BYTES = 32  # face ids are uuid4 hex
 
     def __init__(self, dim: int, capacity: int = 64):
         self.dim = dim
+        self.n = 0
         self.matrix = np.empty((capacity, dim), np.float32)
         self.codes = np.empty(capacity, np.int64)  # subject code of each row
-        self.n = 0
-        self.face_ids: list[str] = []  # of each row
-        self.row_of: dict[str, int] = {}
+        self.ids = np.empty(capacity, f"S{self.ID_BYTES}")  # face id of each row
         self.subject_code: dict[str, int] = {}
         self.subject_names: list[str] = []
-        self.faces_of: dict[str, set[str]] = {}  # subject → its face ids (this model's)
+        self.faces_per_code = np.zeros(64, np.int64)  # this model's faces of each subject
         self.foreign: dict[str, str] = {}  # face id → subject, for other models' faces
 
     def __len__(self) -> int:
@@ -51,58 +57,74 @@ class GalleryVectors:
         if code is None:
             code = self.subject_code[subject] = len(self.subject_names)
             self.subject_names.append(subject)
+            if code == len(self.faces_per_code):
+                self.faces_per_code = np.resize(self.faces_per_code, 2 * code)
+            self.faces_per_code[code] = 0
         return code
 
+    def _row(self, face_id: str) -> int | None:
+        rows = np.flatnonzero(self.ids[:self.n] == face_id.encode())
+        return int(rows[0]) if rows.size else None
+
     def add(self, face_id: str, subject: str, vector: np.ndarray) -> None:
-        if face_id in self.row_of:  # an update: a re-embedded face
-            self.matrix[self.row_of[face_id]] = vector
-            return
+        """A new face (the change log adds each face once; `update` for a known one)."""
         self.foreign.pop(face_id, None)
         if self.n == len(self.matrix):
             grown = max(64, 2 * len(self.matrix))
             self.matrix = np.resize(self.matrix, (grown, self.dim))
             self.codes = np.resize(self.codes, grown)
-        row = self.n
-        self.matrix[row] = vector
-        self.codes[row] = self._code(subject)
-        self.face_ids.append(face_id)
-        self.row_of[face_id] = row
-        self.faces_of.setdefault(subject, set()).add(face_id)
+            self.ids = np.resize(self.ids, grown)
+        code = self._code(subject)
+        self.matrix[self.n] = vector
+        self.codes[self.n] = code
+        self.ids[self.n] = face_id.encode()
+        self.faces_per_code[code] += 1
         self.n += 1
+
+    def update(self, face_id: str, subject: str, vector: np.ndarray) -> None:
+        """A re-embedded face: its new vector in place (or added, if it was another model's)."""
+        row = None if face_id in self.foreign else self._row(face_id)
+        if row is None:
+            self.add(face_id, subject, vector)
+        else:
+            self.matrix[row] = vector
 
     def add_foreign(self, face_id: str, subject: str) -> None:
         self.remove(face_id)
         self.foreign[face_id] = subject
 
+    def _remove_rows(self, rows: np.ndarray) -> None:
+        """Delete rows, filling the holes with the last rows (the matrix stays dense)."""
+        for row in sorted(rows.tolist(), reverse=True):
+            last = self.n - 1
+            self.faces_per_code[self.codes[row]] -= 1
+            if row != last:
+                self.matrix[row] = self.matrix[last]
+                self.codes[row] = self.codes[last]
+                self.ids[row] = self.ids[last]
+            self.n = last
+
     def remove(self, face_id: str) -> None:
         if self.foreign.pop(face_id, None) is not None:
             return
-        row = self.row_of.pop(face_id, None)
-        if row is None:
-            return
-        subject = self.subject_names[self.codes[row]]
-        faces = self.faces_of[subject]
-        faces.discard(face_id)
-        if not faces:
-            del self.faces_of[subject]
-        last = self.n - 1
-        if row != last:  # the last row fills the hole
-            moved = self.face_ids[last]
-            self.matrix[row] = self.matrix[last]
-            self.codes[row] = self.codes[last]
-            self.face_ids[row] = moved
-            self.row_of[moved] = row
-        self.face_ids.pop()
-        self.n = last
+        row = self._row(face_id)
+        if row is not None:
+            self._remove_rows(np.array([row]))
 
     def remove_subject(self, subject: str) -> None:
-        for face_id in list(self.faces_of.get(subject, ())):
-            self.remove(face_id)
+        code = self.subject_code.get(subject)
+        if code is not None:
+            self._remove_rows(np.flatnonzero(self.codes[:self.n] == code))
         for face_id in [f for f, s in self.foreign.items() if s == subject]:
             del self.foreign[face_id]
 
     def has_subject(self, subject: str) -> bool:
-        return subject in self.faces_of or subject in self.foreign.values()
+        code = self.subject_code.get(subject)
+        return (code is not None and self.faces_per_code[code] > 0) or \
+            subject in self.foreign.values()
+
+    def _hit(self, row: int, score: float) -> Hit:
+        return _hit(self.subject_names[self.codes[row]], self.ids[row].decode(), score)
 
     def search(self, query: np.ndarray, top_k: int) -> list[Hit]:
         """The `top_k` subjects nearest the query, each by its nearest face, nearest first."""
@@ -122,18 +144,17 @@ class GalleryVectors:
             if len(first) >= top_k or m == n:
                 break
             m = min(n, 4 * m)  # too few distinct subjects among them: look further
-        best = cand[np.sort(first)][:top_k]
-        return [_hit(self.subject_names[self.codes[r]], self.face_ids[r], scores[r])
-                for r in best]
+        return [self._hit(r, scores[r]) for r in cand[np.sort(first)][:top_k]]
 
     def nearest_of(self, subject: str, query: np.ndarray) -> Hit | None:
         """The subject's face nearest the query."""
-        rows = np.fromiter((self.row_of[f] for f in self.faces_of.get(subject, ())), np.int64)
-        if rows.size == 0:
+        code = self.subject_code.get(subject)
+        if code is None or not self.faces_per_code[code]:
             return None
+        rows = np.flatnonzero(self.codes[:self.n] == code)
         scores = self.matrix[rows] @ query
         i = int(np.argmax(scores))
-        return _hit(subject, self.face_ids[rows[i]], scores[i])
+        return self._hit(int(rows[i]), scores[i])
 
 
 class GalleryIndex:
@@ -150,12 +171,14 @@ class GalleryIndex:
         return self.galleries.get(name)
 
     def put(self, gallery: str, subject: str, face_id: str, model_sha256: str,
-            vector: np.ndarray) -> None:
+            vector: np.ndarray, update: bool = False) -> None:
+        """A face from the store: new (`update` False: each face is added once) or
+        re-embedded."""
         g = self.galleries.get(gallery)
         if g is None:
             g = self.galleries[gallery] = GalleryVectors(self.dim)
         if model_sha256 == self.model_sha256 and vector.shape == (self.dim,):
-            g.add(face_id, subject, vector)
+            (g.update if update else g.add)(face_id, subject, vector)
         else:
             g.add_foreign(face_id, subject)
 

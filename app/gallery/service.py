@@ -101,7 +101,7 @@ class GalleryService:
                         if c.op in ("add", "update") and c.face is not None:
                             f = c.face
                             self.index.put(f.gallery, f.subject, f.face_id, f.model_sha256,
-                                           f.embedding)
+                                           f.embedding, update=c.op == "update")
                         elif c.op == "delete_face":
                             self.index.remove_face(c.gallery, c.face_id)
                         elif c.op == "delete_subject":
