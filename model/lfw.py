@@ -81,3 +81,33 @@ def parse_folds(spec: str | None) -> set[int] | None:
         else:
             folds.add(int(part))
     return folds
+
+
+@dataclass(frozen=True)
+class IdentificationSets:
+    """LFW as a 1:N test: `gallery` is the first photo of every person with two or more,
+    `mated` their other photos (each to be found as its person), `non_mated` one photo each
+    of people with a single photo (who must not match anyone). Paths relative to the image
+    root."""
+
+    gallery: list[str]
+    mated: list[str]
+    non_mated: list[str]
+
+
+def identification_sets(images_root: str | Path, non_mated: int = 1000, seed: int = 0,
+                        people: int | None = None) -> IdentificationSets:
+    """The sets from the image folders (LFW: 1,680 gallery people, 7,484 mated probes; the
+    non-mated are a seeded sample of the 4,069 one-photo people). `people` keeps only the
+    first so many gallery people (by name), for quick runs."""
+    root = Path(images_root)
+    photos = {d.name: sorted(p.name for p in d.glob("*.jpg")) for d in sorted(root.iterdir())
+              if d.is_dir()}
+    several = [n for n, files in photos.items() if len(files) >= 2][:people]
+    single = [n for n, files in photos.items() if len(files) == 1]
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(len(single), size=min(non_mated, len(single)), replace=False))
+    return IdentificationSets(
+        gallery=[f"{n}/{photos[n][0]}" for n in several],
+        mated=[f"{n}/{f}" for n in several for f in photos[n][1:]],
+        non_mated=[f"{single[i]}/{photos[single[i]][0]}" for i in chosen])

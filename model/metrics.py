@@ -92,3 +92,24 @@ def summarize(d: np.ndarray, same: np.ndarray) -> dict:
         "tar_at_far_1e-3": tar01, "threshold_at_far_1e-3": thr01,
         "best_threshold": t, "accuracy_at_best_threshold": accuracy_at(d, same, t),
     }
+
+
+def open_set_identification(mated_correct: np.ndarray, mated_d: np.ndarray,
+                            non_mated_d: np.ndarray, threshold: float) -> dict:
+    """1:N figures at one threshold (ISO/IEC 19795-1 terms).
+
+    mated_correct: per mated probe, is the rank-1 candidate its own person; mated_d: that
+    candidate's distance; non_mated_d: per non-mated probe, its rank-1 distance.
+    DIR (detection and identification rate): mated probes whose rank-1 is right and within
+    the threshold. FNIR = 1 - DIR. FPIR: non-mated probes whose rank-1 is within it."""
+    dir_ = float(np.mean(mated_correct & (mated_d < threshold)))
+    return {"threshold": float(threshold), "dir": dir_, "fnir": 1 - dir_,
+            "fpir": float(np.mean(non_mated_d < threshold)),
+            "mated_matched_wrong_person": float(np.mean(~mated_correct & (mated_d < threshold)))}
+
+
+def threshold_at_fpir(non_mated_d: np.ndarray, fpir: float) -> float:
+    """The largest threshold whose FPIR is at most `fpir` (matches are `d < threshold`)."""
+    d = np.sort(non_mated_d)
+    k = int(np.floor(fpir * len(d)))  # at most k non-mated probes may fall below
+    return float(d[k]) if k < len(d) else float("inf")

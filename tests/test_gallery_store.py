@@ -179,3 +179,19 @@ def test_bad_urls_and_unreachable_databases_are_store_errors(tmp_path):
         open_store("sqlite://relative.db")
     with pytest.raises(StoreError, match="reach"):
         open_store("postgresql://postgres@127.0.0.1:1/postgres")
+
+
+def test_bulk_adds_are_one_transaction_in_the_log_and_the_snapshot(store_url):
+    rng = np.random.default_rng(6)
+    store = open_store(store_url)
+    try:
+        v = unit(rng, 300)
+        store.add_faces("big", "m", [(f"s{i % 100}", f"{i:032x}", v[i]) for i in range(300)])
+        changes = store.changes_since(0)
+        assert len(changes) == 300 and {c.op for c in changes} == {"add"}
+        np.testing.assert_array_equal(changes[7].face.embedding, v[7])
+        seq, faces = store.snapshot()
+        assert seq == changes[-1].seq and len(list(faces)) == 300
+        assert store.subjects("big", 1, None) == [("s0", 3)]
+    finally:
+        store.close()

@@ -104,6 +104,11 @@ class Store:
                  embedding: np.ndarray, crop_png: bytes | None, crop_spec: str | None) -> int:
         raise NotImplementedError
 
+    def add_faces(self, gallery: str, model_sha256: str,
+                  rows: list[tuple[str, str, np.ndarray]]) -> None:
+        """Many (subject, face_id, embedding) in one transaction (imports, benchmarks)."""
+        raise NotImplementedError
+
     def delete_subject(self, gallery: str, subject: str) -> int:
         """Delete the subject's faces; their number (0: there was no such subject)."""
         raise NotImplementedError
@@ -207,6 +212,22 @@ class SqliteStore(Store):
             ("INSERT INTO changes (op, gallery, subject, face_id) VALUES ('add', ?, ?, ?)",
              (gallery, subject, face_id))])
         return 1
+
+    def add_faces(self, gallery, model_sha256, rows):
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT INTO faces VALUES (?, ?, ?, ?, ?, NULL, NULL, ?)",
+                    ((f, gallery, s, model_sha256, vector_bytes(v), now) for s, f, v in rows))
+                self._db.executemany(
+                    "INSERT INTO changes (op, gallery, subject, face_id) VALUES ('add', ?, ?, ?)",
+                    ((gallery, s, f) for s, f, _ in rows))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def delete_subject(self, gallery, subject):
         with self._lock:
@@ -387,6 +408,19 @@ class PostgresStore(Store):
                          "VALUES ('add', %s, %s, %s)", (gallery, subject, face_id))
             return 1
         return self._write(body)
+
+    def add_faces(self, gallery, model_sha256, rows):
+        def body(conn):
+            with conn.cursor() as cur:
+                with cur.copy("COPY faces (face_id, gallery, subject, model_sha256, embedding) "
+                              "FROM STDIN") as copy:
+                    for subject, face_id, v in rows:
+                        copy.write_row((face_id, gallery, subject, model_sha256,
+                                        vector_bytes(v)))
+                with cur.copy("COPY changes (op, gallery, subject, face_id) FROM STDIN") as copy:
+                    for subject, face_id, _ in rows:
+                        copy.write_row(("add", gallery, subject, face_id))
+        self._write(body)
 
     def delete_subject(self, gallery, subject):
         def body(conn):

@@ -1,8 +1,9 @@
-"""A throwaway PostgreSQL server for the gallery tests: Debian's PostgreSQL binaries (the
+"""A throwaway PostgreSQL server for the gallery tests and benchmarks: Debian's PostgreSQL binaries (the
 `postgresql` package, installed on the project's machines but not running), a fresh cluster
 in a temporary directory, trust authentication on 127.0.0.1 and a free port; stopped and
 removed afterwards. As root the server runs as the `postgres` user (initdb refuses root).
-Skips when no PostgreSQL binaries are installed (`apt-get install postgresql`).
+Without PostgreSQL binaries (`apt-get install postgresql`) a test skips and a benchmark
+stops with the reason.
 """
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import pytest
-
 from bench.server import free_port
+
+
+class NoPostgres(RuntimeError):
+    """No PostgreSQL binaries on this machine."""
 
 
 def postgres_bin() -> Path | None:
@@ -32,7 +35,7 @@ class Postgres:
     def __init__(self):
         self.bin = postgres_bin()
         if self.bin is None:
-            pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+            raise NoPostgres("PostgreSQL is not installed (apt-get install postgresql)")
         self.dir = Path(tempfile.mkdtemp(prefix="faceverify-pg-"))
         self.port = free_port()
         self.as_root = os.geteuid() == 0
