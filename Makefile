@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test serve weights detector-weights evaluate student-weights evaluate-student clean docker-lint docker-smoke browser demo-screenshot lock
+.PHONY: install test serve weights detector-weights evaluate evaluate-identify student-weights evaluate-student clean docker-lint docker-smoke browser demo-screenshot lock
 
 # requirements.lock pins every package of the tested install (`make lock` writes it); the
 # venv, the Docker image and CI install within it (pip constraints: a pin applies only to
@@ -63,6 +63,16 @@ evaluate: $(STAMP)
 	    --weights weights/faceverify-encoder.safetensors --face-choice central \
 	    --flip off --with-teacher --out bench/results/lfw_view2.json --roc docs/roc_view2.png \
 	    --write-card weights/faceverify-encoder.json
+
+# LFW as a 1:N test (docs/accuracy.md, "1:N on LFW"): 1,680 enrolled people, 7,484 mated and
+# 1,000 non-mated probes, with the service's face choice (largest) and with central.
+evaluate-identify: $(STAMP)
+	$(PY) -m model.evaluate --protocol identify --lfw-dir $(LFW_DIR) \
+	    --weights weights/faceverify-encoder.safetensors --face-choice largest --flip off \
+	    --out bench/results/lfw_identify.json
+	$(PY) -m model.evaluate --protocol identify --lfw-dir $(LFW_DIR) \
+	    --weights weights/faceverify-encoder.safetensors --face-choice central --flip off \
+	    --out bench/results/lfw_identify_central.json
 
 # The 0.2 student (weights/faceverify-student: 0.83 M parameters, ~5x faster per face, 89 % on
 # View 2): the distillation recipe (model/configs/distill.yaml) trains two students that never

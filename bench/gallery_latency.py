@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import signal
 import statistics
 import tempfile
 import time
@@ -117,6 +118,10 @@ def in_process_search(n: int, queries: int = 30) -> dict:
     return {"search_ms_p50": statistics.median(times), "search_ms_p90": pct(times, 90)}
 
 
+def _terminate(*_) -> None:
+    raise SystemExit(143)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -128,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lfw-dir", type=Path, default=DEFAULT_LFW)
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
+    # stopped with SIGTERM: still stop the servers and the database it started
+    signal.signal(signal.SIGTERM, _terminate)
     from model.checkpoint import read_card
     sha = read_card(args.weights)["weights_sha256"]
     crop = aligned_crop(args.weights, args.lfw_dir)

@@ -1,6 +1,11 @@
 """Evaluate encoders on the LFW protocols: `python -m model.evaluate`.
 
 View 1: threshold chosen on pairsDevTrain, accuracy on pairsDevTest.
+identify: LFW as a 1:N test (model.lfw.identification_sets): the first photo of each of the
+1,680 people with two or more is enrolled, their other 7,484 photos are searched for
+(closed-set rank-1 / rank-5), and so are 1,000 photos of one-photo people, who must not match
+(open-set DIR and FPIR at the card's thresholds and at FPIR 10 / 1 / 0.1 %). Exact search,
+best face per subject (model.metrics.rank_subjects, which the service's search equals).
 View 2: pairs.txt, 10 folds; the threshold for fold k is chosen on the other folds and
 tested on fold k. For identity-disjoint View 2, give one encoder per group of folds
 (`--weights-for-folds 1-5=A.safetensors --weights-for-folds 6-10=B.safetensors`): each fold is
@@ -177,6 +182,39 @@ def evaluate_view1(lfw_dir: Path, weights: Path, lfw, device: str, flip: bool
     return report, d_test, same_test
 
 
+def evaluate_identify(lfw_dir: Path, weights: Path, lfw: AlignedLfw, device: str,
+                      flip: bool | None, non_mated: int = 1000, seed: int = 0
+                      ) -> dict[str, Any]:
+    from model.lfw import identification_sets, identity_of
+    from model.metrics import identification_summary, rank_subjects
+    sets = identification_sets(Path(lfw_dir) / "lfw-deepfunneled", non_mated, seed)
+    encoder, card = load_encoder(weights, device=device)
+    if flip is not None:
+        encoder.flip_tta = flip
+    aligned = lfw(encoder.spec)
+    index = aligned.index()
+    paths = sets.gallery + sets.mated + sets.non_mated
+    rows = [index[f"lfw/{x}"] for x in paths]
+    emb = embed_crops(encoder, aligned.crops[rows]).numpy()
+    people = {identity_of(x): i for i, x in enumerate(sets.gallery)}
+    g = len(sets.gallery)
+    truth = np.array([people.get(identity_of(x), -1) for x in paths[g:]])
+    ranked, distances = rank_subjects(emb[:g], np.arange(g), emb[g:], top_k=5)
+    th = (card or {}).get("threshold") or {}
+    thresholds = {k: th[c] for k, c in (("identify_default_far_1e-3", "at_far_1e-3"),
+                                         ("verify_threshold", "value")) if c in th}
+    return {"protocol": "lfw_identify", "gallery": g,
+            "definition": "gallery: first photo of each person with >= 2 photos; mated "
+                          "probes: their other photos; non-mated: one photo each of "
+                          f"{len(sets.non_mated)} one-photo people (seed {seed})",
+            "weights": str(weights), "weights_sha256": (card or {}).get("weights_sha256"),
+            "identity_disjoint": disjointness(card, str(Path(lfw_dir) / "pairs.txt"),
+                                              set(range(1, 11))),
+            "flip_tta": encoder.flip_tta,
+            "no_face": int(sum(aligned.methods[r] != "detected" for r in rows)),
+            **identification_summary(ranked, distances, truth, thresholds)}
+
+
 def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -235,7 +273,7 @@ def update_card(card_file: Path, key: str, report: dict[str, Any]) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m model.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--protocol", choices=["view1", "view2"], default="view2")
+    p.add_argument("--protocol", choices=["view1", "view2", "identify"], default="view2")
     p.add_argument("--weights", type=Path, help="one encoder for every fold")
     p.add_argument("--weights-for-folds", action="append", default=[], metavar="FOLDS=PATH",
                    help="View 2: the encoder that scores these folds (repeatable)")
@@ -269,6 +307,20 @@ def main(argv: list[str] | None = None) -> int:
     kw = {"cache_dir": args.cache_dir} if args.cache_dir else {}
     flip = {"on": True, "off": False, "card": None}[args.flip]
     lfw = AlignedLfw(args.lfw_dir, face_choice=args.face_choice, detector=args.detector, **kw)
+    if args.protocol == "identify":
+        if not args.weights or args.with_teacher or args.roc or args.write_card:
+            raise SystemExit("identify takes --weights, and no --with-teacher, --roc or "
+                             "--write-card")
+        report = evaluate_identify(args.lfw_dir, args.weights, lfw, args.device, flip)
+        report["face_choice"] = args.face_choice
+        report["detector"] = ", ".join(sorted(lfw.detectors_used)) or args.detector
+        print(json.dumps(report, indent=2))
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=2) + "\n")
+        log.info("lfw_identify: rank-1 %.2f%%, rank-5 %.2f%%, identity-disjoint: %s",
+                 100 * report["rank1"], 100 * report["rank5"], report["identity_disjoint"])
+        return 0
     if args.protocol == "view2":
         groups = {k: Path(v) for k, v in (s.split("=", 1) for s in args.weights_for_folds)}
         if args.weights:

@@ -1,4 +1,5 @@
-"""LFW identification through the HTTP API (the full protocol is bench/lfw_identify.py):
+"""LFW identification through the HTTP API (the full protocol:
+`python -m model.evaluate --protocol identify`, docs/accuracy.md):
 the first 120 people with two or more photos are enrolled with their first photo, up to two
 of their other photos are identified, and so are 120 photos of one-photo people, who must
 come out further from anyone than most mated probes from their own person."""

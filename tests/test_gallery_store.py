@@ -46,6 +46,24 @@ def test_search_returns_each_subjects_nearest_face_nearest_first_like_brute_forc
             assert all(abs(h.similarity - (1 - h.distance ** 2 / 2)) < 1e-5 for h in hits)
 
 
+def test_search_equals_the_evaluations_reference_ranking():
+    """model.evaluate's 1:N figures come from model.metrics.rank_subjects; the service's
+    search must rank exactly as it does."""
+    from model.metrics import rank_subjects
+    rng = np.random.default_rng(7)
+    vectors = unit(rng, 2000)
+    labels = rng.integers(0, 300, 2000)
+    g = GalleryVectors(DIM)
+    for i, (label, v) in enumerate(zip(labels, vectors)):
+        g.add(f"f{i}", str(label), v)
+    probes = unit(rng, 50)
+    ranked, distances = rank_subjects(vectors, labels, probes, top_k=7)
+    for q, want, d in zip(probes, ranked, distances):
+        hits = g.search(q, 7)
+        assert [h.subject for h in hits] == [str(x) for x in want]
+        np.testing.assert_allclose([h.distance for h in hits], d, atol=1e-5)
+
+
 def test_search_looks_further_when_one_subject_holds_all_the_nearest_faces():
     rng = np.random.default_rng(1)
     q = unit(rng, 1)[0]
