@@ -102,10 +102,19 @@ def test_two_replicas_share_enrollments_and_deletions_and_catch_up(tmp_path, pos
                        files=photo("Tony_Blair", 2), timeout=30)
         assert r.status_code == 404
 
-        # the database restarts: the listening connections drop; a write made while one
+        # the database goes away: writes and listings are 503 store_unavailable, identify
+        # keeps answering from memory
+        postgres.stop()
+        r = httpx.post(f"{a.url}/galleries/door/subjects/Hans_Blix/faces",
+                       files=photo("Hans_Blix"), timeout=30)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable"
+        assert r.headers["Retry-After"]
+        assert httpx.get(f"{b.url}/galleries/door/subjects").status_code == 503
+        assert top(b, "door", "Laura_Bush", 2)[:1] == ["Laura_Bush"]
+        # it comes back: the listening connections reconnect, and a write made while one
         # replica may still be reconnecting reaches it on reconnect (the log, not the
         # notification, is what it applies)
-        postgres.restart()
+        postgres.start()
         eventually(lambda: httpx.post(f"{a.url}/galleries/door/subjects/Hans_Blix/faces",
                                       files=photo("Hans_Blix"), timeout=30).status_code == 201,
                    20)

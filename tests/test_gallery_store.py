@@ -125,11 +125,12 @@ def test_store_round_trip_change_log_snapshot_and_pagination(store_url):
     store = open_store(store_url)
     try:
         v = unit(rng, 4)
-        for i, subject in enumerate(["bob", "alice", "carol", "alice"]):
+        for i, subject in enumerate(["bob", "alice", "Zed", "alice"]):
             store.add_face("g", subject, f"{i:032x}", "m1", v[i], None, None)
         store.add_face("other", "alice", "f" * 32, "m1", v[0], b"png", "spec")
-        assert store.subjects("g", 2, None) == [("alice", 2), ("bob", 1)]
-        assert store.subjects("g", 2, "bob") == [("carol", 1)]
+        # byte order in both stores (capitals first), so a cursor pages the same everywhere
+        assert store.subjects("g", 2, None) == [("Zed", 1), ("alice", 2)]
+        assert store.subjects("g", 2, "alice") == [("bob", 1)]
         assert store.subjects("nope", 10, None) == []
 
         changes = store.changes_since(0)
@@ -151,7 +152,7 @@ def test_store_round_trip_change_log_snapshot_and_pagination(store_url):
         seq, faces = store.snapshot()
         faces = list(faces)
         assert seq == later[-1].seq
-        assert sorted((f.gallery, f.subject) for f in faces) == [("g", "carol"),
+        assert sorted((f.gallery, f.subject) for f in faces) == [("g", "Zed"),
                                                                  ("other", "alice")]
         store.update_embedding("f" * 32, "m2", v[1])
         (crop,) = store.crops(not_model="m1")

@@ -454,8 +454,10 @@ class PostgresStore(Store):
 
     def subjects(self, gallery, limit, after):
         return self._run(lambda conn: conn.execute(
-            "SELECT subject, count(*) FROM faces WHERE gallery = %s AND subject > %s "
-            "GROUP BY subject ORDER BY subject COLLATE \"C\" LIMIT %s",
+            # byte order, as SQLite's: the cursor must compare as the list is sorted
+            "SELECT subject, count(*) FROM faces WHERE gallery = %s "
+            "AND subject COLLATE \"C\" > %s GROUP BY subject "
+            "ORDER BY subject COLLATE \"C\" LIMIT %s",
             (gallery, after or "", limit)).fetchall())
 
     def snapshot(self):
