@@ -187,22 +187,34 @@ class SqliteStore(Store):
             raise StoreError(f"cannot open the gallery database {path}: {exc}") from None
         self._lock = threading.Lock()
 
-    def _write(self, statements: list[tuple[str, tuple]]) -> sqlite3.Cursor:
+    def _transaction(self, body: Callable[[sqlite3.Connection], object]) -> object:
+        """body(db) in one write transaction (BEGIN IMMEDIATE: the writer's lock at once);
+        a database error (disk full, locked past the timeout) is a StoreError."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                cur = None
-                for sql, args in statements:
-                    cur = self._db.execute(sql, args)
-                self._db.execute("COMMIT")
-                return cur
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    out = body(self._db)
+                    self._db.execute("COMMIT")
+                    return out
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StoreError(f"gallery database error: {exc}") from None
+
+    def _write(self, statements: list[tuple[str, tuple]]) -> None:
+        def body(db):
+            for sql, args in statements:
+                db.execute(sql, args)
+        self._transaction(body)
 
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
-            return self._db.execute(sql, args).fetchall()
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"gallery database error: {exc}") from None
 
     def add_face(self, gallery, subject, face_id, model_sha256, embedding, crop_png, crop_spec):
         self._write([
@@ -215,50 +227,34 @@ class SqliteStore(Store):
 
     def add_faces(self, gallery, model_sha256, rows):
         now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(
-                    "INSERT INTO faces VALUES (?, ?, ?, ?, ?, NULL, NULL, ?)",
-                    ((f, gallery, s, model_sha256, vector_bytes(v), now) for s, f, v in rows))
-                self._db.executemany(
-                    "INSERT INTO changes (op, gallery, subject, face_id) VALUES ('add', ?, ?, ?)",
-                    ((gallery, s, f) for s, f, _ in rows))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+
+        def body(db):
+            db.executemany("INSERT INTO faces VALUES (?, ?, ?, ?, ?, NULL, NULL, ?)",
+                           ((f, gallery, s, model_sha256, vector_bytes(v), now)
+                            for s, f, v in rows))
+            db.executemany("INSERT INTO changes (op, gallery, subject, face_id) "
+                           "VALUES ('add', ?, ?, ?)", ((gallery, s, f) for s, f, _ in rows))
+        self._transaction(body)
 
     def delete_subject(self, gallery, subject):
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                n = self._db.execute("DELETE FROM faces WHERE gallery = ? AND subject = ?",
-                                     (gallery, subject)).rowcount
-                if n:
-                    self._db.execute("INSERT INTO changes (op, gallery, subject) "
-                                     "VALUES ('delete_subject', ?, ?)", (gallery, subject))
-                self._db.execute("COMMIT")
-                return n
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        def body(db):
+            n = db.execute("DELETE FROM faces WHERE gallery = ? AND subject = ?",
+                           (gallery, subject)).rowcount
+            if n:
+                db.execute("INSERT INTO changes (op, gallery, subject) "
+                           "VALUES ('delete_subject', ?, ?)", (gallery, subject))
+            return n
+        return self._transaction(body)
 
     def delete_face(self, gallery, subject, face_id):
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                n = self._db.execute("DELETE FROM faces WHERE gallery = ? AND subject = ? AND "
-                                     "face_id = ?", (gallery, subject, face_id)).rowcount
-                if n:
-                    self._db.execute("INSERT INTO changes (op, gallery, subject, face_id) "
-                                     "VALUES ('delete_face', ?, ?, ?)",
-                                     (gallery, subject, face_id))
-                self._db.execute("COMMIT")
-                return bool(n)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        def body(db):
+            n = db.execute("DELETE FROM faces WHERE gallery = ? AND subject = ? AND "
+                           "face_id = ?", (gallery, subject, face_id)).rowcount
+            if n:
+                db.execute("INSERT INTO changes (op, gallery, subject, face_id) "
+                           "VALUES ('delete_face', ?, ?, ?)", (gallery, subject, face_id))
+            return bool(n)
+        return self._transaction(body)
 
     def update_embedding(self, face_id, model_sha256, embedding):
         rows = self._read("SELECT gallery, subject FROM faces WHERE face_id = ?", (face_id,))
@@ -279,9 +275,12 @@ class SqliteStore(Store):
     def snapshot(self):
         # a read transaction on a connection of its own: the snapshot is consistent with its
         # seq, and writers are not held up while it streams
-        db = sqlite3.connect(str(self.path), isolation_level=None)
-        db.execute("BEGIN")
-        seq = db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
+        try:
+            db = sqlite3.connect(str(self.path), isolation_level=None)
+            db.execute("BEGIN")
+            seq = db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the gallery database {self.path}: {exc}") from None
 
         def rows():
             try:
