@@ -83,6 +83,11 @@ RUN groupadd --gid 10001 faceverify && \
 COPY --from=builder /opt/venv /opt/venv
 COPY deploy/docker-entrypoint.sh /usr/local/bin/faceverify-entrypoint
 COPY --from=builder /opt/app /app
+# The default gallery store, sqlite:///data/gallery.db, is /app/data/gallery.db: the one
+# directory the service writes to. Mount a volume there (compose: `gallery-data`; k8s: a PVC),
+# or the service cannot start on a read-only root filesystem. A new named volume takes this
+# directory's owner (uid 10001), so it starts writable (docs/deploy.md, "Galleries").
+RUN install -d -o 10001 -g 10001 -m 0750 /app/data
 
 # MALLOC_ARENA_MAX=2: glibc keeps two malloc arenas instead of one per thread, so memory freed
 # after large uploads is reused: peak RSS at 128 concurrent maximum-size requests 2.30 GiB

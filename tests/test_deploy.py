@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -99,16 +100,71 @@ def test_compose_api_service():
     assert passed <= known, sorted(passed - known)
 
 
+def test_compose_api_keeps_its_sqlite_gallery_on_a_named_volume():
+    """The root filesystem is read-only: the gallery's SQLite file must be on a volume, a
+    named one so that enrollments survive restarts and re-creation (docs/deploy.md)."""
+    c = compose()
+    api = c["services"]["api"]
+    assert api["read_only"] is True
+    url = api["environment"]["FACEVERIFY_GALLERY_URL"]
+    assert url.startswith("sqlite:////"), url
+    data_dir = str(Path(url[len("sqlite:///"):]).parent)
+    mounts = dict(v.split(":")[:2] for v in api["volumes"])  # source -> target
+    volume = next(src for src, dst in mounts.items() if dst == data_dir)
+    assert volume in c["volumes"], f"{volume} is not a named volume"
+    # the image makes that directory the service user's, so a new volume starts writable
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(rf"install -d -o 10001 -g 10001 .*{re.escape(data_dir)}\b", dockerfile)
+
+
 def test_compose_profiles():
     services = compose()["services"]
     assert services["lb"]["profiles"] == ["scale"]
     assert services["prometheus"]["profiles"] == ["monitoring"]
     assert services["grafana"]["profiles"] == ["monitoring"]
-    for name in ("lb", "prometheus", "grafana"):
+    for name in ("postgres", "gallery-api", "gallery-lb"):
+        assert services[name]["profiles"] == ["gallery"], name
+    for name in ("lb", "prometheus", "grafana", "gallery-api", "gallery-lb"):
         assert all(p.startswith("${FACEVERIFY_BIND:-127.0.0.1}:") for p in services[name]["ports"])
     gpu = yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text())["services"]["api"]
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+
+
+def test_compose_gallery_profile():
+    """PostgreSQL, N api replicas on it, and nginx in front, on a network of their own where
+    the replicas answer to `api` (the lb's nginx configuration, reused)."""
+    c = compose()
+    services = c["services"]
+    pg, gapi, glb, api = (services[n] for n in ("postgres", "gallery-api", "gallery-lb", "api"))
+    # PostgreSQL: a configurable image (a stand-in in CI), healthy = pg_isready, a named
+    # volume, no published port, the password from the environment.
+    assert pg["image"] == "${POSTGRES_IMAGE:-postgres:15}"
+    assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
+    assert "ports" not in pg
+    volume, target = pg["volumes"][0].split(":")[:2]
+    assert target == "/var/lib/postgresql/data" and volume in c["volumes"]
+    password = pg["environment"]["POSTGRES_PASSWORD"]
+    assert password.startswith("${FACEVERIFY_POSTGRES_PASSWORD:-")
+    # the replicas: the api's image and settings, the store in that database
+    url = gapi["environment"]["FACEVERIFY_GALLERY_URL"]
+    user, db = pg["environment"]["POSTGRES_USER"], pg["environment"]["POSTGRES_DB"]
+    assert url == f"postgresql://{user}:{password}@postgres:5432/{db}"
+    assert gapi["environment"]["FACEVERIFY_GALLERY_ENABLED"] == "true"
+    assert gapi["depends_on"]["postgres"]["condition"] == "service_healthy"
+    replicas = re.fullmatch(r"\$\{FACEVERIFY_GALLERY_REPLICAS:-(\d+)\}", gapi["deploy"]["replicas"])
+    assert replicas and int(replicas.group(1)) >= 2
+    for key in ("image", "healthcheck", "read_only", "cap_drop", "security_opt", "tmpfs"):
+        assert gapi[key] == api[key], key
+    assert not gapi.get("volumes"), "no file store for the replicas"
+    shared = {k: v for k, v in api["environment"].items() if "GALLERY" not in k}
+    assert shared.items() <= gapi["environment"].items()
+    # the network: the lb reaches the replicas as `api`, and the default api is not there
+    assert gapi["networks"]["gallery"]["aliases"] == ["api"]
+    assert pg["networks"] == glb["networks"] == ["gallery"]
+    assert "networks" not in api and "gallery" in c["networks"]
+    assert glb["volumes"] == services["lb"]["volumes"]
+    assert glb["depends_on"]["gallery-api"]["condition"] == "service_healthy"
 
 
 def test_nginx_balances_the_api_service():
@@ -133,5 +189,8 @@ def test_dockerfile_essentials():
     assert re.search(r"^USER 10001", text, re.MULTILINE)
     assert "HEALTHCHECK" in text and "/health/ready" in text
     assert "COPY weights /opt/app/weights" in text and "COPY --from=builder /opt/app /app" in text
+    # the default gallery store (sqlite:///data/gallery.db from WORKDIR /app) has its directory
+    assert re.search(r"^WORKDIR /app$", text, re.MULTILINE)
+    assert "install -d -o 10001 -g 10001 -m 0750 /app/data" in text
     entry = (ROOT / "deploy/docker-entrypoint.sh").read_text()
     assert "uvicorn app.main:app" in entry and "WEB_CONCURRENCY" in entry

