@@ -214,3 +214,39 @@ def test_bulk_adds_are_one_transaction_in_the_log_and_the_snapshot(store_url):
         assert store.subjects("big", 1, None) == [("s0", 3)]
     finally:
         store.close()
+
+
+def test_a_replica_reloads_when_the_store_is_restored_from_an_older_backup(tmp_path):
+    """A restored backup rewinds the change log, and writes after it reuse its numbers: the
+    watcher sees that the row it applied last is gone or different, and reads it all again."""
+    import shutil
+    from types import SimpleNamespace
+
+    from app.gallery.service import GalleryService
+    rng = np.random.default_rng(8)
+    db = tmp_path / "gallery.db"
+    writer = open_store(f"sqlite:///{db}")
+    writer.add_face("g", "alice", "a" * 32, "m", unit(rng, 1)[0], None, None)
+    writer.close()
+    shutil.copy(db, tmp_path / "backup.db")  # the backup: alice only
+
+    metrics = SimpleNamespace(gallery_vectors=SimpleNamespace(set=lambda n: None))
+    replica = GalleryService(SimpleNamespace(metrics=metrics), open_store(f"sqlite:///{db}"))
+    replica.load(DIM, "m")
+    writer = open_store(f"sqlite:///{db}")
+    writer.add_face("g", "bob", "b" * 32, "m", unit(rng, 1)[0], None, None)
+    replica._sync_quietly()
+    assert replica.index.gallery("g").has_subject("bob")
+    writer.close()
+
+    for suffix in ("", "-wal", "-shm"):  # the restore, while the replica runs
+        (tmp_path / f"gallery.db{suffix}").unlink(missing_ok=True)
+    shutil.copy(tmp_path / "backup.db", db)
+    writer = open_store(f"sqlite:///{db}")
+    writer.add_face("g", "carol", "c" * 32, "m", unit(rng, 1)[0], None, None)  # seq 2 again
+    writer.close()
+    replica.store.close()
+    replica.store = open_store(f"sqlite:///{db}")  # (a new file: a new connection)
+    replica._sync_quietly()
+    g = replica.index.gallery("g")
+    assert g.has_subject("alice") and g.has_subject("carol") and not g.has_subject("bob")

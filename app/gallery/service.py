@@ -55,17 +55,21 @@ class GalleryService:
         self._sync_lock = threading.Lock()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._last_change: tuple | None = None  # the log row at index.seq, as applied
 
     # -- life cycle ------------------------------------------------------------------------
     def load(self, dim: int, model_sha256: str) -> None:
-        """Read every face into memory (blocking; at start-up, before ready)."""
+        """Read every face into memory (blocking; at start-up, before ready, and when the
+        store was restored from a backup under a running server)."""
         t0 = time.perf_counter()
         index = GalleryIndex(dim, model_sha256)
         seq, faces = self.store.snapshot()
         for f in faces:
             index.put(f.gallery, f.subject, f.face_id, f.model_sha256, f.embedding)
         index.seq = seq
-        self.index = index
+        with self._sync_lock:
+            self.index = index
+            self._last_change = self.store.change_at(seq) if seq else None
         self.sync()
         foreign = sum(len(g.foreign) for g in index.galleries.values())
         log.info("gallery loaded", extra={
@@ -107,12 +111,23 @@ class GalleryService:
                         elif c.op == "delete_subject":
                             self.index.remove_subject(c.gallery, c.subject)
                         self.index.seq = c.seq
+                        self._last_change = (c.op, c.gallery, c.subject, c.face_id)
                 applied += len(changes)
                 self.service.metrics.gallery_vectors.set(self.index.vectors)
 
     def _sync_quietly(self) -> None:
+        """The watcher's catch-up. When the log row this replica applied last is no longer
+        what the store holds at that position, the store was restored from a backup (which
+        rewinds the log, and later writes may reuse its numbers): the replica reads it all
+        again."""
         try:
             self.sync()
+            with self._sync_lock:  # the position and its row, as one
+                seq, last = self.index.seq, self._last_change
+            if seq and self.store.change_at(seq) != last:
+                log.warning("gallery: the store's change log no longer holds what this "
+                            "replica applied (restored from a backup?); reloading it")
+                self.load(self.index.dim, self.index.model_sha256)
         except StoreError as exc:
             log.warning("gallery: catch-up failed: %s", exc)
 

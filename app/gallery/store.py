@@ -131,6 +131,12 @@ class Store:
     def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
         raise NotImplementedError
 
+    def change_at(self, seq: int) -> tuple | None:
+        """(op, gallery, subject, face_id) of the log row `seq`, None if there is none: a
+        replica checks its last applied row is still there (a restored backup rewinds
+        the log, and later writes may reuse its numbers)."""
+        raise NotImplementedError
+
     def crops(self, not_model: str) -> list[CropRow]:
         """The faces embedded by another model than `not_model`, with their crops."""
         raise NotImplementedError
@@ -302,6 +308,11 @@ class SqliteStore(Store):
         return [Change(s, op, g, subj, fid, _face(fid, g, subj, sha, emb)
                        if op in ("add", "update") else None)
                 for s, op, g, subj, fid, sha, emb in rows]
+
+    def change_at(self, seq):
+        rows = self._read("SELECT op, gallery, subject, face_id FROM changes WHERE seq = ?",
+                          (seq,))
+        return tuple(rows[0]) if rows else None
 
     def crops(self, not_model):
         return [CropRow(*r) for r in self._read(
@@ -488,6 +499,12 @@ class PostgresStore(Store):
         return [Change(s, op, g, subj, fid, _face(fid, g, subj, sha, emb)
                        if op in ("add", "update") else None)
                 for s, op, g, subj, fid, sha, emb in rows]
+
+    def change_at(self, seq):
+        row = self._run(lambda conn: conn.execute(
+            "SELECT op, gallery, subject, face_id FROM changes WHERE seq = %s",
+            (seq,)).fetchone())
+        return tuple(row) if row else None
 
     def crops(self, not_model):
         return [CropRow(*r) for r in self._run(lambda conn: conn.execute(
