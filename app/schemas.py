@@ -156,6 +156,9 @@ class Subject(BaseModel):
 class SubjectsResponse(BaseModel):
     subjects: list[Subject]
     next: str | None = Field(..., description="cursor for the next page; null on the last")
+    model_config = ConfigDict(json_schema_extra={"example": {
+        "subjects": [{"subject": "alice", "faces": 3}, {"subject": "bob", "faces": 1}],
+        "next": "bob"}})
 
 
 class Live(BaseModel):
@@ -191,7 +194,7 @@ ERROR_EXAMPLES: dict[int, dict[str, dict[str, Any]]] = {
                                                  "truncated", "image1"),
           "bad_base64": _err("invalid_image", "image2: not valid base64", "image2")},
     401: {"unauthorized": _err("unauthorized", "missing API key", "X-API-Key")},
-    404: {"not_found": _err("not_found", "no subject 'alice' in gallery 'staff'")},
+    404: {"not_found": _err("not_found", "no such route")},
     409: {"model_mismatch": _err("model_mismatch", "gallery 'staff' holds 12 face(s) embedded "
                                  "by other weights than the loaded ones (3f1c2a9e0b7d…); their "
                                  "vectors cannot be compared with this model's. Run `python -m"
@@ -218,8 +221,11 @@ ERROR_EXAMPLES: dict[int, dict[str, dict[str, Any]]] = {
                                  "3b9f6c1e2a7d4f00)")},
     503: {"overloaded": _err("overloaded", "the encoder queue is full (256 of 256 faces "
                              "waiting)"),
-          "not_ready": _err("not_ready", "the service is starting up; retry later"),
-          "store_unavailable": _err("store_unavailable", "the gallery store is unreachable; "
+          "not_ready": _err("not_ready", "the service is starting up; retry later")},
+}
+# what only the gallery routes answer
+GALLERY_ERROR_EXAMPLES = {
+    503: {"store_unavailable": _err("store_unavailable", "the gallery store is unreachable; "
                                     "retry later")},
 }
 _ERROR_DESCRIPTIONS = {
@@ -243,11 +249,15 @@ _ERROR_DESCRIPTIONS = {
 }
 
 
-def error_responses(*statuses: int) -> dict[int, dict[str, Any]]:
+def error_responses(*statuses: int, gallery: bool = False) -> dict[int, dict[str, Any]]:
+    """OpenAPI responses for these statuses; `gallery`: with the gallery routes' own cases."""
     out: dict[int, dict[str, Any]] = {}
     for s in statuses:
+        examples = ERROR_EXAMPLES[s] | (GALLERY_ERROR_EXAMPLES.get(s, {}) if gallery else {})
+        if gallery and s == 404:
+            examples = {"not_found": _err("not_found", "no subject 'alice' in gallery 'staff'")}
         entry: dict[str, Any] = {"model": ErrorResponse, "description": _ERROR_DESCRIPTIONS[s],
-                                 "content": {"application/json": {"examples": ERROR_EXAMPLES[s]}}}
+                                 "content": {"application/json": {"examples": examples}}}
         if s == 503:
             entry["headers"] = {"Retry-After": {"description": "seconds to wait",
                                                 "schema": {"type": "integer"}}}

@@ -28,7 +28,7 @@ Name = Annotated[str, Path(pattern=NAME_PATTERN, description="1-64 of A-Z a-z 0-
 
 router = APIRouter(prefix="/galleries", tags=["galleries"],
                    dependencies=[Depends(require_api_key)])
-_ERRORS = error_responses(400, 401, 404, 408, 409, 413, 415, 422, 500, 503)
+_ERRORS = error_responses(400, 401, 404, 408, 409, 413, 415, 422, 500, 503, gallery=True)
 
 
 def gallery_of(request: Request) -> GalleryService:
@@ -106,7 +106,7 @@ async def verify_subject(request: Request, gallery: Name, subject: Name) -> JSON
 
 
 @router.get("/{gallery}/subjects", response_model=SubjectsResponse,
-            responses=error_responses(401, 404, 422, 503),
+            responses=error_responses(401, 404, 422, 503, gallery=True),
             summary="The gallery's subjects and their number of faces, by name")
 async def list_subjects(request: Request, gallery: Name,
                         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -117,7 +117,7 @@ async def list_subjects(request: Request, gallery: Name,
 
 
 @router.delete("/{gallery}/subjects/{subject}", status_code=204,
-               responses=error_responses(401, 404, 422, 503),
+               responses=error_responses(401, 404, 422, 503, gallery=True),
                summary="Delete a subject and all its faces (from the store and every "
                        "replica's search)")
 async def delete_subject(request: Request, gallery: Name, subject: Name) -> Response:
@@ -126,7 +126,7 @@ async def delete_subject(request: Request, gallery: Name, subject: Name) -> Resp
 
 
 @router.delete("/{gallery}/subjects/{subject}/faces/{face_id}", status_code=204,
-               responses=error_responses(401, 404, 422, 503), summary="Delete one face")
+               responses=error_responses(401, 404, 422, 503, gallery=True), summary="Delete one face")
 async def delete_face(request: Request, gallery: Name, subject: Name,
                       face_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]) -> Response:
     await gallery_of(request).delete_face(gallery, subject, face_id)
