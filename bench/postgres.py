@@ -63,7 +63,7 @@ class Postgres:
         self.stop()
         self.start()
 
-    def __enter__(self) -> Postgres:
+    def __enter__(self) -> Postgres:  # noqa: PYI034
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres")
         self.start()
         return self

@@ -11,8 +11,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from tests.test_api import serving, settings_for
 from tests.service_support import DEFAULT_WEIGHTS
+from tests.test_api import serving, settings_for
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
