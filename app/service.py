@@ -94,7 +94,7 @@ class Service:
     def load(self) -> None:
         from model.checkpoint import WeightsError, load_encoder
         from model.detect import resolve_device
-        from model.pipeline import FacePipeline
+        from model.pipeline import FacePipeline, detector_for
 
         s = self.settings
         if s.torch_threads:
@@ -148,12 +148,18 @@ class Service:
         except (OSError, ValueError) as exc:  # the detector's or landmark model's file
             raise StartupError(f"cannot build the face pipeline for preprocessing "
                                f"{encoder.spec.version!r}: {exc}") from None
+        processes = None
+        on_cpu = pipeline.detector.name == "yunet" or resolve_device(detect_device).type == "cpu"
+        if s.detect_pool == "process" or (s.detect_pool == "auto" and on_cpu):
+            from app.faces import PipelineConfig
+            processes = PipelineConfig(encoder.spec, s.face_choice,
+                                       detector_for(encoder.spec, s.detector))
         self.faces = FaceStage(pipeline, s.detect_workers, s.max_pixels,
                                on_no_face=self.metrics.faces_not_found.inc,
                                decode_min_side=s.decode_min_side or None,
                                max_wait_s=(s.max_detect_wait_ms / 1000
                                            if s.max_detect_wait_ms else None),
-                               retry_after_s=s.retry_after_s)
+                               retry_after_s=s.retry_after_s, processes=processes)
         if s.gallery_enabled:
             self.gallery = self._open_gallery(encoder.embedding_dim)
         log.info("model loaded", extra={

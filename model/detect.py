@@ -8,13 +8,18 @@ shared; what differs per detector is kept on its class.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:  # torch is imported where it runs: the YuNet face path runs without it
+    import torch
 
 
 @dataclass(frozen=True)
@@ -51,11 +56,21 @@ def _detections(boxes, probs, points) -> list[Detection]:
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """'auto' → the first CUDA device when there is one, else the CPU."""
+    import torch
     if isinstance(device, torch.device):
         return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def _in_inference_context(method):
+    """Run a detector method under its `inference_context()`."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self.inference_context():
+            return method(self, *args, **kwargs)
+    return wrapper
 
 
 class FaceDetector:
@@ -90,7 +105,7 @@ class FaceDetector:
 
     def __init__(self, device: str | torch.device = "auto", min_face_size: int = 20,
                  max_detect_side: int = 1280):
-        self.device = resolve_device(device)
+        self.device = device  # resolved by the detectors that run on one (MTCNN)
         self.min_face_size = min_face_size
         self.max_detect_side = max_detect_side
 
@@ -105,7 +120,11 @@ class FaceDetector:
         """Was this image detected on a downscaled copy?"""
         return max(image.size) > self.max_detect_side
 
-    @torch.inference_mode()
+    def inference_context(self) -> contextlib.AbstractContextManager:
+        """What a detection runs under (torch's inference mode for a torch network)."""
+        return contextlib.nullcontext()
+
+    @_in_inference_context
     def refine(self, image: Image.Image, face: Detection) -> Detection:
         """`face` detected again in a crop around it, at up to REFINE_CROP_PX a side; the
         original detection when the crop shows no face near its centre."""
@@ -146,7 +165,7 @@ class FaceDetector:
         everyone = refined + list(faces[len(candidates):])
         return sorted(everyone, key=lambda f: f.visible_area(w, h), reverse=True), refined
 
-    @torch.inference_mode()
+    @_in_inference_context
     def detect(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
         """Return, for each image, its faces sorted by visible area (largest first).
 
@@ -224,7 +243,7 @@ class MtcnnDetector(FaceDetector):
                  thresholds: Sequence[float] = (0.6, 0.7, 0.7), max_detect_side: int = 1280):
         from facenet_pytorch import MTCNN  # heavy import; only where detection is needed
 
-        super().__init__(device, min_face_size, max_detect_side)
+        super().__init__(resolve_device(device), min_face_size, max_detect_side)
         common = {"thresholds": list(thresholds), "keep_all": True, "post_process": False,
                   "device": self.device}
         self._nets = {
@@ -237,6 +256,10 @@ class MtcnnDetector(FaceDetector):
         }
         for net in self._nets.values():
             net.eval()
+
+    def inference_context(self) -> contextlib.AbstractContextManager:
+        import torch
+        return torch.inference_mode()
 
     def _find(self, pixels: Sequence[np.ndarray], purpose: str = "detect"
               ) -> list[list[Detection]]:

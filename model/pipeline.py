@@ -17,10 +17,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:  # never imported here: the YuNet face path runs without torch
+    import torch
 
 from model.align import CENTRE_BOX_250, align_face, centred_face_landmarks, resize_crop
 from model.detect import DEFAULT_DETECTOR, Detection, make_detector

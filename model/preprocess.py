@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # imported in to_tensor: the face path uses this module without torch
+    import torch
 
 LANDMARK_SOURCES = ("mtcnn5", "dlib5")
 GEOMETRIES = ("template112", "dlib-chip")
@@ -98,6 +100,7 @@ class PreprocessSpec:
     # -- normalisation ------------------------------------------------------------------
     def to_tensor(self, crops: np.ndarray | torch.Tensor | Sequence[np.ndarray]) -> torch.Tensor:
         """(N, S, S, 3) uint8 crops → (N, 3, S, S) float32, (x - mean) / std per channel."""
+        import torch
         if isinstance(crops, torch.Tensor):
             t = crops
         else:
