@@ -73,6 +73,11 @@ class Settings(BaseSettings):
         "Most /verify and /embed requests being decoded, detected or encoded at once; a slot "
         "is taken once the request's body is in, and beyond the limit requests get 503 "
         "overloaded. Upload bytes are bounded by `max_body_bytes_in_flight`."))
+    active_requests: int = Field(0, ge=0, description=(
+        "Requests worked on (decoded, detected, encoded) at once; the others wait for a slot,"
+        " the newest first, up to `max_detect_wait_ms`, then get 503 overloaded. 0 = twice "
+        "`detect_workers` (4): enough to keep two cores busy, few enough that an answered "
+        "request does not share them with a crowd (docs/benchmarks.md)."))
     retry_after_s: int = Field(1, ge=1, description="Retry-After (seconds) sent with 503.")
 
     # --- input limits ------------------------------------------------------------------
@@ -107,8 +112,8 @@ class Settings(BaseSettings):
         "photos/s on two cores. thread: threads of the server process (the only choice for "
         "MTCNN on a GPU). auto: processes when detection runs on the CPU, else threads."))
     max_detect_wait_ms: float = Field(250.0, ge=0, description=(
-        "Queue-time budget of detection: a request whose first image waited longer than this "
-        "for a detect thread gets 503 overloaded with Retry-After when a thread takes it up, "
+        "Queue-time budget: the longest a request waits for one of the `active_requests` "
+        "slots, and then for a detect worker; past it, 503 overloaded with Retry-After, "
         "unworked, so the accepted requests' latency stays bounded under overload. 0 = no "
         "budget (requests queue up to `max_concurrent_requests`)."))
     decode_min_side: int = Field(1280, ge=0, description=(

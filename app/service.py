@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from app.admission import GateFull, LifoGate
 from app.batcher import BatcherClosed, DynamicBatcher, Overloaded
 from app.config import Settings
 from app.errors import ServiceError
@@ -85,6 +86,9 @@ class Service:
         self.ready = False
         self.warmup_error: str | None = None
         self.in_flight = 0
+        self.gate = LifoGate(settings.active_requests or 2 * settings.detect_workers,
+                             settings.max_detect_wait_ms / 1000 if settings.max_detect_wait_ms
+                             else None)
         self.preparing = 0  # requests in the face stage (their groups may join a batch)
         self.body_bytes = BodyBytes(settings.max_body_bytes_in_flight, settings.retry_after_s)
         self.body_limits = BodyLimits(settings.max_upload_bytes, settings.body_timeout_s,
@@ -256,7 +260,7 @@ class Service:
     async def embed_images(self, images: dict[str, bytes], detect: bool = True) -> Embedded:
         """Decode, detect and align each image's face, and encode them in one batch with
         other requests' faces, inside one of `max_concurrent_requests` slots."""
-        with self.admit():
+        async with self.admit():
             self.preparing += 1
             try:
                 prepared = await self.faces.prepare(images, detect)
@@ -299,10 +303,12 @@ class Service:
             raise RuntimeError("encoder produced a non-finite embedding")
         return out
 
-    @contextlib.contextmanager
-    def admit(self):
-        """Bound the requests being processed at once (their images, crops, embeddings);
-        taken once a request's body is in."""
+    @contextlib.asynccontextmanager
+    async def admit(self):
+        """One of the `active_requests` slots for the request's work (its images, crops,
+        embeddings), taken once its body is in: the newest waiter gets the next free slot,
+        and one that waited `max_detect_wait_ms` in vain gets 503 (app/admission.py).
+        Beyond `max_concurrent_requests` waiting or worked on, 503 at once."""
         if self.in_flight >= self.settings.max_concurrent_requests:
             raise ServiceError("overloaded",
                                f"too many requests in progress ({self.in_flight}); retry later",
@@ -310,7 +316,14 @@ class Service:
         self.in_flight += 1
         self.metrics.in_flight.set(self.in_flight)
         try:
-            yield
+            try:
+                async with self.gate.slot():
+                    yield
+            except GateFull:
+                raise ServiceError(
+                    "overloaded", f"no free slot within {self.settings.max_detect_wait_ms:g} ms "
+                    f"({self.gate.slots} requests being worked on); retry later",
+                    headers={"Retry-After": str(self.settings.retry_after_s)}) from None
         finally:
             self.in_flight -= 1
             self.metrics.in_flight.set(self.in_flight)
