@@ -190,14 +190,17 @@ class FaceStage:
 
     async def _in_processes(self, loop, images: dict[str, bytes], detect: bool) -> list:
         """The images' jobs in the worker processes, answered as `_prepare_one` answers:
-        a (face, decode_s, detect_s, waited) tuple or an exception, per image. Each job
-        checks the queue-time budget itself (the processes share no request state)."""
+        a (face, decode_s, detect_s, waited) tuple or an exception, per image. The first
+        image's job checks the queue-time budget when it starts."""
         submitted = time.monotonic()
         pool = self.executor
+        # the budget is the first image's, as with threads: it starts first (the pool's
+        # queue is in order), and once it is taken up its siblings are not refused
         results = await asyncio.gather(*(
             loop.run_in_executor(pool, _job_in_worker, name, data, detect, submitted,
-                                 self.max_wait_s, self.max_pixels, self.decode_min_side)
-            for name, data in images.items()), return_exceptions=True)
+                                 self.max_wait_s if i == 0 else None, self.max_pixels,
+                                 self.decode_min_side)
+            for i, (name, data) in enumerate(images.items())), return_exceptions=True)
         done: list = []
         for r in results:
             if isinstance(r, BrokenProcessPool):
