@@ -52,7 +52,7 @@ class ModelRef(BaseModel):
 
 class Timings(BaseModel):
     read: float = Field(..., description="receiving and parsing the upload")
-    detect_wait: float = Field(0.0, description="waiting for a detect thread to take up "
+    detect_wait: float = Field(0.0, description="waiting for a detect worker to take up "
                                                 "the request's first image")
     decode: float
     detect: float = Field(..., description="face detection and alignment of the image(s)")
@@ -243,7 +243,7 @@ _ERROR_DESCRIPTIONS = {
          "threshold above max_client_threshold, malformed body)",
     500: "internal_error (no details; see the server log line with the same request id)",
     503: "overloaded (queue full, too many requests in progress, too many bodies arriving, "
-         "or the request waited longer than max_detect_wait_ms for a detect thread), "
+         "or the request waited longer than max_detect_wait_ms for a slot or a detect worker), "
          "not_ready (warming up), or store_unavailable (the gallery database cannot be "
          "reached); has a Retry-After header",
 }
