@@ -12,7 +12,8 @@
 #
 # The default weights, weights/faceverify-encoder.safetensors + .json, the 5-point landmark
 # model they align faces with, weights/landmarks-dlib5.safetensors, and the face detector,
-# weights/detector-yunet.onnx, are baked into the image.
+# weights/detector-yunet.onnx, and the int8 graph of the encoder the CPU runs,
+# weights/faceverify-encoder.int8.onnx + .json, are baked into the image.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -62,7 +63,7 @@ COPY app /opt/app/app
 COPY model /opt/app/model
 COPY weights /opt/app/weights
 RUN for f in faceverify-encoder.safetensors faceverify-encoder.json landmarks-dlib5.safetensors \
-             detector-yunet.onnx; do \
+             detector-yunet.onnx faceverify-encoder.int8.onnx faceverify-encoder.int8.json; do \
       test -s "/opt/app/weights/$f" || { echo "weights/$f is missing: build from a tree with the default weights (see docs/deploy.md)" >&2; exit 1; }; \
     done; \
     find /opt/app -name '__pycache__' -prune -exec rm -rf {} +; \

@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test serve weights detector-weights evaluate evaluate-identify student-weights evaluate-student clean docker-lint docker-smoke browser demo-screenshot lock
+.PHONY: install test serve weights detector-weights int8-weights evaluate evaluate-identify student-weights evaluate-student clean docker-lint docker-smoke browser demo-screenshot lock
 
 # requirements.lock pins every package of the tested install (`make lock` writes it); the
 # venv, the Docker image and CI install within it (pip constraints: a pin applies only to
@@ -63,6 +63,17 @@ evaluate: $(STAMP)
 	    --weights weights/faceverify-encoder.safetensors --face-choice central \
 	    --flip off --with-teacher --out bench/results/lfw_view2.json --roc docs/roc_view2.png \
 	    --write-card weights/faceverify-encoder.json
+
+# The int8 graph of the default weights (weights/faceverify-encoder.int8.onnx, what the service
+# runs on the CPU): ONNX Runtime's static quantisation calibrated on celeba-extra faces, then
+# its own View 2 evaluation, which writes its thresholds into its card.
+int8-weights: $(STAMP)
+	$(PY) -m model.quantize --weights weights/faceverify-encoder.safetensors \
+	    --calibration-dir ../shared/data/celeba-extra --out weights/faceverify-encoder.int8.onnx
+	$(PY) -m model.evaluate --protocol view2 --lfw-dir $(LFW_DIR) \
+	    --weights weights/faceverify-encoder.safetensors --graph weights/faceverify-encoder.int8.onnx \
+	    --face-choice central --flip off --out bench/results/lfw_view2_int8.json \
+	    --write-card weights/faceverify-encoder.int8.json
 
 # LFW as a 1:N test (docs/accuracy.md, "1:N on LFW"): 1,680 enrolled people, 7,484 mated and
 # 1,000 non-mated probes, with the service's face choice (largest) and with central.

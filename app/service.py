@@ -119,6 +119,10 @@ class Service:
             raise StartupError(f"model card {s.weights.with_suffix('.json')} is missing or has "
                                "no weights_sha256; the service only serves weights it can "
                                "verify")
+        int8 = self._int8_graph(device, card)
+        if int8 is not None:  # the graph's own card: thresholds calibrated on its embeddings
+            card = {**card, "int8": int8[1], "threshold": int8[1].get("threshold")
+                    or card.get("threshold")}
         threshold = s.threshold
         if threshold is None:
             threshold = (card.get("threshold") or {}).get("value")
@@ -135,12 +139,15 @@ class Service:
         self.max_client_threshold = max(self.threshold, math.floor(cap * 1e4) / 1e4)
         self.gallery_threshold = float(s.gallery_threshold or (card.get("threshold") or {}).get(
             "at_far_1e-3") or self.threshold)
+        # what made the embeddings: the int8 graph's identity when it runs (gallery vectors
+        # are tagged with this sha256)
+        made_by = int8[1] if int8 is not None else card
         self.model_ref = {"name": str(card.get("name", s.weights.stem)),
-                          "version": str(card.get("version", "")),
-                          "sha256": str(card["weights_sha256"])}
+                          "version": str(made_by.get("version", "")),
+                          "sha256": str(made_by.get("graph_sha256") or card["weights_sha256"])}
         try:
             self.runner = EncoderRunner(encoder, device, s.precision, s.fp16_tolerance,
-                                        s.runtime)
+                                        s.runtime, int8_graph=int8[0] if int8 else None)
         except RuntimeError as exc:  # runtime=onnxruntime that cannot run here
             raise StartupError(f"cannot start the encoder runtime: {exc}") from None
         # while requests are in the face stage, the encoder leaves them the other core
@@ -176,6 +183,26 @@ class Service:
             "embedding_dim": encoder.embedding_dim, "preprocessing": encoder.spec.version,
             "runtime": self.runner.runtime,
             "load_ms": round((time.perf_counter() - t0) * 1000, 1)})
+
+    def _int8_graph(self, device, card: dict) -> tuple[bytes, dict] | None:
+        """The int8 graph beside the weights and its card, as `int8` says (None: float32)."""
+        from model.quantize import find_int8
+        s = self.settings
+        if s.int8 == "off" or device.type != "cpu" or s.runtime == "torch":
+            if s.int8 == "on":
+                raise StartupError("int8=on needs the encoder on the CPU in ONNX Runtime")
+            return None
+        try:
+            found = find_int8(s.weights, card["weights_sha256"])
+        except (OSError, ValueError) as exc:
+            if s.int8 == "on":
+                raise StartupError(f"cannot use the int8 graph: {exc}") from None
+            log.warning("int8 graph not used: %s; running float32", exc)
+            return None
+        if found is None and s.int8 == "on":
+            raise StartupError(f"int8=on but there is no {s.weights.with_suffix('.int8.onnx')}"
+                               " (python -m model.quantize)")
+        return found
 
     def _open_gallery(self, dim: int):
         from app.gallery.service import GalleryService

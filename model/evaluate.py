@@ -97,8 +97,20 @@ class AlignedLfw:
         return self._sets[spec.version]
 
 
+def embed_aligned(encoder, crops: np.ndarray, graph: Path | None = None) -> torch.Tensor:
+    """Embeddings of aligned crops by the torch module, or by an ONNX graph of it (the int8
+    graph of model/quantize.py, as the service runs it)."""
+    if graph is None:
+        return embed_crops(encoder, crops)
+    from model.runtime import OnnxEncoder
+    session = OnnxEncoder(encoder, graph=Path(graph).read_bytes())
+    return torch.cat([session(encoder.spec.to_tensor(np.asarray(crops[i:i + 64])))
+                      for i in range(0, len(crops), 64)])
+
+
 def score_pairs(pairs: list[Pair], weights: Path, lfw: AlignedLfw, device: str, flip: bool | None,
-                lfw_dir: Path = Path(DEFAULT_LFW)) -> tuple[np.ndarray, dict | None, int, bool]:
+                lfw_dir: Path = Path(DEFAULT_LFW), graph: Path | None = None
+                ) -> tuple[np.ndarray, dict | None, int, bool]:
     """Distances for pairs under one encoder, how many of their images had no face, and
     whether mirror-image test-time augmentation was used.
 
@@ -113,13 +125,13 @@ def score_pairs(pairs: list[Pair], weights: Path, lfw: AlignedLfw, device: str, 
     paths, left, right = pair_images(pairs)
     rows = [index[f"lfw/{x}"] for x in paths]
     no_face = sum(aligned.methods[r] != "detected" for r in rows)
-    emb = embed_crops(encoder, aligned.crops[rows])
+    emb = embed_aligned(encoder, aligned.crops[rows], graph)
     d = pair_distance(emb[torch.from_numpy(left)], emb[torch.from_numpy(right)])
     return d.numpy(), card, no_face, encoder.flip_tta
 
 
-def evaluate_view2(lfw_dir: Path, groups: dict[str, Path], lfw, device: str, flip: bool
-                   ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+def evaluate_view2(lfw_dir: Path, groups: dict[str, Path], lfw, device: str, flip: bool,
+                   graph: Path | None = None) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     pairs_file = lfw_dir / "pairs.txt"
     pairs = read_pairs(pairs_file)
     all_folds = sorted({p.fold for p in pairs})
@@ -131,7 +143,7 @@ def evaluate_view2(lfw_dir: Path, groups: dict[str, Path], lfw, device: str, fli
         folds = parse_folds(spec) or set(all_folds)
         sel = np.isin(fold_of, sorted(folds))
         dist_g, card, no_face, flip_used = score_pairs(
-            [p for p, s in zip(pairs, sel) if s], weights, lfw, device, flip, lfw_dir)
+            [p for p, s in zip(pairs, sel) if s], weights, lfw, device, flip, lfw_dir, graph)
         d[sel] = dist_g
         results = kfold_accuracy(dist_g, same[sel], fold_of[sel])
         fold_results += results
@@ -183,8 +195,8 @@ def evaluate_view1(lfw_dir: Path, weights: Path, lfw, device: str, flip: bool
 
 
 def evaluate_identify(lfw_dir: Path, weights: Path, lfw: AlignedLfw, device: str,
-                      flip: bool | None, non_mated: int = 1000, seed: int = 0
-                      ) -> dict[str, Any]:
+                      flip: bool | None, non_mated: int = 1000, seed: int = 0,
+                      graph: Path | None = None) -> dict[str, Any]:
     from model.lfw import identification_sets, identity_of
     from model.metrics import identification_summary, rank_subjects
     sets = identification_sets(Path(lfw_dir) / "lfw-deepfunneled", non_mated, seed)
@@ -195,7 +207,7 @@ def evaluate_identify(lfw_dir: Path, weights: Path, lfw: AlignedLfw, device: str
     index = aligned.index()
     paths = sets.gallery + sets.mated + sets.non_mated
     rows = [index[f"lfw/{x}"] for x in paths]
-    emb = embed_crops(encoder, aligned.crops[rows]).numpy()
+    emb = embed_aligned(encoder, aligned.crops[rows], graph).numpy()
     people = {identity_of(x): i for i, x in enumerate(sets.gallery)}
     g = len(sets.gallery)
     truth = np.array([people.get(identity_of(x), -1) for x in paths[g:]])
@@ -255,6 +267,8 @@ def update_card(card_file: Path, key: str, report: dict[str, Any]) -> None:
             k: report["teacher"][k] for k in ("accuracy_mean", "accuracy_std", "auc", "eer",
                                               "tar_at_far_1e-2", "tar_at_far_1e-3", "note")
             if k in report["teacher"]}
+    if "graph_file" in card and report.get("graph", {}).get("sha256") != card["graph_sha256"]:
+        raise SystemExit(f"{card_file} describes {card['graph_file']}, not the graph evaluated")
     thr = report.get("threshold_mean", report.get("threshold"))
     # The threshold holds for embeddings made the way the evaluation made them.
     card["inference"] = {"flip_tta": bool(report["flip_tta"])}
@@ -267,7 +281,10 @@ def update_card(card_file: Path, key: str, report: dict[str, Any]) -> None:
         "at_far_1e-2": report["threshold_at_far_1e-2"],
         "at_far_1e-3": report["threshold_at_far_1e-3"],
     }
-    write_card(weights, card)
+    if "graph_file" in card:  # an int8 graph's card (model/quantize.py): JSON only
+        card_file.write_text(json.dumps(card, indent=2) + "\n")
+    else:
+        write_card(weights, card)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -291,6 +308,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--flip", choices=["on", "off", "card"], default="card",
                    help="mirror-image test-time augmentation: on, off, or as each model card "
                         "says (default); --write-card records the choice in the card")
+    p.add_argument("--graph", type=Path,
+                   help="embed with this ONNX graph of the weights (the int8 graph of "
+                        "model.quantize) instead of the torch module; its card is the one "
+                        "--write-card should name")
     p.add_argument("--out", type=Path, help="JSON report path")
     p.add_argument("--roc", type=Path, help="ROC plot PNG path")
     p.add_argument("--label", default="faceverify", help="name in the ROC legend")
@@ -311,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.weights or args.with_teacher or args.roc or args.write_card:
             raise SystemExit("identify takes --weights, and no --with-teacher, --roc or "
                              "--write-card")
-        report = evaluate_identify(args.lfw_dir, args.weights, lfw, args.device, flip)
+        report = evaluate_identify(args.lfw_dir, args.weights, lfw, args.device, flip,
+                                   graph=args.graph)
         report["face_choice"] = args.face_choice
         report["detector"] = ", ".join(sorted(lfw.detectors_used)) or args.detector
         print(json.dumps(report, indent=2))
@@ -327,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
             groups = {"1-10": args.weights}
         if not groups:
             raise SystemExit("give --weights or --weights-for-folds")
-        report, d, same = evaluate_view2(args.lfw_dir, groups, lfw, args.device, flip)
+        report, d, same = evaluate_view2(args.lfw_dir, groups, lfw, args.device, flip,
+                                         graph=args.graph)
         key = "lfw_view2"
     else:
         if not args.weights:
@@ -336,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
         key = "lfw_view1"
     report["face_choice"] = args.face_choice
     report["detector"] = ", ".join(sorted(lfw.detectors_used)) or args.detector
+    if args.graph:
+        from model.checkpoint import sha256_of
+        report["graph"] = {"file": str(args.graph), "sha256": sha256_of(args.graph)}
     curves = {f"{args.label} (AUC {report['auc']:.3f})": (d, same)}
     if args.with_teacher:
         if args.protocol == "view2":

@@ -31,7 +31,7 @@ def card(weights: Path) -> dict:
 
 
 def test_enroll_identify_verify_list_and_delete(tmp_path):
-    thresholds = card(DEFAULT_WEIGHTS)["threshold"]
+    thresholds = json.loads(DEFAULT_WEIGHTS.with_suffix(".int8.json").read_text())["threshold"]
 
     async def go():
         async with serving(gallery_settings(tmp_path)) as (_, c):
@@ -44,7 +44,9 @@ def test_enroll_identify_verify_list_and_delete(tmp_path):
                 body = r.json()
                 assert (body["gallery"], body["subject"]) == ("staff", name)
                 assert body["face"]["faces_found"] >= 1 and len(body["face"]["landmarks"]) == 5
-                assert body["model"]["sha256"] == card(DEFAULT_WEIGHTS)["weights_sha256"]
+                # tagged with what made the vector: the int8 graph beside the weights
+                int8 = json.loads(DEFAULT_WEIGHTS.with_suffix(".int8.json").read_text())
+                assert body["model"]["sha256"] == int8["graph_sha256"]
                 faces.setdefault(name, []).append(body["face_id"])
             # JSON base64 works as for /verify
             r = await c.post(f"{base}/subjects/Laura_Bush/faces", json={
@@ -205,7 +207,8 @@ def test_new_weights_refuse_identify_until_reembedded(tmp_path):
     url = f"sqlite:///{tmp_path}/gallery.db"
 
     async def enroll(gallery, names, store_crops):
-        async with serving(settings_for(DEFAULT_WEIGHTS, gallery_url=url,
+        # float32, as the new weights (which have no int8 graph beside them) will run
+        async with serving(settings_for(DEFAULT_WEIGHTS, gallery_url=url, int8="off",
                                         gallery_store_crops=store_crops)) as (_, c):
             for name in names:
                 r = await c.post(f"/galleries/{gallery}/subjects/{name}/faces",

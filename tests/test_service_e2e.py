@@ -367,7 +367,10 @@ def default_server(tmp_path_factory):
                     "model.train and committed with their model card); LFW verdict quality "
                     "on the default weights needs them")
     log = tmp_path_factory.mktemp("default_server") / "server.log"
-    with running_server(DEFAULT_WEIGHTS, log, max_batch_delay_ms=20, max_detect_wait_ms=0) as s:
+    # float32: the serving path is checked against model/'s to 1e-4 (the int8 graph the CPU
+    # runs by default is checked in tests/test_quantize.py and by model.evaluate)
+    with running_server(DEFAULT_WEIGHTS, log, max_batch_delay_ms=20, max_detect_wait_ms=0,
+                        int8="off") as s:
         yield s
 
 

@@ -8,7 +8,9 @@ model_mismatch on a gallery that still holds vectors from the old weights. It ne
 aligned crops, which are stored only with FACEVERIFY_GALLERY_STORE_CROPS=true, and only crops
 cut by the new encoder's own preprocessing can be reused (same crop size and alignment);
 other faces must be re-enrolled from their photos, or dropped with --delete-unembeddable.
-Running servers pick the new vectors up from the change log, like any other write.
+Running servers pick the new vectors up from the change log, like any other write. The
+vectors are made as the server would make them (the int8 graph beside the weights, under the
+same FACEVERIFY_INT8 rule) and tagged with what made them.
 """
 from __future__ import annotations
 
@@ -26,12 +28,27 @@ from app.config import Settings
 from app.gallery.store import open_store
 
 
-def _encoder(weights: Path, device: str):
+def _encoder(weights: Path, device: str, int8: str):
+    """The encoder as the service would run it (float32, or the int8 graph beside the
+    weights under the same FACEVERIFY_INT8 rule): (embed crops → vectors, the sha256 its
+    vectors are tagged with, its preprocessing spec)."""
     from model.checkpoint import load_encoder
+    from model.encoder import embed_crops
+    from model.quantize import find_int8
     encoder, card = load_encoder(weights, device=device)
     if card is None or not card.get("weights_sha256"):
         raise SystemExit(f"{weights}: no model card with a weights_sha256 beside it")
-    return encoder, card["weights_sha256"]
+    found = find_int8(weights, card["weights_sha256"]) \
+        if int8 != "off" and device == "cpu" else None
+    if found is None:
+        if int8 == "on":
+            raise SystemExit(f"int8=on but no int8 graph beside {weights}")
+        return (lambda crops: embed_crops(encoder, crops).numpy()), card["weights_sha256"], \
+            encoder.spec
+    from model.runtime import OnnxEncoder
+    session = OnnxEncoder(encoder, graph=found[0])
+    return (lambda crops: session(encoder.spec.to_tensor(crops)).numpy()), \
+        found[1]["graph_sha256"], encoder.spec
 
 
 def stats(store, model_sha256: str, spec: str) -> dict:
@@ -41,21 +58,18 @@ def stats(store, model_sha256: str, spec: str) -> dict:
             "reembeddable": sum(r.crop_png is not None and r.crop_spec == spec for r in rows)}
 
 
-def reembed(store, encoder, model_sha256: str, batch_size: int = 64,
+def reembed(store, embed, spec, model_sha256: str, batch_size: int = 64,
             delete_unembeddable: bool = False) -> dict:
     """Re-embed every face of another model whose stored crop this encoder can read."""
-    from model.encoder import embed_crops
-    spec = encoder.spec.version
     rows = store.crops(not_model=model_sha256)
-    usable = [r for r in rows if r.crop_png is not None and r.crop_spec == spec]
+    usable = [r for r in rows if r.crop_png is not None and r.crop_spec == spec.version]
     unusable = [r for r in rows if r not in usable]
-    size = encoder.spec.crop_size
+    size = spec.crop_size
     for i in range(0, len(usable), batch_size):
         chunk = usable[i:i + batch_size]
         crops = np.stack([np.asarray(Image.open(io.BytesIO(r.crop_png)).convert("RGB")
                                      .resize((size, size))) for r in chunk])
-        vectors = embed_crops(encoder, crops).numpy()
-        for r, v in zip(chunk, vectors):
+        for r, v in zip(chunk, embed(crops)):
             store.update_embedding(r.face_id, model_sha256, v)
     deleted = 0
     if delete_unembeddable:
@@ -79,12 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     settings = Settings()
     store = open_store(args.url or settings.gallery_url)
-    encoder, sha = _encoder(args.weights or settings.weights, args.device)
+    embed, sha, spec = _encoder(args.weights or settings.weights, args.device, settings.int8)
     try:
         if args.command == "stats":
-            out = stats(store, sha, encoder.spec.version)
+            out = stats(store, sha, spec.version)
         else:
-            out = reembed(store, encoder, sha, delete_unembeddable=args.delete_unembeddable)
+            out = reembed(store, embed, spec, sha, delete_unembeddable=args.delete_unembeddable)
     finally:
         store.close()
     print(json.dumps({"model_sha256": sha, **out}))
