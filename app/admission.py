@@ -6,7 +6,7 @@ cores and all get slower. So `slots` requests are worked on (decode â†’ detect â
 the others wait, up to `max_wait_s`, for a slot; a request that gets none in time is refused
 (503 overloaded with Retry-After), having cost the service nothing but its wait.
 
-While few wait (at most `lifo_above`, 4 per slot), slots go in arrival order: a load the
+While few wait (at most `lifo_above`: 16, or 4 per slot when more), slots go in arrival order: a load the
 service keeps up with is served fairly and nobody is refused. When more wait, the newest
 waiter gets the next free slot (last in, first out, as in Facebook's adaptive LIFO): under
 overload the answered requests stay fast (they waited ~one completion interval, not a whole
@@ -31,7 +31,7 @@ class LifoGate:
         if slots < 1:
             raise ValueError("a gate needs at least one slot")
         self.slots = slots
-        self.lifo_above = 4 * slots if lifo_above is None else lifo_above
+        self.lifo_above = max(16, 4 * slots) if lifo_above is None else lifo_above
         self.max_wait_s = max_wait_s
         self.busy = 0
         self._waiters: list[asyncio.Future] = []  # in arrival order

@@ -82,9 +82,10 @@ class Settings(BaseSettings):
         "overloaded. Upload bytes are bounded by `max_body_bytes_in_flight`."))
     active_requests: int = Field(0, ge=0, description=(
         "Requests worked on (decoded, detected, encoded) at once; the others wait for a slot,"
-        " the newest first, up to `max_detect_wait_ms`, then get 503 overloaded. 0 = twice "
-        "`detect_workers` (4): enough to keep two cores busy, few enough that an answered "
-        "request does not share them with a crowd (docs/benchmarks.md)."))
+        " in arrival order while at most 16 wait, the newest first beyond (overload), up to "
+        "`max_detect_wait_ms`, then get 503 overloaded. 0 = `detect_workers` + 1 (3): "
+        "enough to keep two cores busy, few enough that an answered request does not share "
+        "them with a crowd (docs/benchmarks.md)."))
     retry_after_s: int = Field(1, ge=1, description="Retry-After (seconds) sent with 503.")
 
     # --- input limits ------------------------------------------------------------------

@@ -86,7 +86,7 @@ class Service:
         self.ready = False
         self.warmup_error: str | None = None
         self.in_flight = 0
-        self.gate = LifoGate(settings.active_requests or 2 * settings.detect_workers,
+        self.gate = LifoGate(settings.active_requests or settings.detect_workers + 1,
                              settings.max_detect_wait_ms / 1000 if settings.max_detect_wait_ms
                              else None)
         self.preparing = 0  # requests in the face stage (their groups may join a batch)
