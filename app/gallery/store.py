@@ -95,14 +95,36 @@ def _face(face_id, gallery, subject, sha, emb) -> StoredFace | None:
 
 
 class Store:
-    """What both stores do. Every method blocks (call it from a thread)."""
+    """What both stores do, written once in `?`-placeholder SQL on two primitives each store
+    provides: `_transaction(body)` runs body(run) in one write transaction, where
+    run(sql, args) executes a statement and returns its cursor; `_query(sql, args)` returns
+    a read's rows. Every method blocks (call it from a thread)."""
 
     url_kind = "?"
     PAGE = 10_000  # rows per fetch of a snapshot
+    BYTE_ORDER = ""  # the collation that sorts names by their bytes (SQLite's default)
+
+    def _transaction(self, body: Callable[[Callable], object]) -> object:
+        raise NotImplementedError
+
+    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _log(run: Callable, op: str, gallery: str, subject: str, face_id: str | None) -> None:
+        run("INSERT INTO changes (op, gallery, subject, face_id) VALUES (?, ?, ?, ?)",
+            (op, gallery, subject, face_id))
 
     def add_face(self, gallery: str, subject: str, face_id: str, model_sha256: str,
                  embedding: np.ndarray, crop_png: bytes | None, crop_spec: str | None) -> int:
-        raise NotImplementedError
+        def body(run):
+            run("INSERT INTO faces (face_id, gallery, subject, model_sha256, embedding, "
+                "crop_png, crop_spec) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (face_id, gallery, subject, model_sha256, vector_bytes(embedding), crop_png,
+                 crop_spec))
+            self._log(run, "add", gallery, subject, face_id)
+            return 1
+        return self._transaction(body)
 
     def add_faces(self, gallery: str, model_sha256: str,
                   rows: list[tuple[str, str, np.ndarray]]) -> None:
@@ -111,35 +133,68 @@ class Store:
 
     def delete_subject(self, gallery: str, subject: str) -> int:
         """Delete the subject's faces; their number (0: there was no such subject)."""
-        raise NotImplementedError
+        def body(run):
+            n = run("DELETE FROM faces WHERE gallery = ? AND subject = ?",
+                    (gallery, subject)).rowcount
+            if n:
+                self._log(run, "delete_subject", gallery, subject, None)
+            return n
+        return self._transaction(body)
 
     def delete_face(self, gallery: str, subject: str, face_id: str) -> bool:
-        raise NotImplementedError
+        def body(run):
+            n = run("DELETE FROM faces WHERE gallery = ? AND subject = ? AND face_id = ?",
+                    (gallery, subject, face_id)).rowcount
+            if n:
+                self._log(run, "delete_face", gallery, subject, face_id)
+            return bool(n)
+        return self._transaction(body)
 
     def update_embedding(self, face_id: str, model_sha256: str, embedding: np.ndarray) -> None:
-        raise NotImplementedError
+        def body(run):
+            row = run("SELECT gallery, subject FROM faces WHERE face_id = ?",
+                      (face_id,)).fetchone()
+            if row:
+                run("UPDATE faces SET model_sha256 = ?, embedding = ? WHERE face_id = ?",
+                    (model_sha256, vector_bytes(embedding), face_id))
+                self._log(run, "update", row[0], row[1], face_id)
+        self._transaction(body)
 
     def subjects(self, gallery: str, limit: int, after: str | None
                  ) -> list[tuple[str, int]]:
-        """Up to `limit` (subject, faces) of the gallery, by name, after `after`."""
-        raise NotImplementedError
+        """Up to `limit` (subject, faces) of the gallery, by name, after `after`. Names in
+        byte order in both stores: the cursor must compare as the list is sorted."""
+        return [tuple(r) for r in self._query(
+            f"SELECT subject, count(*) FROM faces WHERE gallery = ? "
+            f"AND subject{self.BYTE_ORDER} > ? GROUP BY subject "
+            f"ORDER BY subject{self.BYTE_ORDER} LIMIT ?", (gallery, after or "", limit))]
 
     def snapshot(self) -> tuple[int, Iterator[StoredFace]]:
         """The last `seq`, and every face as of it."""
         raise NotImplementedError
 
     def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
-        raise NotImplementedError
+        rows = self._query(
+            "SELECT c.seq, c.op, c.gallery, c.subject, c.face_id, f.model_sha256, f.embedding "
+            "FROM changes c LEFT JOIN faces f ON f.face_id = c.face_id "
+            "WHERE c.seq > ? ORDER BY c.seq LIMIT ?", (seq, limit))
+        return [Change(s, op, g, subj, fid, _face(fid, g, subj, sha, emb)
+                       if op in ("add", "update") else None)
+                for s, op, g, subj, fid, sha, emb in rows]
 
     def change_at(self, seq: int) -> tuple | None:
         """(op, gallery, subject, face_id) of the log row `seq`, None if there is none: a
         replica checks its last applied row is still there (a restored backup rewinds
         the log, and later writes may reuse its numbers)."""
-        raise NotImplementedError
+        rows = self._query("SELECT op, gallery, subject, face_id FROM changes WHERE seq = ?",
+                           (seq,))
+        return tuple(rows[0]) if rows else None
 
     def crops(self, not_model: str) -> list[CropRow]:
         """The faces embedded by another model than `not_model`, with their crops."""
-        raise NotImplementedError
+        return [CropRow(*r) for r in self._query(
+            "SELECT face_id, gallery, subject, model_sha256, crop_png, crop_spec FROM faces "
+            "WHERE model_sha256 != ?", (not_model,))]
 
     def watch(self, on_change: Callable[[], None], interval_s: float,
               stop: threading.Event) -> None:
@@ -162,7 +217,7 @@ CREATE TABLE IF NOT EXISTS faces (
     embedding BLOB NOT NULL,
     crop_png BLOB,
     crop_spec TEXT,
-    created REAL NOT NULL
+    created REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0)
 );
 CREATE INDEX IF NOT EXISTS faces_by_subject ON faces (gallery, subject);
 CREATE TABLE IF NOT EXISTS changes (
@@ -193,14 +248,14 @@ class SqliteStore(Store):
             raise StoreError(f"cannot open the gallery database {path}: {exc}") from None
         self._lock = threading.Lock()
 
-    def _transaction(self, body: Callable[[sqlite3.Connection], object]) -> object:
-        """body(db) in one write transaction (BEGIN IMMEDIATE: the writer's lock at once);
+    def _transaction(self, body: Callable[[Callable], object]) -> object:
+        """body(run) in one write transaction (BEGIN IMMEDIATE: the writer's lock at once);
         a database error (disk full, locked past the timeout) is a StoreError."""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    out = body(self._db)
+                    out = body(self._db.execute)
                     self._db.execute("COMMIT")
                     return out
                 except BaseException:
@@ -209,74 +264,22 @@ class SqliteStore(Store):
             except sqlite3.Error as exc:
                 raise StoreError(f"gallery database error: {exc}") from None
 
-    def _write(self, statements: list[tuple[str, tuple]]) -> None:
-        def body(db):
-            for sql, args in statements:
-                db.execute(sql, args)
-        self._transaction(body)
-
-    def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
+    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
             try:
                 return self._db.execute(sql, args).fetchall()
             except sqlite3.Error as exc:
                 raise StoreError(f"gallery database error: {exc}") from None
 
-    def add_face(self, gallery, subject, face_id, model_sha256, embedding, crop_png, crop_spec):
-        self._write([
-            ("INSERT INTO faces VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-             (face_id, gallery, subject, model_sha256, vector_bytes(embedding), crop_png,
-              crop_spec, time.time())),
-            ("INSERT INTO changes (op, gallery, subject, face_id) VALUES ('add', ?, ?, ?)",
-             (gallery, subject, face_id))])
-        return 1
-
     def add_faces(self, gallery, model_sha256, rows):
-        now = time.time()
-
-        def body(db):
-            db.executemany("INSERT INTO faces VALUES (?, ?, ?, ?, ?, NULL, NULL, ?)",
-                           ((f, gallery, s, model_sha256, vector_bytes(v), now)
-                            for s, f, v in rows))
+        def body(run):
+            db = self._db
+            db.executemany("INSERT INTO faces (face_id, gallery, subject, model_sha256, "
+                           "embedding) VALUES (?, ?, ?, ?, ?)",
+                           ((f, gallery, s, model_sha256, vector_bytes(v)) for s, f, v in rows))
             db.executemany("INSERT INTO changes (op, gallery, subject, face_id) "
                            "VALUES ('add', ?, ?, ?)", ((gallery, s, f) for s, f, _ in rows))
         self._transaction(body)
-
-    def delete_subject(self, gallery, subject):
-        def body(db):
-            n = db.execute("DELETE FROM faces WHERE gallery = ? AND subject = ?",
-                           (gallery, subject)).rowcount
-            if n:
-                db.execute("INSERT INTO changes (op, gallery, subject) "
-                           "VALUES ('delete_subject', ?, ?)", (gallery, subject))
-            return n
-        return self._transaction(body)
-
-    def delete_face(self, gallery, subject, face_id):
-        def body(db):
-            n = db.execute("DELETE FROM faces WHERE gallery = ? AND subject = ? AND "
-                           "face_id = ?", (gallery, subject, face_id)).rowcount
-            if n:
-                db.execute("INSERT INTO changes (op, gallery, subject, face_id) "
-                           "VALUES ('delete_face', ?, ?, ?)", (gallery, subject, face_id))
-            return bool(n)
-        return self._transaction(body)
-
-    def update_embedding(self, face_id, model_sha256, embedding):
-        rows = self._read("SELECT gallery, subject FROM faces WHERE face_id = ?", (face_id,))
-        if not rows:
-            return
-        gallery, subject = rows[0]
-        self._write([
-            ("UPDATE faces SET model_sha256 = ?, embedding = ? WHERE face_id = ?",
-             (model_sha256, vector_bytes(embedding), face_id)),
-            ("INSERT INTO changes (op, gallery, subject, face_id) VALUES ('update', ?, ?, ?)",
-             (gallery, subject, face_id))])
-
-    def subjects(self, gallery, limit, after):
-        return self._read("SELECT subject, count(*) FROM faces WHERE gallery = ? AND subject > ?"
-                          " GROUP BY subject ORDER BY subject LIMIT ?",
-                          (gallery, after or "", limit))
 
     def snapshot(self):
         # a read transaction on a connection of its own: the snapshot is consistent with its
@@ -299,25 +302,6 @@ class SqliteStore(Store):
                 db.execute("COMMIT")
                 db.close()
         return seq, rows()
-
-    def changes_since(self, seq, limit=10_000):
-        rows = self._read(
-            "SELECT c.seq, c.op, c.gallery, c.subject, c.face_id, f.model_sha256, f.embedding "
-            "FROM changes c LEFT JOIN faces f ON f.face_id = c.face_id "
-            "WHERE c.seq > ? ORDER BY c.seq LIMIT ?", (seq, limit))
-        return [Change(s, op, g, subj, fid, _face(fid, g, subj, sha, emb)
-                       if op in ("add", "update") else None)
-                for s, op, g, subj, fid, sha, emb in rows]
-
-    def change_at(self, seq):
-        rows = self._read("SELECT op, gallery, subject, face_id FROM changes WHERE seq = ?",
-                          (seq,))
-        return tuple(rows[0]) if rows else None
-
-    def crops(self, not_model):
-        return [CropRow(*r) for r in self._read(
-            "SELECT face_id, gallery, subject, model_sha256, crop_png, crop_spec FROM faces "
-            "WHERE model_sha256 != ?", (not_model,))]
 
     def close(self):
         with self._lock:
@@ -352,6 +336,7 @@ class PostgresStore(Store):
     when it breaks) and, while watching, one LISTENing connection."""
 
     url_kind = "postgresql"
+    BYTE_ORDER = ' COLLATE "C"'  # the database's own collation may sort by language
 
     def __init__(self, url: str, connect_timeout_s: float = 10.0):
         try:
@@ -399,7 +384,14 @@ class PostgresStore(Store):
                         raise StoreError(f"gallery database unreachable: {_clean(exc)}"
                                          ) from None
 
-    def _write(self, body: Callable) -> object:
+    @staticmethod
+    def _runner(conn) -> Callable:
+        """run(sql, args) on this connection, for the shared `?`-placeholder SQL."""
+        return lambda sql, args=(): conn.execute(sql.replace("?", "%s"), args)
+
+    def _locked_transaction(self, body: Callable) -> object:
+        """body(conn) in one transaction that holds the writers' lock and notifies the
+        other replicas at commit."""
         def tx(conn):
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_LOCK,))
@@ -408,16 +400,11 @@ class PostgresStore(Store):
                 return out
         return self._run(tx)
 
-    def add_face(self, gallery, subject, face_id, model_sha256, embedding, crop_png, crop_spec):
-        def body(conn):
-            conn.execute("INSERT INTO faces (face_id, gallery, subject, model_sha256, embedding,"
-                         " crop_png, crop_spec) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                         (face_id, gallery, subject, model_sha256, vector_bytes(embedding),
-                          crop_png, crop_spec))
-            conn.execute("INSERT INTO changes (op, gallery, subject, face_id) "
-                         "VALUES ('add', %s, %s, %s)", (gallery, subject, face_id))
-            return 1
-        return self._write(body)
+    def _transaction(self, body):
+        return self._locked_transaction(lambda conn: body(self._runner(conn)))
+
+    def _query(self, sql, args=()):
+        return self._run(lambda conn: self._runner(conn)(sql, args).fetchall())
 
     def add_faces(self, gallery, model_sha256, rows):
         def body(conn):
@@ -430,45 +417,7 @@ class PostgresStore(Store):
                 with cur.copy("COPY changes (op, gallery, subject, face_id) FROM STDIN") as copy:
                     for subject, face_id, _ in rows:
                         copy.write_row(("add", gallery, subject, face_id))
-        self._write(body)
-
-    def delete_subject(self, gallery, subject):
-        def body(conn):
-            n = conn.execute("DELETE FROM faces WHERE gallery = %s AND subject = %s",
-                             (gallery, subject)).rowcount
-            if n:
-                conn.execute("INSERT INTO changes (op, gallery, subject) "
-                             "VALUES ('delete_subject', %s, %s)", (gallery, subject))
-            return n
-        return self._write(body)
-
-    def delete_face(self, gallery, subject, face_id):
-        def body(conn):
-            n = conn.execute("DELETE FROM faces WHERE gallery = %s AND subject = %s AND "
-                             "face_id = %s", (gallery, subject, face_id)).rowcount
-            if n:
-                conn.execute("INSERT INTO changes (op, gallery, subject, face_id) "
-                             "VALUES ('delete_face', %s, %s, %s)", (gallery, subject, face_id))
-            return bool(n)
-        return self._write(body)
-
-    def update_embedding(self, face_id, model_sha256, embedding):
-        def body(conn):
-            row = conn.execute("UPDATE faces SET model_sha256 = %s, embedding = %s "
-                               "WHERE face_id = %s RETURNING gallery, subject",
-                               (model_sha256, vector_bytes(embedding), face_id)).fetchone()
-            if row:
-                conn.execute("INSERT INTO changes (op, gallery, subject, face_id) "
-                             "VALUES ('update', %s, %s, %s)", (*row, face_id))
-        self._write(body)
-
-    def subjects(self, gallery, limit, after):
-        return self._run(lambda conn: conn.execute(
-            # byte order, as SQLite's: the cursor must compare as the list is sorted
-            "SELECT subject, count(*) FROM faces WHERE gallery = %s "
-            "AND subject COLLATE \"C\" > %s GROUP BY subject "
-            "ORDER BY subject COLLATE \"C\" LIMIT %s",
-            (gallery, after or "", limit)).fetchall())
+        self._locked_transaction(body)
 
     def snapshot(self):
         psycopg = self._psycopg
@@ -490,26 +439,6 @@ class PostgresStore(Store):
             finally:
                 conn.close()
         return seq, rows()
-
-    def changes_since(self, seq, limit=10_000):
-        rows = self._run(lambda conn: conn.execute(
-            "SELECT c.seq, c.op, c.gallery, c.subject, c.face_id, f.model_sha256, f.embedding "
-            "FROM changes c LEFT JOIN faces f ON f.face_id = c.face_id "
-            "WHERE c.seq > %s ORDER BY c.seq LIMIT %s", (seq, limit)).fetchall())
-        return [Change(s, op, g, subj, fid, _face(fid, g, subj, sha, emb)
-                       if op in ("add", "update") else None)
-                for s, op, g, subj, fid, sha, emb in rows]
-
-    def change_at(self, seq):
-        row = self._run(lambda conn: conn.execute(
-            "SELECT op, gallery, subject, face_id FROM changes WHERE seq = %s",
-            (seq,)).fetchone())
-        return tuple(row) if row else None
-
-    def crops(self, not_model):
-        return [CropRow(*r) for r in self._run(lambda conn: conn.execute(
-            "SELECT face_id, gallery, subject, model_sha256, crop_png, crop_spec FROM faces "
-            "WHERE model_sha256 != %s", (not_model,)).fetchall())]
 
     def watch(self, on_change, interval_s, stop):
         """LISTEN for the writers' notifications; catch up at every (re)connect and every
