@@ -30,7 +30,9 @@ import multiprocessing
 import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+import numpy as np
 
 from app.errors import ServiceError
 from model.imageio import (
@@ -47,15 +49,22 @@ log = logging.getLogger("faceverify.faces")
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """What a worker process needs to build the service's face pipeline (CPU detection)."""
+    """What a worker process needs to build the service's face pipeline (CPU detection) and,
+    with `encoder_graph`, the encoder's ONNX graph to embed each face it aligns (one thread)."""
 
     spec: PreprocessSpec
     face_choice: str
     detector: str
+    encoder_graph: bytes | None = None
 
     def build(self) -> FacePipeline:
         return FacePipeline(device="cpu", spec=self.spec, face_choice=self.face_choice,
                             detector=self.detector)
+
+    def __repr__(self) -> str:  # not the graph's bytes
+        graph = f"{len(self.encoder_graph)} bytes" if self.encoder_graph else None
+        return (f"PipelineConfig(spec={self.spec.version!r}, face_choice={self.face_choice!r}, "
+                f"detector={self.detector!r}, encoder_graph={graph})")
 
 
 def decode_upload(name: str, data: bytes, max_pixels: int, min_side: int | None):
@@ -73,12 +82,14 @@ def decode_upload(name: str, data: bytes, max_pixels: int, min_side: int | None)
 
 # ------------------------------------------------------------------ in a worker process
 _worker_pipeline: FacePipeline | None = None
+_worker_encoder = None  # model.onnx_session.CropEncoder, when the config has a graph
 
 
 def _init_worker(config: PipelineConfig) -> None:
     """A worker's start: its own pipeline (YuNet's needs no torch: ~150 MB less a worker),
-    one thread for torch when the detector is MTCNN, one warm-up detection."""
-    global _worker_pipeline
+    one thread for torch when the detector is MTCNN, the encoder's graph on one thread when
+    given, one warm-up detection and encoding."""
+    global _worker_pipeline, _worker_encoder
     import sys
 
     from PIL import Image
@@ -86,13 +97,22 @@ def _init_worker(config: PipelineConfig) -> None:
     if "torch" in sys.modules:  # MTCNN: torch, on this worker's share of the cores
         sys.modules["torch"].set_num_threads(1)
     _worker_pipeline.detector.detect([Image.new("RGB", (160, 160), (128, 128, 128))])
+    if config.encoder_graph is not None:
+        from model.onnx_session import CropEncoder
+        _worker_encoder = CropEncoder(config.encoder_graph, config.spec, threads=1)
+        size = config.spec.crop_size
+        _worker_encoder(np.zeros((1, size, size, 3), dtype=np.uint8))
 
 
 def _job_in_worker(name: str, data: bytes, detect: bool, submitted: float,
-                   max_wait_s: float | None, max_pixels: int, min_side: int | None) -> tuple:
-    """One image, in a worker process. Returns ("ok", face, decode_s, detect_s, waited),
-    ("overloaded", waited) when it waited past the budget, or ("error", code, message, field)
-    (exceptions are answered as values: ServiceError does not pickle)."""
+                   max_wait_s: float | None, max_pixels: int, min_side: int | None,
+                   keep_crop: bool = True) -> tuple:
+    """One image, in a worker process. Returns ("ok", face, decode_s, detect_s, waited,
+    embedding, encode_s) (embedding None unless the worker has the encoder and `detect`:
+    already-aligned crops go to the batcher; with an embedding, the face's crop only with
+    `keep_crop`: ~70 KB less through the pipe), ("overloaded", waited) when
+    it waited past the budget, or ("error", code, message, field) (exceptions are answered
+    as values: ServiceError does not pickle)."""
     t0 = time.monotonic()
     waited = t0 - submitted
     if max_wait_s is not None and waited > max_wait_s:
@@ -105,7 +125,14 @@ def _job_in_worker(name: str, data: bytes, detect: bool, submitted: float,
         return ("error", exc.code, exc.message, exc.field)
     except NoFaceError:
         return ("error", "no_face_detected", f"{name}: no face detected in the image", name)
-    return ("ok", face.scaled(scale), t1 - t0, time.monotonic() - t1, waited)
+    t2 = time.monotonic()
+    embedding = None
+    if _worker_encoder is not None and detect:
+        embedding = _worker_encoder(face.crop[None])[0]
+        if not keep_crop:
+            face = replace(face, crop=None)
+    return ("ok", face.scaled(scale), t1 - t0, t2 - t1, waited, embedding,
+            time.monotonic() - t2)
 
 
 @dataclass
@@ -114,6 +141,10 @@ class PreparedFaces:
     decode_s: float  # of the slowest image (images are prepared side by side)
     detect_s: float
     wait_s: float = 0.0  # until a detect thread took the request's first image
+    # (n, d) float32 unit embeddings when the workers encoded the faces, else None (the
+    # crops go to the batcher); encode_s is then the slowest image's forward pass
+    embeddings: np.ndarray | None = None
+    encode_s: float = 0.0
 
 
 @dataclass
@@ -161,10 +192,19 @@ class FaceStage:
         return ServiceError("overloaded", f"face detection is saturated ({why}); retry later",
                             headers={"Retry-After": str(self.retry_after_s)})
 
-    async def prepare(self, images: dict[str, bytes], detect: bool) -> PreparedFaces:
+    @property
+    def encodes(self) -> bool:
+        """Do the workers also encode the faces they detect (processes given the encoder's
+        graph)? Faces of detect=false requests are always left to the batcher."""
+        return self.processes is not None and self.processes.encoder_graph is not None
+
+    async def prepare(self, images: dict[str, bytes], detect: bool, keep_crops: bool = True
+                      ) -> PreparedFaces:
         """Each image is its own job, so a pair's two images are decoded and detected on two
         workers at once. When several images fail, an image's own fault (undecodable, too
-        large) is reported before another's missing face, as if all were decoded first."""
+        large) is reported before another's missing face, as if all were decoded first.
+        When the workers encode (`encodes`), the faces come with their embeddings, and
+        with their crops only if `keep_crops`."""
         loop = asyncio.get_running_loop()
         if self.processes is None:
             request = _RequestJobs(time.perf_counter())
@@ -173,7 +213,7 @@ class FaceStage:
                                      request)
                 for name, data in images.items()), return_exceptions=True)
         else:
-            done = await self._in_processes(loop, images, detect)
+            done = await self._in_processes(loop, images, detect, keep_crops)
         failed = [r for r in done if isinstance(r, BaseException) and not isinstance(r, _Dropped)]
         if any(isinstance(e, asyncio.CancelledError) for e in failed):  # the pool shut down
             raise ServiceError("not_ready", "the service is shutting down; retry later",
@@ -183,15 +223,20 @@ class FaceStage:
                                                   and e.code == "no_face_detected")), failed[0])
         # per stage, the slowest image's time (the two run side by side); the wait until
         # the request's first image was taken up
-        return PreparedFaces([face for face, *_ in done],
-                             decode_s=max(d for _, d, _, _ in done),
-                             detect_s=max(d for _, _, d, _ in done),
-                             wait_s=min(w for *_, w in done))
+        prepared = PreparedFaces([face for face, *_ in done],
+                                 decode_s=max(r[1] for r in done),
+                                 detect_s=max(r[2] for r in done),
+                                 wait_s=min(r[3] for r in done))
+        if self.encodes and detect:
+            prepared.embeddings = np.stack([r[4] for r in done])
+            prepared.encode_s = max(r[5] for r in done)
+        return prepared
 
-    async def _in_processes(self, loop, images: dict[str, bytes], detect: bool) -> list:
+    async def _in_processes(self, loop, images: dict[str, bytes], detect: bool,
+                            keep_crops: bool) -> list:
         """The images' jobs in the worker processes, answered as `_prepare_one` answers:
-        a (face, decode_s, detect_s, waited) tuple or an exception, per image. The first
-        image's job checks the queue-time budget when it starts."""
+        a (face, decode_s, detect_s, waited[, embedding, encode_s]) tuple or an exception,
+        per image. The first image's job checks the queue-time budget when it starts."""
         submitted = time.monotonic()
         pool = self.executor
         # the budget is the first image's, as with threads: it starts first (the pool's
@@ -199,7 +244,7 @@ class FaceStage:
         results = await asyncio.gather(*(
             loop.run_in_executor(pool, _job_in_worker, name, data, detect, submitted,
                                  self.max_wait_s if i == 0 else None, self.max_pixels,
-                                 self.decode_min_side)
+                                 self.decode_min_side, keep_crops)
             for i, (name, data) in enumerate(images.items())), return_exceptions=True)
         done: list = []
         for r in results:

@@ -43,6 +43,11 @@ class EncoderRunner:
             self._cpu_forward.contended = contended
 
     @property
+    def onnx_graph(self) -> bytes | None:
+        """The ONNX graph the CPU forward pass runs (int8 or exported), None under torch."""
+        return getattr(self._cpu_forward, "graph", None)
+
+    @property
     def precision(self) -> str:
         if self.runtime == "onnxruntime-int8":
             return "int8"

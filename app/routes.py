@@ -108,7 +108,7 @@ async def verify(request: Request) -> VerifyResponse:
     svc = service_of(request)
     async with uploaded(request, ("image1", "image2")) as intake:
         v = await svc.verify(intake.images["image1"], intake.images["image2"], intake.detect,
-                             intake.threshold)
+                             intake.threshold, keep_crops=with_crops)
     return reply_with_crops(VerifyResponse(
         verified=v.verified, distance=v.distance, threshold=v.threshold,
         similarity=v.similarity, model=svc.model_ref, faces=[f.describe() for f in v.faces],
@@ -126,7 +126,7 @@ async def embed(request: Request) -> EmbedResponse:
     with_crops = wants_crops(request)
     svc = service_of(request)
     async with uploaded(request, ("image",)) as intake:
-        out = await svc.embed(intake.images["image"], intake.detect)
+        out = await svc.embed(intake.images["image"], intake.detect, keep_crops=with_crops)
     vec = out.embeddings[0].tolist()
     return reply_with_crops(EmbedResponse(embedding=vec, dim=len(vec), normalized=True,
                                 model=svc.model_ref, face=out.faces[0].describe(),

@@ -163,8 +163,12 @@ class Service:
         on_cpu = pipeline.detector.name == "yunet" or resolve_device(detect_device).type == "cpu"
         if s.detect_pool == "process" or (s.detect_pool == "auto" and on_cpu):
             from app.faces import PipelineConfig
+            # the workers also encode when the encoder is an ONNX graph on the CPU
+            graph = self.runner.onnx_graph
             processes = PipelineConfig(encoder.spec, s.face_choice,
-                                       detector_for(encoder.spec, s.detector))
+                                       detector_for(encoder.spec, s.detector),
+                                       encoder_graph=graph if s.encode_in_detect_workers
+                                       and device.type == "cpu" else None)
         self.faces = FaceStage(pipeline, s.detect_workers, s.max_pixels,
                                on_no_face=self.metrics.faces_not_found.inc,
                                decode_min_side=s.decode_min_side or None,
@@ -284,15 +288,23 @@ class Service:
                                "threshold")
         return threshold
 
-    async def embed_images(self, images: dict[str, bytes], detect: bool = True) -> Embedded:
+    async def embed_images(self, images: dict[str, bytes], detect: bool = True,
+                           keep_crops: bool = True) -> Embedded:
         """Decode, detect and align each image's face, and encode them in one batch with
-        other requests' faces, inside one of `max_concurrent_requests` slots."""
+        other requests' faces, inside one of `max_concurrent_requests` slots; or, when the
+        face workers encode (`FaceStage.encodes`, detect=true), take their embeddings.
+        keep_crops=False: the faces may come without their crops (the reply does not show
+        them, the gallery does not store them)."""
+        in_workers = detect and self.faces.encodes
         async with self.admit():
-            self.preparing += 1
+            # `preparing` counts the requests whose faces will join a batch
+            self.preparing += not in_workers
             try:
-                prepared = await self.faces.prepare(images, detect)
+                prepared = await self.faces.prepare(images, detect, keep_crops)
             finally:
-                self.preparing -= 1
+                self.preparing -= not in_workers
+            if prepared.embeddings is not None:
+                return self._embedded_in_workers(prepared)
             crops = torch.from_numpy(np.stack([f.crop for f in prepared.faces]))
             try:
                 result = await self.batcher.submit(crops)
@@ -311,21 +323,32 @@ class Service:
             "queue": ms(result.queue_s), "encode": ms(result.inference_s),
             "batch_size": result.batch_size})
 
+    def _embedded_in_workers(self, prepared) -> Embedded:
+        for stage in ("decode", "detect", "encode"):
+            self.metrics.stage_duration.labels(stage=stage).observe(getattr(prepared,
+                                                                            f"{stage}_s"))
+        return Embedded(torch.from_numpy(prepared.embeddings), prepared.faces, {
+            "detect_wait": ms(prepared.wait_s),
+            "decode": ms(prepared.decode_s), "detect": ms(prepared.detect_s),
+            "queue": 0.0, "encode": ms(prepared.encode_s), "batch_size": 1})
+
     async def verify(self, image1: bytes, image2: bytes, detect: bool = True,
-                     threshold: float | None = None) -> Verdict:
+                     threshold: float | None = None, keep_crops: bool = True) -> Verdict:
         """The verdict on two images' faces, at the request's threshold (up to the cap) or
         the service's. A threshold beyond the cap fails before any work is done."""
         threshold = self.check_threshold(threshold)
-        out = await self.embed_images({"image1": image1, "image2": image2}, detect)
+        out = await self.embed_images({"image1": image1, "image2": image2}, detect,
+                                      keep_crops)
         e = out.embeddings.double()
         distance = float(pair_distance(e[:1], e[1:])[0])
         similarity = max(-1.0, min(1.0, float(e[0] @ e[1])))
         return Verdict(distance < threshold, distance, similarity, threshold, out.faces,
                        out.timings_ms)
 
-    async def embed(self, image: bytes, detect: bool = True) -> Embedded:
+    async def embed(self, image: bytes, detect: bool = True, keep_crops: bool = True
+                    ) -> Embedded:
         """One image's face as a unit embedding."""
-        out = await self.embed_images({"image": image}, detect)
+        out = await self.embed_images({"image": image}, detect, keep_crops)
         if not torch.isfinite(out.embeddings).all():
             raise RuntimeError("encoder produced a non-finite embedding")
         return out

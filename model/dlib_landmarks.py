@@ -283,6 +283,42 @@ def read_dat(path: str | Path) -> ShapePredictorModel:
     return model
 
 
+def write_dat(model: ShapePredictorModel) -> bytes:
+    """The model in dlib's own serialisation, byte for byte what dlib writes for it (and
+    what `read_dat` reads): for `dlib.shape_predictor`, which loads only that (NativeDlib).
+
+    shape_predictor.h serialize(): int version 1, initial_shape (matrix<float,0,1>: -rows,
+    -columns, values), forests (vector of levels, each a vector of trees: the splits
+    (idx1, idx2, threshold) then the leaves), anchor_idx, deltas (x, y per feature pixel).
+    """
+    from model.dlib_serialize import encode_integers, float_tokens
+
+    m = model
+    levels, t, s = m.split_idx1.shape
+    f, coords = m.anchor_idx.shape[1], 2 * m.num_parts
+
+    def column(values: np.ndarray) -> np.ndarray:  # (..., n) floats -> (..., 2 + 2n) tokens
+        lead = values.shape[:-1]
+        head = np.broadcast_to(np.array([-values.shape[-1], -1]), lead + (2,))
+        return np.concatenate([head, float_tokens(values).reshape(lead + (-1,))], axis=-1)
+
+    def counted(n: int, body: np.ndarray) -> np.ndarray:  # a vector: its size, its items
+        lead = body.shape[:-1]
+        return np.concatenate([np.full(lead + (1,), n), body], axis=-1)
+
+    splits = np.concatenate([m.split_idx1[..., None], m.split_idx2[..., None],
+                             float_tokens(m.thresholds).reshape(levels, t, s, 2)],
+                            axis=-1).reshape(levels, t, 4 * s)
+    leaves = column(m.leaf_values.reshape(levels, t, s + 1, coords)).reshape(levels, t, -1)
+    trees = np.concatenate([counted(s, splits), counted(s + 1, leaves)], axis=-1)
+    stream = [np.array([1]), column(m.initial_shape.reshape(-1)),
+              np.array([levels]), counted(t, trees.reshape(levels, -1)).reshape(-1),
+              np.array([levels]), counted(f, m.anchor_idx.astype(np.int64)).reshape(-1),
+              np.array([levels]),
+              counted(f, float_tokens(m.deltas).reshape(levels, 4 * f)).reshape(-1)]
+    return encode_integers(np.concatenate([a.astype(np.int64).reshape(-1) for a in stream]))
+
+
 # ----------------------------------------------------------------------------------------
 # Our format: safetensors
 # ----------------------------------------------------------------------------------------

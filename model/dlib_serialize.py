@@ -39,6 +39,47 @@ class DlibFormatError(ValueError):
 
 
 
+# ----------------------------------------------------------------------------------------
+# Writing: every primitive of the format is an integer (a float is two), so a file is one
+# stream of integers, encoded here in bulk.
+
+
+def float_tokens(values: np.ndarray) -> np.ndarray:
+    """float32 values as dlib's float_details writes them: (N, 2) int64 (mantissa, exponent),
+    mantissa = frexp(v) * 2^24 (float's 24 digits) with whole zero low bytes shifted off."""
+    v = np.asarray(values, dtype=np.float32).reshape(-1)
+    frac, exp = np.frexp(v)
+    man = (frac.astype(np.float64) * (1 << 24)).astype(np.int64)
+    exp = exp.astype(np.int64) - 24
+    for _ in range(8):  # dlib: for (i = 0; i < 8 && (mantissa & 0xFF) == 0; ++i)
+        zero = (man & 0xFF) == 0
+        if not zero.any():
+            break
+        man = np.where(zero, man >> 8, man)
+        exp = np.where(zero, exp + 8, exp)
+    exp = np.where(np.isposinf(v), _IS_INF, exp)
+    exp = np.where(np.isneginf(v), _IS_NINF, exp)
+    exp = np.where(np.isnan(v), _IS_NINF + 1, exp)
+    man = np.where(np.isfinite(v), man, 0)
+    return np.stack([man, exp], axis=1)
+
+
+def encode_integers(tokens: np.ndarray) -> bytes:
+    """dlib's pack_int for each integer of `tokens`, concatenated: a control byte (the
+    magnitude's byte count, at least 1, | 0x80 when negative), then the magnitude's bytes,
+    little-endian."""
+    t = np.asarray(tokens, dtype=np.int64).reshape(-1)
+    mag = np.abs(t).astype("<u8")
+    size = np.ones(len(t), dtype=np.uint8)
+    for k in range(1, 8):
+        size += (mag >= (1 << (8 * k))).astype(np.uint8)
+    rows = np.zeros((len(t), 9), dtype=np.uint8)
+    rows[:, 0] = size | np.where(t < 0, 0x80, 0).astype(np.uint8)
+    rows[:, 1:] = mag.view(np.uint8).reshape(-1, 8)
+    keep = np.arange(9)[None, :] <= size[:, None]
+    return rows[keep].tobytes()
+
+
 class FloatSink:
     """Collects dlib portable floats as (mantissa, exponent) and converts them in bulk."""
 

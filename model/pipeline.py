@@ -65,7 +65,8 @@ class NoFaceError(ValueError):
 class AlignedFace:
     """An aligned crop and where it came from."""
 
-    crop: np.ndarray  # (S, S, 3) uint8 RGB, S = the spec's crop size
+    crop: np.ndarray | None  # (S, S, 3) uint8 RGB, S = the spec's crop size; None once dropped
+    # (the service's face workers keep it only when asked: the embedding is made)
     box: list[float] | None
     landmarks: list[list[float]] | None
     score: float | None
@@ -185,7 +186,10 @@ class FacePipeline:
 
     def __init__(self, device: str | torch.device = "auto",
                  spec: PreprocessSpec = DEFAULT_SPEC, landmarks_path: str | Path | None = None,
-                 face_choice: str = "largest", detector: str = "auto"):
+                 face_choice: str = "largest", detector: str = "auto", native: bool = True):
+        """native: run dlib's landmarks and chip in dlib's compiled code when the dlib
+        package is installed (model/dlib_native.py: the same numbers, faster); False: always
+        the numpy ports."""
         if face_choice not in FACE_CHOICES:
             raise ValueError(f"unknown face choice {face_choice!r}; choose from {FACE_CHOICES}")
         detector = detector_for(spec, detector)
@@ -194,9 +198,13 @@ class FacePipeline:
         self.spec = spec
         self.face_choice = face_choice
         self.shape_predictor = None
+        self.native = None  # model.dlib_native.NativeDlib
         if spec.landmarks == "dlib5":
             from model.dlib_landmarks import DEFAULT_WEIGHTS, ShapePredictor
+            from model.dlib_native import NativeDlib, dlib_available
             self.shape_predictor = ShapePredictor.load(landmarks_path or DEFAULT_WEIGHTS)
+            if native and dlib_available():
+                self.native = NativeDlib(self.shape_predictor.model)
 
     def align(self, images: Sequence[Image.Image], detect: bool = True,
               fallback: str = "raise") -> list[AlignedFace]:
@@ -241,10 +249,8 @@ class FacePipeline:
         elif self.spec.landmarks == "mtcnn5":
             crop = self._chip_from_mtcnn(np.asarray(img), face.landmarks)
         else:
-            pixels = np.asarray(img)
-            points = self.shape_predictor.predict(
-                pixels, dlib_box(face.box, face.landmarks, self._dlib_box_table))
-            crop = self._chip(pixels, points)
+            points, crop = self._dlib_align(
+                np.asarray(img), dlib_box(face.box, face.landmarks, self._dlib_box_table))
             extra["dlib_landmarks"] = points.tolist()
         return AlignedFace(
             crop=crop,
@@ -260,14 +266,18 @@ class FacePipeline:
             return align_face(img, centred_face_landmarks(*img.size), self.spec.crop_size)
         if self.spec.landmarks == "mtcnn5":
             return self._chip_from_mtcnn(np.asarray(img), centred_face_landmarks(*img.size))
-        pixels = np.asarray(img)
-        points = self.shape_predictor.predict(pixels, centred_dlib_box(*img.size))
-        return self._chip(pixels, points)
+        return self._dlib_align(np.asarray(img), centred_dlib_box(*img.size))[1]
 
     def _chip_from_mtcnn(self, pixels: np.ndarray, points: np.ndarray) -> np.ndarray:
         size = self.spec.crop_size  # the template is for padding 0.25 (the spec checks it)
         template = MTCNN5_IN_DLIB_CHIP150 * (size / 150)
         return extract_image_chip(pixels, chip_details_from_points(template, points, size))
 
-    def _chip(self, pixels: np.ndarray, points: np.ndarray) -> np.ndarray:
-        return extract_chip(pixels, points, self.spec.crop_size, self.spec.padding)
+    def _dlib_align(self, pixels: np.ndarray, box: Sequence[int]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """dlib's 5 points in `box` and the face chip they give (dlib's code or our ports)."""
+        size, padding = self.spec.crop_size, self.spec.padding
+        if self.native is not None:
+            return self.native.landmarks_and_chip(pixels, box, size, padding)
+        points = self.shape_predictor.predict(pixels, box)
+        return points, extract_chip(pixels, points, size, padding)

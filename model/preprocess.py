@@ -98,6 +98,14 @@ class PreprocessSpec:
             raise SpecError(f"incomplete preprocessing spec {d!r}: {exc}") from None
 
     # -- normalisation ------------------------------------------------------------------
+    def to_array(self, crops: np.ndarray) -> np.ndarray:
+        """`to_tensor` in numpy (the face workers have no torch): (N, S, S, 3) uint8 →
+        (N, 3, S, S) float32, the same float32 arithmetic, so the same values."""
+        x = np.asarray(crops).transpose(0, 3, 1, 2).astype(np.float32)
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(1, 3, 1, 1)
+        std = np.asarray(self.std, dtype=np.float32).reshape(1, 3, 1, 1)
+        return (x - mean) / std
+
     def to_tensor(self, crops: np.ndarray | torch.Tensor | Sequence[np.ndarray]) -> torch.Tensor:
         """(N, S, S, 3) uint8 crops → (N, 3, S, S) float32, (x - mean) / std per channel."""
         import torch

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from model.encoder import SiameseEncoder
+from model.onnx_session import cpu_session
 
 log = logging.getLogger("faceverify.runtime")
 RUNTIMES = ("auto", "torch", "onnxruntime")
@@ -68,28 +69,16 @@ class OnnxEncoder:
         """graph: an ONNX graph of this encoder to run instead of exporting one (the int8
         graph of model/quantize.py)."""
         try:
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401
         except ImportError:
             raise RuntimeUnavailable("onnxruntime is not installed") from None
         if graph is None:
             graph = export_onnx(encoder)
-
-        def session(n: int):
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = n
-            options.inter_op_num_threads = 1
-            # No busy-waiting between runs: ORT's pool threads otherwise spin after each
-            # batch, taking the cores the detect threads need (bench.load, 16 clients on two
-            # cores: 35.7 pairs/s with two spinning threads, 56.2 with one thread).
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-
         self.threads = threads or torch.get_num_threads()
-        self.session = session(self.threads)
-        self.lean_session = session(1) if self.threads > 1 else self.session
+        self.session = cpu_session(graph, self.threads)
+        self.lean_session = cpu_session(graph, 1) if self.threads > 1 else self.session
         self.contended: Callable[[], bool] | None = None
-        self.onnx_bytes = len(graph)
+        self.graph = graph  # for the face workers, which run it too (app/faces.py)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         lean = self.contended is not None and self.contended()

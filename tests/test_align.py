@@ -101,6 +101,18 @@ def test_crops_to_tensor_normalises_to_unit_range():
     assert float(t[0].max()) == -1.0 and float(t[1].min()) == 1.0
 
 
+@pytest.mark.parametrize("spec", ["DEFAULT_SPEC", "DLIB_CHIP150"])
+def test_the_numpy_normalisation_gives_to_tensors_values_bit_for_bit(spec):
+    """The face workers (no torch) normalise with `to_array`; the batcher with `to_tensor`."""
+    from model import preprocess
+    spec = getattr(preprocess, spec)
+    crops = np.random.default_rng(0).integers(0, 256, (3, spec.crop_size, spec.crop_size, 3),
+                                              dtype=np.uint8)
+    ours = spec.to_array(crops)
+    assert ours.dtype == np.float32 and ours.shape == (3, 3, spec.crop_size, spec.crop_size)
+    assert ours.tobytes() == spec.to_tensor(crops).numpy().tobytes()
+
+
 def test_image_too_small_for_a_face_raises_no_face(pipeline):
     with pytest.raises(NoFaceError):
         pipeline.align([Image.new("RGB", (12, 12), (128, 128, 128))])

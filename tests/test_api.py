@@ -215,8 +215,9 @@ def test_full_queue_and_too_many_requests_answer_503_with_retry_after(tiny_weigh
     started = threading.Event()
 
     async def main():
+        # the batcher's queue: faces encoded there, not in the face workers
         settings = settings_for(tiny_weights, max_queue=2, max_batch_size=2, retry_after_s=3,
-                                max_concurrent_requests=64)
+                                max_concurrent_requests=64, encode_in_detect_workers=False)
         async with serving(settings) as (app, client):
             svc = app.state.service
             real_forward = svc.batcher.forward
@@ -266,7 +267,8 @@ def test_an_internal_error_is_500_without_details_and_logged_with_the_request_id
     logger.addHandler(handler)
 
     async def main():
-        async with serving(settings_for(tiny_weights)) as (app, client):
+        async with serving(settings_for(tiny_weights, encode_in_detect_workers=False)
+                           ) as (app, client):
             def broken(x):
                 raise RuntimeError("secret detail in /some/internal/path.py")
             app.state.service.batcher.forward = broken

@@ -13,6 +13,7 @@ from app.errors import ServiceError
 from app.faces import FaceStage
 from model.imageio import decode_image, decode_reduced
 from tests.conftest import lfw_photo
+from tests.service_support import DEFAULT_WEIGHTS
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +81,48 @@ def test_an_undecodable_image_is_the_answer_and_its_sibling_is_not_detected(chip
         stage.shutdown()
     assert err.value.code == "invalid_image" and err.value.field == "image1"
     assert calls == []
+
+
+@pytest.fixture(scope="module")
+def int8_graph() -> bytes:
+    from model.quantize import int8_graph_for
+    path = int8_graph_for(DEFAULT_WEIGHTS)
+    if not path.exists():
+        pytest.skip(f"{path} is not committed")
+    return path.read_bytes()
+
+
+def test_worker_processes_encode_the_faces_they_align(chip_pipeline, int8_graph):
+    """Given the encoder's graph, each worker embeds the face it aligned: the same vector as
+    the offline pipeline's crop through the same graph; the crop itself comes back only
+    when asked; already-aligned images (detect=false) are left to the batcher."""
+    from app.faces import PipelineConfig
+    from model.onnx_session import CropEncoder
+    photos = {"image1": lfw_photo("Tony_Blair", 5).read_bytes(),
+              "image2": lfw_photo("Colin_Powell", 1).read_bytes()}
+    offline = chip_pipeline.align([decode_image(p) for p in photos.values()])
+    want = CropEncoder(int8_graph, chip_pipeline.spec)(np.stack([f.crop for f in offline]))
+    config = PipelineConfig(chip_pipeline.spec, "largest", "yunet", encoder_graph=int8_graph)
+    stage = FaceStage(chip_pipeline, workers=2, max_pixels=40_000_000, processes=config)
+    try:
+        assert stage.encodes
+        bare = asyncio.run(stage.prepare(photos, detect=True, keep_crops=False))
+        kept = asyncio.run(stage.prepare(photos, detect=True))
+        aligned = asyncio.run(stage.prepare({"image": encode_png(offline[0].crop)},
+                                            detect=False))
+    finally:
+        stage.shutdown()
+    for got in (bare, kept):
+        assert got.embeddings.shape == want.shape and got.embeddings.dtype == np.float32
+        np.testing.assert_allclose(got.embeddings, want, atol=1e-6)
+        assert got.encode_s > 0
+        assert [f.box for f in got.faces] == [f.box for f in offline]
+    assert all(f.crop is None for f in bare.faces)
+    assert all(np.array_equal(f.crop, o.crop) for f, o in zip(kept.faces, offline))
+    assert aligned.embeddings is None and aligned.faces[0].crop.shape == (150, 150, 3)
+
+
+def encode_png(crop: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(crop).save(buf, "PNG")
+    return buf.getvalue()

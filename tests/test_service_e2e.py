@@ -16,6 +16,7 @@ import time
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import lfw_or_skip, lfw_photo
 from tests.service_support import (
@@ -119,7 +120,21 @@ def test_verify_matches_the_offline_pipeline(server, reference, pairs):
         assert body["face"]["faces_found"] >= 1
 
 
+def metric(text: str, name: str) -> float:
+    """One sample's value from a /metrics page (0 when absent)."""
+    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    return float(m.group(1)) if m else 0.0
+
+
+def batches(text: str) -> tuple[float, float]:
+    """(number of encoder batches, number of batches of more than one face)."""
+    count = metric(text, "faceverify_batch_size_count")
+    return count, count - metric(text, 'faceverify_batch_size_bucket{le="1.0"}')
+
+
 def test_64_concurrent_requests_each_get_their_own_answer(server, reference, pairs):
+    """On the CPU the face workers also encode (FACEVERIFY_ENCODE_IN_DETECT_WORKERS): every
+    request gets its own photos' faces and distance, and none of them used the batcher."""
     jobs = []
     for i in range(64):
         a, b, _ = pairs[i % len(pairs)]
@@ -145,24 +160,42 @@ def test_64_concurrent_requests_each_get_their_own_answer(server, reference, pai
         assert np.allclose(body["faces"][0]["box"], ref_faces[0].box, atol=0.05)
         assert np.allclose(body["faces"][1]["box"], ref_faces[1].box, atol=0.05)
         assert body["distance"] == pytest.approx(reference.distance(a, b), abs=1e-4)
+        assert body["timings_ms"]["batch_size"] == 1 and body["timings_ms"]["queue"] == 0
     ids = {r.headers["x-request-id"] for r in responses}
     assert len(ids) == 64
+    encoded = 'faceverify_stage_duration_seconds_count{stage="encode"}'
+    assert metric(after, encoded) - metric(before, encoded) == 64
+    assert batches(after)[0] == batches(before)[0]  # the faces never reached the batcher
+    assert 'faceverify_requests_total{route="/verify",status="200"}' in after
+    assert metric(after, "faceverify_queue_depth") == 0
+    assert re.search(r'^faceverify_model_info\{.*name="tiny".*\} 1.0$', after, re.MULTILINE)
 
-    def batches(text: str) -> tuple[float, float]:
-        """(number of batches, number of batches of more than 2 faces)."""
-        count = float(re.search(r"^faceverify_batch_size_count (\S+)$", text, re.MULTILINE).group(1))
-        le2 = float(re.search(r'^faceverify_batch_size_bucket\{le="2.0"\} (\S+)$', text,
-                              re.MULTILINE).group(1))
-        return count, count - le2
 
+def test_concurrent_detect_false_requests_are_batched_together(server, reference, pairs):
+    """Already-aligned crops (detect=false) go through the dynamic batcher: 64 concurrent
+    /embed calls share batches, and each gets its own crop's embedding."""
+    photos = [p for a, b, _ in pairs for p in (a, b)][:32] * 2
+    crops = {p: encode(Image.fromarray(reference.face(p)[1].crop), "PNG") for p in photos}
+
+    async def fire():
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        async with httpx.AsyncClient(base_url=server.url, timeout=300, limits=limits) as c:
+            before = (await c.get("/metrics")).text
+            responses = await asyncio.gather(*[
+                c.post("/embed", files={"image": ("crop.png", crops[p], "image/png")},
+                       data={"detect": "false"}) for p in photos])
+            after = (await c.get("/metrics")).text
+            return before, responses, after
+
+    before, responses, after = asyncio.run(fire())
+    for p, r in zip(photos, responses):
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(r.json()["embedding"], reference.face(p)[0].numpy(),
+                                   atol=1e-4)
     n0, big0 = batches(before)
     n1, big1 = batches(after)
     assert n1 - n0 < 64, "every request had a batch of its own"
-    assert big1 - big0 >= 1, "no batch held more than one request's pair"
-    assert 'faceverify_requests_total{route="/verify",status="200"}' in after
-    depth = float(re.search(r"^faceverify_queue_depth (\S+)$", after, re.MULTILINE).group(1))
-    assert depth == 0
-    assert re.search(r'^faceverify_model_info\{.*name="tiny".*\} 1.0$', after, re.MULTILINE)
+    assert big1 - big0 >= 1, "no batch held more than one request's face"
 
 
 def test_overload_is_shed_early_with_503_and_the_accepted_requests_wait_within_budget(

@@ -147,8 +147,8 @@ class GalleryService:
         await self._store(self.sync)  # read-your-writes on this replica
         return out
 
-    async def probe(self, image: bytes, detect: bool) -> Probe:
-        out = await self.service.embed(image, detect)
+    async def probe(self, image: bytes, detect: bool, keep_crop: bool = False) -> Probe:
+        out = await self.service.embed(image, detect, keep_crop)
         return Probe(out.embeddings[0].numpy().astype(np.float32), out.faces[0],
                      out.timings_ms)
 
@@ -168,7 +168,7 @@ class GalleryService:
     # -- operations ------------------------------------------------------------------------
     async def enroll(self, gallery: str, subject: str, image: bytes, detect: bool = True
                      ) -> tuple[str, Probe]:
-        p = await self.probe(image, detect)
+        p = await self.probe(image, detect, keep_crop=self.store_crops)
         face_id = uuid.uuid4().hex
         crop_png = crop_spec = None
         if self.store_crops:
