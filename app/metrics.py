@@ -40,7 +40,8 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=r)
         self.stage_duration = Histogram(
             "faceverify_stage_duration_seconds",
-            "Time per request in each stage (read, decode, detect).", ["stage"],
+            "Time per request in each stage (read, decode, detect; encode when the face "
+            "workers encode).", ["stage"],
             buckets=FAST_BUCKETS + (10.0,), registry=r)
         self.batch_size = Histogram("faceverify_batch_size", "Faces per encoder forward pass.",
                                     buckets=batch_buckets(max_batch_size), registry=r)

@@ -108,14 +108,16 @@ def test_centring_removes_the_shared_direction_and_keeps_unit_length():
 
 
 def test_the_service_never_imports_the_teacher():
-    """Not at import, and not while it aligns a face for the default encoder (dlib's
-    landmarks and chip come from our own ports of dlib's code and model files)."""
+    """Not at import, and not while it aligns a face for the default encoder: dlib's
+    landmarks and chip come from the converted weights/landmarks-dlib5.safetensors (run by
+    dlib's compiled code or our ports), never from the teacher's model files."""
     code = ("import sys, app.main; from PIL import Image; "
             "from model.pipeline import FacePipeline; from model.preprocess import DLIB_CHIP150; "
             "p = FacePipeline(device='cpu', spec=DLIB_CHIP150); "
             f"p.align([Image.open({str(lfw_photo('Colin_Powell', 1))!r}).convert('RGB')]); "
             "p.align([Image.new('RGB', (250, 250))], fallback='centre'); "
-            "print(any(m == 'dlib' or m.startswith('model.teacher') for m in sys.modules))")
+            "print(any(m.startswith(('model.teacher', 'face_recognition_models')) "
+            "for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
