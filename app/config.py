@@ -83,9 +83,10 @@ class Settings(BaseSettings):
     active_requests: int = Field(0, ge=0, description=(
         "Requests worked on (decoded, detected, encoded) at once; the others wait for a slot,"
         " in arrival order while at most 16 wait, the newest first beyond (overload), up to "
-        "`max_detect_wait_ms`, then get 503 overloaded. 0 = `detect_workers` + 1 (3): "
-        "enough to keep two cores busy, few enough that an answered request does not share "
-        "them with a crowd (docs/benchmarks.md)."))
+        "`max_detect_wait_ms`, then get 503 overloaded. 0 = `detect_workers` (2) when the "
+        "detect workers also encode (`encode_in_detect_workers`), else `detect_workers` + 1 "
+        "(3, the third in the encoder): enough to keep two cores busy, few enough that an "
+        "answered request does not share them with a crowd (docs/benchmarks.md)."))
     retry_after_s: int = Field(1, ge=1, description="Retry-After (seconds) sent with 503.")
 
     # --- input limits ------------------------------------------------------------------

@@ -175,6 +175,11 @@ class Service:
                                max_wait_s=(s.max_detect_wait_ms / 1000
                                            if s.max_detect_wait_ms else None),
                                retry_after_s=s.retry_after_s, processes=processes)
+        if not s.active_requests and self.faces.encodes:
+            # a request's work is all in the workers: one request per worker keeps them
+            # busy (docs/benchmarks.md, 0.6: 64 clients, p50 of the 200s 55 ms with 3
+            # slots, 35 ms with 2; 16 clients the same within noise)
+            self.gate.slots = s.detect_workers
         if s.gallery_enabled:
             self.gallery = self._open_gallery(encoder.embedding_dim)
         log.info("model loaded", extra={

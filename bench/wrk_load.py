@@ -90,6 +90,26 @@ def parse_wrk(out: str) -> dict:
     return res
 
 
+def write_bodies(folder: Path, bodies: list[dict[str, bytes]], route: str, detect: bool
+                 ) -> Path:
+    """Each body as `folder/<i>.body` (multipart, from 1) and the Lua script that cycles
+    through them; returns the script's path."""
+    for i, fields in enumerate(bodies, 1):
+        Path(folder, f"{i}.body").write_bytes(multipart(fields, detect))
+    script = Path(folder, "load.lua")
+    script.write_text(LUA.replace("@BOUNDARY@", BOUNDARY).replace("@ROUTE@", route))
+    return script
+
+
+def run_wrk(url: str, script: Path, bodies: int, connections: int, seconds: int) -> str:
+    """wrk's report of one run: one thread, `connections` connections, the bodies beside
+    `script`."""
+    return subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "30s",
+         "-s", str(script), url, "--", str(script.parent), str(bodies)],
+        capture_output=True, text=True, check=True).stdout
+
+
 def statuses(url: str, route: str) -> dict[str, float]:
     """The route's answers so far, by status, from the service's own counter."""
     text = httpx.get(url + "/metrics", timeout=10).text
@@ -129,10 +149,7 @@ def main(argv: list[str] | None = None) -> int:
               "uvicorn_workers": args.uvicorn_workers, "duration_s": args.duration,
               "cells": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for i, fields in enumerate(bodies, 1):
-            Path(tmp, f"{i}.body").write_bytes(multipart(fields, detect))
-        script = Path(tmp, "load.lua")
-        script.write_text(LUA.replace("@BOUNDARY@", BOUNDARY).replace("@ROUTE@", args.route))
+        script = write_bodies(Path(tmp), bodies, args.route, detect)
         # info: one log line per request with its status and duration (the 200s' latency)
         server = Server(args.weights, {"log_level": "info", **settings},
                         args.log_dir / "wrk_load.log", workers=args.uvicorn_workers)
@@ -140,11 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             server.wait_ready()
             for c in args.concurrency:
                 def run(seconds: int, c=c) -> str:
-                    return subprocess.run(
-                        ["wrk", "-t1", f"-c{c}", f"-d{seconds}s", "--latency", "--timeout",
-                         "30s", "-s", str(script), server.url, "--", tmp,
-                         str(len(bodies))],
-                        capture_output=True, text=True, check=True).stdout
+                    return run_wrk(server.url, script, len(bodies), c, seconds)
                 run(3)
                 before, seen = statuses(server.url, args.route), len(server.log_lines())
                 out = run(args.duration)
