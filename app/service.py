@@ -190,6 +190,8 @@ class Service:
             "threshold": self.threshold,
             "max_client_threshold": self.max_client_threshold,
             "embedding_dim": encoder.embedding_dim, "preprocessing": encoder.spec.version,
+            "landmarks_code": pipeline.landmarks_code,
+            "encode_in_detect_workers": self.faces.encodes,
             "runtime": self.runner.runtime,
             "load_ms": round((time.perf_counter() - t0) * 1000, 1)})
 

@@ -206,6 +206,14 @@ class FacePipeline:
             if native and dlib_available():
                 self.native = NativeDlib(self.shape_predictor.model)
 
+    @property
+    def landmarks_code(self) -> str | None:
+        """Whose code runs dlib's landmarks and chip: "dlib" (compiled), "numpy" (our ports),
+        None when the spec uses no dlib landmarks."""
+        if self.shape_predictor is None:
+            return None
+        return "dlib" if self.native is not None else "numpy"
+
     def align(self, images: Sequence[Image.Image], detect: bool = True,
               fallback: str = "raise") -> list[AlignedFace]:
         """Align each image's largest face.

@@ -364,6 +364,14 @@ user=$(compose exec -T api id -u)
 health=$("$DOCKER" inspect --format '{{.State.Health.Status}}' "$(compose ps -q api)")
 [[ $health == healthy ]] || die "the image's HEALTHCHECK says $health"
 echo "api runs as uid $user; HEALTHCHECK: $health"
+# the CPU fast path inside the image: dlib's compiled landmarks (dlib-bin), faces encoded in
+# the face worker processes (app/service.py logs both at start-up)
+loaded=$(compose logs api | grep '"model loaded"' | tail -n 1)
+[[ $loaded == *'"landmarks_code": "dlib"'* ]] \
+  || die "the api does not run dlib's compiled landmarks: $loaded"
+[[ $loaded == *'"encode_in_detect_workers": true'* ]] \
+  || die "the api's face workers do not encode: $loaded"
+echo "landmarks by dlib's code; faces encoded in the face workers"
 end
 
 begin "SQLite gallery: restart, backup, restore"
