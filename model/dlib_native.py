@@ -2,8 +2,8 @@
 
 model/dlib_landmarks.py and model/dlib_chip.py are numpy ports of dlib's 5-point shape
 predictor and `get_face_chip`, equal to dlib's output point for point and pixel for pixel.
-dlib's compiled code gives those same numbers in less time (one LFW photo on one core:
-landmarks 1.6 → 1.0 ms, chip 1.5 → 0.3 ms; `python -m bench.face_stage`), so the face
+dlib's compiled code gives those same numbers in less time (one LFW photo on one core, both
+steps: 3.24 → 1.54 ms, `python -m bench.face_stage`), so the face
 pipeline uses it when `dlib` imports (the `dlib-bin` wheel, Boost Software License, a core
 dependency where a wheel exists) and the ports otherwise. tests/test_dlib_native.py checks
 that both give the same points and the same crops on real photos.
