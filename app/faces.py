@@ -1,4 +1,5 @@
-"""Decode and detect/align uploaded images with model/'s pipeline, off the event loop.
+"""Decode, detect/align (and on the CPU encode) uploaded images with model/'s pipeline, off
+the event loop.
 
 The blocking work (Pillow decoding, detection, alignment) runs in a pool of `detect_workers`
 worker processes (or threads), so a slow image never stalls the event loop. Errors from
@@ -9,7 +10,9 @@ each take the GIL: two detect threads, the event loop and the encoder's thread q
 On the reference machine's two cores the same 400 LFW photos go through two worker
 processes at 290 images/s against 188 through two threads (docs/benchmarks.md). Each worker
 builds its own pipeline from the same spec at start (`PipelineConfig`) and warms it up; a
-request's image bytes go in and its aligned face comes back (a 150x150 crop, ~70 KB). Threads
+request's image bytes go in and its aligned face comes back. Given the encoder's ONNX graph
+(`encode_in_detect_workers`), a worker also encodes the face (one thread) and sends back
+its embedding, with the 150x150 crop (~70 KB) only when the caller asked for it. Threads
 remain for detection on a GPU (MTCNN on CUDA) and for a pipeline object that cannot be
 rebuilt elsewhere (tests).
 

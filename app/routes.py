@@ -99,9 +99,9 @@ UPLOAD_ERRORS = error_responses(400, 401, 408, 413, 415, 422, 500, 503)
     openapi_extra={"requestBody": upload_request_body(["image1", "image2"]),
                    "parameters": [RETURN_CROPS_PARAMETER]},
     description="Detects the largest face in each image (of the faces the detector is sure "
-                "of; FACEVERIFY_FACE_CHOICE), aligns it, embeds both in one "
-                "encoder batch, and compares the unit embeddings: `verified` is "
-                "`distance < threshold`.")
+                "of; FACEVERIFY_FACE_CHOICE), aligns it, embeds both (in the face workers "
+                "on the CPU, in one encoder batch on a GPU), and compares the unit "
+                "embeddings: `verified` is `distance < threshold`.")
 async def verify(request: Request) -> VerifyResponse:
     started = time.perf_counter()
     with_crops = wants_crops(request)

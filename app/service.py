@@ -1,7 +1,8 @@
 """The running service: the loaded model, the face stage, the batcher, readiness, admission,
 and the two operations, `verify` and `embed`, that the routes, the in-process benchmark
-(bench/load.py) and the tests all call: images → decode → detect/align → batched encode →
-distance → verdict.
+(bench/load.py) and the tests all call: images → decode → detect/align → encode →
+distance → verdict. The encoding happens in the face worker processes on the CPU (each
+encodes the face it aligned), else in the dynamic batcher (a GPU, `detect=false` crops).
 
 Start-up order (driven by the app's lifespan, app/main.py):
 1. `load()` (blocking, in a thread): resolve the device, load the weights with
@@ -89,7 +90,8 @@ class Service:
         self.gate = LifoGate(settings.active_requests or settings.detect_workers + 1,
                              settings.max_detect_wait_ms / 1000 if settings.max_detect_wait_ms
                              else None)
-        self.preparing = 0  # requests in the face stage (their groups may join a batch)
+        self.in_face_stage = 0  # requests in the face stage: the cores are wanted there
+        self.preparing = 0  # of those, the ones whose faces will join a batch
         self.body_bytes = BodyBytes(settings.max_body_bytes_in_flight, settings.retry_after_s)
         self.body_limits = BodyLimits(settings.max_upload_bytes, settings.body_timeout_s,
                                       settings.min_body_rate, settings.body_rate_grace_s)
@@ -151,7 +153,7 @@ class Service:
         except RuntimeError as exc:  # runtime=onnxruntime that cannot run here
             raise StartupError(f"cannot start the encoder runtime: {exc}") from None
         # while requests are in the face stage, the encoder leaves them the other core
-        self.runner.share_cores_with(lambda: self.preparing > 0)
+        self.runner.share_cores_with(lambda: self.in_face_stage > 0)
         detect_device = s.detect_device or str(device)
         try:
             pipeline = FacePipeline(device=detect_device, spec=encoder.spec,
@@ -179,7 +181,7 @@ class Service:
             # a request's work is all in the workers: one request per worker keeps them
             # busy (docs/benchmarks.md, 0.6: 64 clients, p50 of the 200s 55 ms with 3
             # slots, 35 ms with 2; 16 clients the same within noise)
-            self.gate.slots = s.detect_workers
+            self.gate = LifoGate(s.detect_workers, self.gate.max_wait_s)
         if s.gallery_enabled:
             self.gallery = self._open_gallery(encoder.embedding_dim)
         log.info("model loaded", extra={
@@ -298,18 +300,20 @@ class Service:
     async def embed_images(self, images: dict[str, bytes], detect: bool = True,
                            keep_crops: bool = True) -> Embedded:
         """Decode, detect and align each image's face, and encode them in one batch with
-        other requests' faces, inside one of `max_concurrent_requests` slots; or, when the
+        other requests' faces, inside one of the `active_requests` slots; or, when the
         face workers encode (`FaceStage.encodes`, detect=true), take their embeddings.
         keep_crops=False: the faces may come without their crops (the reply does not show
         them, the gallery does not store them)."""
         in_workers = detect and self.faces.encodes
         async with self.admit():
-            # `preparing` counts the requests whose faces will join a batch
-            self.preparing += not in_workers
+            joins_batch = not in_workers
+            self.in_face_stage += 1
+            self.preparing += joins_batch
             try:
                 prepared = await self.faces.prepare(images, detect, keep_crops)
             finally:
-                self.preparing -= not in_workers
+                self.in_face_stage -= 1
+                self.preparing -= joins_batch
             if prepared.embeddings is not None:
                 return self._embedded_in_workers(prepared)
             crops = torch.from_numpy(np.stack([f.crop for f in prepared.faces]))

@@ -48,7 +48,7 @@ def float_tokens(values: np.ndarray) -> np.ndarray:
     """float32 values as dlib's float_details writes them: (N, 2) int64 (mantissa, exponent),
     mantissa = frexp(v) * 2^24 (float's 24 digits) with whole zero low bytes shifted off."""
     v = np.asarray(values, dtype=np.float32).reshape(-1)
-    frac, exp = np.frexp(v)
+    frac, exp = np.frexp(np.where(np.isfinite(v), v, 0))  # inf and NaN: set below
     man = (frac.astype(np.float64) * (1 << 24)).astype(np.int64)
     exp = exp.astype(np.int64) - 24
     for _ in range(8):  # dlib: for (i = 0; i < 8 && (mantissa & 0xFF) == 0; ++i)

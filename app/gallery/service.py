@@ -1,7 +1,7 @@
 """1:N on top of the 1:1 service: enroll faces under (gallery, subject), identify a face
 against a gallery, verify a face against one subject, list and delete.
 
-The data path is the one of /embed (decode → detect/align → batched encode, inside
+The data path is the one of /embed (decode → detect/align → encode, inside
 `Service.embed_images`); then the store (a committed write) and the in-memory index (exact
 search). Writes go to the store first and are applied to this replica's index from the
 change log right after, so a client reads its own writes on the replica it wrote to; other
