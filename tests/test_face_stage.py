@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 
 import numpy as np
 import pytest
@@ -72,7 +73,22 @@ def test_an_undecodable_image_is_the_answer_and_its_sibling_is_not_detected(chip
             calls.append(len(images))
             return self.inner.align(images, **kw)
 
-    stage = FaceStage(Counting(chip_pipeline), workers=2, max_pixels=40_000_000)
+    junk_failed = threading.Event()
+
+    class JunkFirst(FaceStage):
+        """image2's decoding starts once image1's has failed (on a busy machine the pool's
+        first thread can start late, and the test is about what happens after)."""
+
+        def _decode(self, name, data):
+            if name == "image2":
+                assert junk_failed.wait(30)
+            try:
+                return super()._decode(name, data)
+            except ServiceError:
+                junk_failed.set()
+                raise
+
+    stage = JunkFirst(Counting(chip_pipeline), workers=2, max_pixels=40_000_000)
     try:
         with pytest.raises(ServiceError) as err:
             asyncio.run(stage.prepare({"image1": b"not an image", "image2": _big_jpeg()},
