@@ -250,3 +250,45 @@ def test_a_replica_reloads_when_the_store_is_restored_from_an_older_backup(tmp_p
     replica._sync_quietly()
     g = replica.index.gallery("g")
     assert g.has_subject("alice") and g.has_subject("carol") and not g.has_subject("bob")
+
+
+def test_pruning_the_log_keeps_the_newest_rows_and_a_lagging_replica_catches_up(store_url):
+    """`prune-log --keep N` deletes all but the newest N log rows (never the last one). An
+    up-to-date replica goes on applying new rows; one whose last applied row was pruned
+    reloads everything, so it still ends with exactly the store's faces."""
+    from types import SimpleNamespace
+
+    from app.gallery.__main__ import main as gallery_cli
+    from app.gallery.service import GalleryService
+    rng = np.random.default_rng(9)
+    writer = open_store(store_url)
+    metrics = SimpleNamespace(gallery_vectors=SimpleNamespace(set=lambda n: None))
+    current, lagging = (GalleryService(SimpleNamespace(metrics=metrics), open_store(store_url))
+                        for _ in range(2))
+    try:
+        writer.add_face("g", "alice", "a" * 32, "m", unit(rng, 1)[0], None, None)
+        lagging.load(DIM, "m")  # alice only
+        for i in range(5):
+            writer.add_face("g", f"s{i}", f"{i:032x}", "m", unit(rng, 1)[0], None, None)
+        writer.delete_subject("g", "alice")
+        current.load(DIM, "m")
+        before = [c.seq for c in writer.changes_since(0)]
+        assert writer.prune_changes(2) == len(before) - 2
+        assert [c.seq for c in writer.changes_since(0)] == before[-2:]
+        assert writer.prune_changes(0) == 1  # at least the newest row stays
+        assert [c.seq for c in writer.changes_since(0)] == before[-1:]
+        assert writer.snapshot()[0] == before[-1]
+
+        writer.add_face("g", "zoe", "e" * 32, "m", unit(rng, 1)[0], None, None)
+        for replica in (current, lagging):
+            replica._sync_quietly()
+            g = replica.index.gallery("g")
+            assert g.has_subject("zoe") and g.has_subject("s4") and not g.has_subject("alice")
+            assert len(g) == 6
+        if store_url.startswith("sqlite"):  # the operator's command, on the same store
+            assert gallery_cli(["prune-log", "--url", store_url, "--keep", "1"]) == 0
+            assert len(writer.changes_since(0)) == 1
+    finally:
+        writer.close()
+        current.store.close()
+        lagging.store.close()

@@ -2,6 +2,7 @@
 
     python -m app.gallery stats     # faces per model, and how many can be re-embedded
     python -m app.gallery reembed   # re-embed other models' faces with the loaded weights
+    python -m app.gallery prune-log [--keep 100000]   # trim the change log's old rows
 
 `reembed` is what a service started with new weights asks for: their identify answers 409
 model_mismatch on a gallery that still holds vectors from the old weights. It needs the
@@ -82,7 +83,7 @@ def reembed(store, embed, spec, model_sha256: str, batch_size: int = 64,
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m app.gallery", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["stats", "reembed"])
+    p.add_argument("command", choices=["stats", "reembed", "prune-log"])
     p.add_argument("--url", help="the store (default: FACEVERIFY_GALLERY_URL or its default)")
     p.add_argument("--weights", type=Path,
                    help="the weights to embed with (default: FACEVERIFY_WEIGHTS or its default)")
@@ -90,9 +91,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--delete-unembeddable", action="store_true",
                    help="reembed: delete the faces that have no usable crop (their subjects "
                         "must be re-enrolled from photos)")
+    p.add_argument("--keep", type=int, default=100_000,
+                   help="prune-log: the newest rows kept (a replica further behind reloads "
+                        "everything once)")
     args = p.parse_args(argv)
     settings = Settings()
     store = open_store(args.url or settings.gallery_url)
+    if args.command == "prune-log":  # no encoder needed
+        try:
+            print(json.dumps({"pruned": store.prune_changes(args.keep), "kept": args.keep}))
+        finally:
+            store.close()
+        return 0
     embed, sha, spec = _encoder(args.weights or settings.weights, args.device, settings.int8)
     try:
         if args.command == "stats":

@@ -70,7 +70,7 @@ class GalleryService:
         with self._sync_lock:
             self.index = index
             self._last_change = self.store.change_at(seq) if seq else None
-        self.sync()
+        self.sync(reload_when_lost=False)  # lost again already: the next catch-up reloads
         foreign = sum(len(g.foreign) for g in index.galleries.values())
         log.info("gallery loaded", extra={
             "store": self.store.url_kind, "galleries": len(index.galleries),
@@ -92,12 +92,24 @@ class GalleryService:
             self._watcher.join(timeout=5)
         self.store.close()
 
-    def sync(self) -> int:
-        """Apply the change log from the index's position; the number of changes applied."""
+    def sync(self, reload_when_lost: bool = True) -> int:
+        """Apply the change log from the index's position; the number of changes applied.
+
+        Each read also returns the row at the position: when it is gone or different, rows
+        this replica has not applied may be gone too (the log was pruned past it, or the
+        store restored from an older backup, after which later writes reuse its numbers),
+        so the replica reads everything again (`load`)."""
         applied = 0
         with self._sync_lock:
             while True:
-                changes = self.store.changes_since(self.index.seq)
+                seq = self.index.seq
+                changes = self.store.changes_since(seq, with_row_at_seq=bool(seq))
+                if seq:
+                    head = changes[0] if changes else None
+                    if head is None or head.seq != seq or self._last_change != (
+                            head.op, head.gallery, head.subject, head.face_id):
+                        break  # the position is lost
+                    changes = changes[1:]
                 if not changes:
                     return applied
                 with self.index.lock:
@@ -114,20 +126,16 @@ class GalleryService:
                         self._last_change = (c.op, c.gallery, c.subject, c.face_id)
                 applied += len(changes)
                 self.service.metrics.gallery_vectors.set(self.index.vectors)
+        log.warning("gallery: the store's change log no longer holds the row this replica "
+                    "applied last (pruned past it, or restored from a backup); reloading")
+        if reload_when_lost:
+            self.load(self.index.dim, self.index.model_sha256)
+        return applied
 
     def _sync_quietly(self) -> None:
-        """The watcher's catch-up. When the log row this replica applied last is no longer
-        what the store holds at that position, the store was restored from a backup (which
-        rewinds the log, and later writes may reuse its numbers): the replica reads it all
-        again."""
+        """The watcher's catch-up (`sync`, which reloads when its position is lost)."""
         try:
             self.sync()
-            with self._sync_lock:  # the position and its row, as one
-                seq, last = self.index.seq, self._last_change
-            if seq and self.store.change_at(seq) != last:
-                log.warning("gallery: the store's change log no longer holds what this "
-                            "replica applied (restored from a backup?); reloading it")
-                self.load(self.index.dim, self.index.model_sha256)
         except StoreError as exc:
             log.warning("gallery: catch-up failed: %s", exc)
 

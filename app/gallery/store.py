@@ -7,7 +7,8 @@ Both keep the same two tables:
   allows it (`FACEVERIFY_GALLERY_STORE_CROPS`), the aligned crop as PNG and the preprocessing
   version it was cut with, which `python -m app.gallery reembed` needs.
 - `changes`: an append-only log of every write (`add`, `update`, `delete_face`,
-  `delete_subject`), numbered by `seq`.
+  `delete_subject`), numbered by `seq`; `python -m app.gallery prune-log --keep N` trims
+  its old rows (`Store.prune_changes`).
 
 Search never reads the store: each replica keeps the vectors in memory (app/gallery/index.py)
 and applies the log from the last `seq` it has seen: at start-up (a snapshot and its `seq`),
@@ -173,11 +174,16 @@ class Store:
         """The last `seq`, and every face as of it."""
         raise NotImplementedError
 
-    def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
+    def changes_since(self, seq: int, limit: int = 10_000, with_row_at_seq: bool = False
+                      ) -> list[Change]:
+        """The log rows after `seq`, in order; with_row_at_seq: the row at `seq` first, when
+        there is one (read in the same statement, so a replica can check that its position
+        is still in the log: see GalleryService.sync)."""
         rows = self._query(
             "SELECT c.seq, c.op, c.gallery, c.subject, c.face_id, f.model_sha256, f.embedding "
             "FROM changes c LEFT JOIN faces f ON f.face_id = c.face_id "
-            "WHERE c.seq > ? ORDER BY c.seq LIMIT ?", (seq, limit))
+            f"WHERE c.seq {'>=' if with_row_at_seq else '>'} ? ORDER BY c.seq LIMIT ?",
+            (seq, limit))
         return [Change(s, op, g, subj, fid, _face(fid, g, subj, sha, emb)
                        if op in ("add", "update") else None)
                 for s, op, g, subj, fid, sha, emb in rows]
@@ -189,6 +195,19 @@ class Store:
         rows = self._query("SELECT op, gallery, subject, face_id FROM changes WHERE seq = ?",
                            (seq,))
         return tuple(rows[0]) if rows else None
+
+    def prune_changes(self, keep: int) -> int:
+        """Delete all but the newest `keep` rows (at least 1) of the change log; returns how
+        many went. The newest row always stays: a snapshot's `seq` is read from it. A
+        replica whose last applied row is pruned reloads everything at its next sync, as
+        after a restore (`change_at`), so only a replica more than `keep` writes behind pays
+        for it (a reload: ~10 s at 1 M faces)."""
+        keep = max(1, int(keep))
+
+        def body(run):
+            return run("DELETE FROM changes WHERE seq <= "
+                       "(SELECT max(seq) FROM changes) - ?", (keep,)).rowcount
+        return self._transaction(body)
 
     def crops(self, not_model: str) -> list[CropRow]:
         """The faces embedded by another model than `not_model`, with their crops."""
