@@ -87,9 +87,7 @@ class Service:
         self.ready = False
         self.warmup_error: str | None = None
         self.in_flight = 0
-        self.gate = LifoGate(settings.active_requests or settings.detect_workers + 1,
-                             settings.max_detect_wait_ms / 1000 if settings.max_detect_wait_ms
-                             else None)
+        self.gate: LifoGate | None = None  # admission, sized in load() (the face stage's)
         self.in_face_stage = 0  # requests in the face stage: the cores are wanted there
         self.preparing = 0  # of those, the ones whose faces will join a batch
         self.body_bytes = BodyBytes(settings.max_body_bytes_in_flight, settings.retry_after_s)
@@ -165,23 +163,24 @@ class Service:
         on_cpu = pipeline.detector.name == "yunet" or resolve_device(detect_device).type == "cpu"
         if s.detect_pool == "process" or (s.detect_pool == "auto" and on_cpu):
             from app.faces import PipelineConfig
-            # the workers also encode when the encoder is an ONNX graph on the CPU
-            graph = self.runner.onnx_graph
+            # the workers also encode when the encoder is an ONNX graph (on the CPU)
             processes = PipelineConfig(encoder.spec, s.face_choice,
                                        detector_for(encoder.spec, s.detector),
-                                       encoder_graph=graph if s.encode_in_detect_workers
-                                       and device.type == "cpu" else None)
+                                       encoder_graph=self.runner.onnx_graph
+                                       if s.encode_in_detect_workers else None)
         self.faces = FaceStage(pipeline, s.detect_workers, s.max_pixels,
                                on_no_face=self.metrics.faces_not_found.inc,
                                decode_min_side=s.decode_min_side or None,
                                max_wait_s=(s.max_detect_wait_ms / 1000
                                            if s.max_detect_wait_ms else None),
                                retry_after_s=s.retry_after_s, processes=processes)
-        if not s.active_requests and self.faces.encodes:
-            # a request's work is all in the workers: one request per worker keeps them
-            # busy (docs/benchmarks.md, 0.6: 64 clients, p50 of the 200s 55 ms with 3
-            # slots, 35 ms with 2; 16 clients the same within noise)
-            self.gate = LifoGate(s.detect_workers, self.gate.max_wait_s)
+        # By default one request per face worker when the workers encode (a request's work
+        # is all there; docs/benchmarks.md, 0.6: 64 clients, p50 of the 200s 55 ms with 3
+        # slots, 35 ms with 2; 16 clients the same within noise), else one more for the
+        # encoder.
+        slots = s.active_requests or s.detect_workers + (0 if self.faces.encodes else 1)
+        self.gate = LifoGate(slots, s.max_detect_wait_ms / 1000 if s.max_detect_wait_ms
+                             else None)
         if s.gallery_enabled:
             self.gallery = self._open_gallery(encoder.embedding_dim)
         log.info("model loaded", extra={
@@ -315,33 +314,32 @@ class Service:
                 self.in_face_stage -= 1
                 self.preparing -= joins_batch
             if prepared.embeddings is not None:
-                return self._embedded_in_workers(prepared)
-            crops = torch.from_numpy(np.stack([f.crop for f in prepared.faces]))
-            try:
-                result = await self.batcher.submit(crops)
-            except Overloaded as exc:
-                raise ServiceError("overloaded", str(exc),
-                                   headers={"Retry-After": str(exc.retry_after)}) from None
-            except BatcherClosed:
-                raise ServiceError("not_ready", "the service is shutting down; retry later",
-                                   headers={"Retry-After": str(self.settings.retry_after_s)}
-                                   ) from None
+                embeddings, queue_s, encode_s, batch_size = (
+                    torch.from_numpy(prepared.embeddings), 0.0, prepared.encode_s, 1)
+                self.metrics.stage_duration.labels(stage="encode").observe(encode_s)
+            else:
+                result = await self._batched(prepared.faces)
+                embeddings, queue_s, encode_s, batch_size = (
+                    result.output, result.queue_s, result.inference_s, result.batch_size)
         self.metrics.stage_duration.labels(stage="decode").observe(prepared.decode_s)
         self.metrics.stage_duration.labels(stage="detect").observe(prepared.detect_s)
-        return Embedded(result.output, prepared.faces, {
+        return Embedded(embeddings, prepared.faces, {
             "detect_wait": ms(prepared.wait_s),
             "decode": ms(prepared.decode_s), "detect": ms(prepared.detect_s),
-            "queue": ms(result.queue_s), "encode": ms(result.inference_s),
-            "batch_size": result.batch_size})
+            "queue": ms(queue_s), "encode": ms(encode_s), "batch_size": batch_size})
 
-    def _embedded_in_workers(self, prepared) -> Embedded:
-        for stage in ("decode", "detect", "encode"):
-            self.metrics.stage_duration.labels(stage=stage).observe(getattr(prepared,
-                                                                            f"{stage}_s"))
-        return Embedded(torch.from_numpy(prepared.embeddings), prepared.faces, {
-            "detect_wait": ms(prepared.wait_s),
-            "decode": ms(prepared.decode_s), "detect": ms(prepared.detect_s),
-            "queue": 0.0, "encode": ms(prepared.encode_s), "batch_size": 1})
+    async def _batched(self, faces: list):
+        """The faces' crops through the dynamic batcher (its result: output, timings)."""
+        crops = torch.from_numpy(np.stack([f.crop for f in faces]))
+        try:
+            return await self.batcher.submit(crops)
+        except Overloaded as exc:
+            raise ServiceError("overloaded", str(exc),
+                               headers={"Retry-After": str(exc.retry_after)}) from None
+        except BatcherClosed:
+            raise ServiceError("not_ready", "the service is shutting down; retry later",
+                               headers={"Retry-After": str(self.settings.retry_after_s)}
+                               ) from None
 
     async def verify(self, image1: bytes, image2: bytes, detect: bool = True,
                      threshold: float | None = None, keep_crops: bool = True) -> Verdict:

@@ -26,9 +26,6 @@ from bench.server import DEFAULT_LFW, DEFAULT_WEIGHTS
 def main(argv: list[str] | None = None) -> int:
     import json
 
-    from model.dlib_chip import extract_chip
-    from model.dlib_landmarks import ShapePredictor
-    from model.dlib_native import NativeDlib
     from model.imageio import decode_reduced
     from model.onnx_session import CropEncoder
     from model.pipeline import FacePipeline, dlib_box
@@ -46,15 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     files = sorted((args.lfw_dir / "lfw-deepfunneled").glob("*/*.jpg"))
     files = [files[i] for i in np.linspace(0, len(files) - 1, args.photos).astype(int)]
     data = [f.read_bytes() for f in files]
-    pipeline = FacePipeline(device="cpu", spec=spec, detector="yunet", native=False)
-    ports, native = ShapePredictor(pipeline.shape_predictor.model), NativeDlib(
-        pipeline.shape_predictor.model)
+    pipeline = FacePipeline(device="cpu", spec=spec, detector="yunet")  # dlib's code
+    ported = FacePipeline(device="cpu", spec=spec, detector="yunet", native=False)
+    assert pipeline.landmarks_code == "dlib" and ported.landmarks_code == "numpy"
     encoder = CropEncoder(args.weights.with_suffix(".int8.onnx").read_bytes(), spec, threads=1)
-    size, padding = spec.crop_size, spec.padding
-
-    def ported(pixels, box):
-        points = ports.predict(pixels, box)
-        return points, extract_chip(pixels, points, size, padding)
 
     stages: dict[str, list[float]] = {k: [] for k in (
         "decode", "detect", "landmarks_chip_dlib", "landmarks_chip_ports", "encode")}
@@ -71,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             pixels = np.asarray(img)
             box = dlib_box(face.box, face.landmarks, pipeline._dlib_box_table)
             t3 = time.perf_counter()
-            _, chip = native.landmarks_and_chip(pixels, box, size, padding)
+            _, chip = pipeline.landmarks_and_chip(pixels, box)
             t4 = time.perf_counter()
-            ported(pixels, box)
+            ported.landmarks_and_chip(pixels, box)
             t5 = time.perf_counter()
             encoder(chip[None])
             t6 = time.perf_counter()

@@ -257,7 +257,7 @@ class FacePipeline:
         elif self.spec.landmarks == "mtcnn5":
             crop = self._chip_from_mtcnn(np.asarray(img), face.landmarks)
         else:
-            points, crop = self._dlib_align(
+            points, crop = self.landmarks_and_chip(
                 np.asarray(img), dlib_box(face.box, face.landmarks, self._dlib_box_table))
             extra["dlib_landmarks"] = points.tolist()
         return AlignedFace(
@@ -274,16 +274,17 @@ class FacePipeline:
             return align_face(img, centred_face_landmarks(*img.size), self.spec.crop_size)
         if self.spec.landmarks == "mtcnn5":
             return self._chip_from_mtcnn(np.asarray(img), centred_face_landmarks(*img.size))
-        return self._dlib_align(np.asarray(img), centred_dlib_box(*img.size))[1]
+        return self.landmarks_and_chip(np.asarray(img), centred_dlib_box(*img.size))[1]
 
     def _chip_from_mtcnn(self, pixels: np.ndarray, points: np.ndarray) -> np.ndarray:
         size = self.spec.crop_size  # the template is for padding 0.25 (the spec checks it)
         template = MTCNN5_IN_DLIB_CHIP150 * (size / 150)
         return extract_image_chip(pixels, chip_details_from_points(template, points, size))
 
-    def _dlib_align(self, pixels: np.ndarray, box: Sequence[int]
-                    ) -> tuple[np.ndarray, np.ndarray]:
-        """dlib's 5 points in `box` and the face chip they give (dlib's code or our ports)."""
+    def landmarks_and_chip(self, pixels: np.ndarray, box: Sequence[int]
+                           ) -> tuple[np.ndarray, np.ndarray]:
+        """dlib's 5 points in `box` (dlib's inclusive (left, top, right, bottom)) and the face
+        chip they give: (P, 2) float64 and (S, S, 3) uint8, by dlib's code or our ports."""
         size, padding = self.spec.crop_size, self.spec.padding
         if self.native is not None:
             return self.native.landmarks_and_chip(pixels, box, size, padding)

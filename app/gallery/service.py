@@ -106,8 +106,7 @@ class GalleryService:
                 changes = self.store.changes_since(seq, with_row_at_seq=bool(seq))
                 if seq:
                     head = changes[0] if changes else None
-                    if head is None or head.seq != seq or self._last_change != (
-                            head.op, head.gallery, head.subject, head.face_id):
+                    if head is None or head.seq != seq or head.row != self._last_change:
                         break  # the position is lost
                     changes = changes[1:]
                 if not changes:
@@ -123,7 +122,7 @@ class GalleryService:
                         elif c.op == "delete_subject":
                             self.index.remove_subject(c.gallery, c.subject)
                         self.index.seq = c.seq
-                        self._last_change = (c.op, c.gallery, c.subject, c.face_id)
+                        self._last_change = c.row
                 applied += len(changes)
                 self.service.metrics.gallery_vectors.set(self.index.vectors)
         log.warning("gallery: the store's change log no longer holds the row this replica "

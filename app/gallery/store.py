@@ -68,6 +68,11 @@ class Change:
     face_id: str | None
     face: StoredFace | None
 
+    @property
+    def row(self) -> tuple:
+        """What identifies the row at its `seq` (as `Store.change_at` returns it)."""
+        return self.op, self.gallery, self.subject, self.face_id
+
 
 @dataclass(frozen=True)
 class CropRow:
@@ -200,7 +205,7 @@ class Store:
         """Delete all but the newest `keep` rows (at least 1) of the change log; returns how
         many went. The newest row always stays: a snapshot's `seq` is read from it. A
         replica whose last applied row is pruned reloads everything at its next sync, as
-        after a restore (`change_at`), so only a replica more than `keep` writes behind pays
+        after a restore (GalleryService.sync), so only a replica more than `keep` writes behind pays
         for it (a reload: ~10 s at 1 M faces)."""
         keep = max(1, int(keep))
 
