@@ -340,6 +340,43 @@ def test_galleries_never_split_across_pods(rendered, monkeypatch):
     assert pod["securityContext"]["fsGroup"] == 10001, "the claim must be writable by uid 10001"
 
 
+KEYS_SECRET, KEYS_SECRET_KEY = "faceverify-api-keys-file", "keys.json"
+
+
+def test_gallery_components_require_a_scoped_keys_file(rendered, monkeypatch):
+    """Galleries hold biometric data: with a gallery component the pods need the keys file
+    (Secret faceverify-api-keys-file, key keys.json), mounted read-only as a file that
+    FACEVERIFY_API_KEYS_FILE names. The reference is not optional (a pod without it does not
+    start), the mount is a directory (the kubelet updates a rotated Secret in place; subPath
+    mounts never change), and no pod may serve galleries anonymously."""
+    _, component, docs = rendered
+    s = _gallery_settings(docs, monkeypatch)
+    dep = one(docs, "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    c = container_of(dep)
+    env = env_of(c)
+    data = one(docs, "ConfigMap")["data"]
+    assert data.get("FACEVERIFY_GALLERY_ALLOW_ANONYMOUS", "false").lower() == "false"
+    assert "FACEVERIFY_GALLERY_ALLOW_ANONYMOUS" not in env
+    secret_volumes = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
+    if component not in ("gallery", "gallery-sqlite"):
+        assert not s.gallery_enabled
+        assert "FACEVERIFY_API_KEYS_FILE" not in env and not secret_volumes
+        return
+    path = Path(env["FACEVERIFY_API_KEYS_FILE"]["value"])
+    assert "FACEVERIFY_API_KEYS_FILE" not in data
+    mount = next(m for m in c["volumeMounts"] if m["mountPath"] == str(path.parent))
+    assert mount.get("readOnly") is True and "subPath" not in mount
+    secret = secret_volumes[mount["name"]]
+    assert secret["secretName"] == KEYS_SECRET
+    assert secret.get("optional", False) is False, "galleries must not start without keys"
+    assert [(i["key"], i["path"]) for i in secret["items"]] == [(KEYS_SECRET_KEY, path.name)]
+    # readable by the service's group (the pod's fsGroup), by nobody else, written by no one
+    mode = secret["defaultMode"]
+    assert mode & 0o040 and not mode & 0o222 and not mode & 0o007, oct(mode)
+    assert pod["securityContext"]["fsGroup"] == 10001
+
+
 def test_image_has_the_default_sqlite_directory():
     """The image's default store, sqlite:///data/gallery.db from WORKDIR /app, needs /app/data
     owned by the service's user (a mounted volume takes its place; tests/test_deploy.py)."""
