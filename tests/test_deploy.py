@@ -73,11 +73,43 @@ def test_grafana_datasource_matches_the_dashboard():
 
 def test_prometheus_scrapes_every_api_replica():
     cfg = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
-    job = next(j for j in cfg["scrape_configs"] if j["job_name"] == "faceverify-api")
-    assert job.get("metrics_path", "/metrics") == "/metrics"
-    # DNS service discovery of the compose service name: one target per replica.
-    sd = job["dns_sd_configs"][0]
-    assert sd["names"] == ["api"] and sd["type"] == "A" and sd["port"] == 8000
+    jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
+    # DNS service discovery of the compose service names: one target per replica, the api
+    # replicas and the gallery profile's replicas each in a job of their own.
+    for name, service in (("faceverify-api", "api"), ("faceverify-gallery-api", "gallery-api")):
+        job = jobs[name]
+        assert job.get("metrics_path", "/metrics") == "/metrics"
+        sd = job["dns_sd_configs"][0]
+        assert sd["names"] == [service] and sd["type"] == "A" and sd["port"] == 8000
+
+
+def test_prometheus_networks_name_each_replica_once():
+    """On the `gallery` network the gallery replicas also answer to `api` (for nginx): were
+    Prometheus there, the api job could find them too. It reaches them on `metrics` instead,
+    where `api` names nothing, and the api replicas on `default`, where no gallery replica is."""
+    c = compose()
+    services = c["services"]
+    prom, gapi, api = services["prometheus"], services["gallery-api"], services["api"]
+    assert sorted(prom["networks"]) == ["default", "metrics"]
+    assert "metrics" in c["networks"]
+    on = {name: networks_of(svc) for name, svc in services.items()}
+    assert set(on["gallery-api"]) & set(prom["networks"]) == {"metrics"}
+    assert set(on["api"]) & set(prom["networks"]) == {"default"}
+    # who answers to `api` on each network Prometheus is on: only the api service
+    for net in prom["networks"]:
+        named_api = {n for n in services if net in on[n]
+                     and (n == "api" or "api" in on[n][net].get("aliases", []))}
+        assert named_api <= {"api"}, (net, named_api)
+    assert not on["gallery-api"]["metrics"].get("aliases")
+    assert not set(on["postgres"]) & set(prom["networks"]), "Prometheus has no route to it"
+
+
+def networks_of(service: dict) -> dict[str, dict]:
+    """A compose service's networks as {name: settings} (list or map syntax; default)."""
+    nets = service.get("networks") or ["default"]
+    if isinstance(nets, list):
+        return {n: {} for n in nets}
+    return {n: v or {} for n, v in nets.items()}
 
 
 def compose() -> dict:
@@ -97,7 +129,42 @@ def test_compose_api_service():
     from app.config import Settings
     known = {"FACEVERIFY_" + n.upper() for n in Settings.model_fields}
     passed = {k for k in api["environment"] if k.startswith("FACEVERIFY_")}
+    passed |= {k for k in env_file_settings(ROOT / "deploy/compose/api-keys-file.env")}
     assert passed <= known, sorted(passed - known)
+    for name in ("FACEVERIFY_GALLERY_ALLOW_ANONYMOUS", "FACEVERIFY_GALLERY_MAX_STALENESS_S",
+                 "FACEVERIFY_API_KEYS"):
+        assert name in api["environment"], name
+    assert api["environment"]["FACEVERIFY_GALLERY_ALLOW_ANONYMOUS"].endswith(":-false}")
+    # unset unless set on the host: the service's default (3 sync intervals) applies
+    assert api["environment"]["FACEVERIFY_GALLERY_MAX_STALENESS_S"] is None
+
+
+def env_file_settings(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines()
+                if line.strip() and not line.startswith("#"))
+
+
+KEYS_VAR = "FACEVERIFY_API_KEYS_FILE"
+
+
+def test_compose_api_takes_an_optional_keys_file():
+    """The keys file on the host (FACEVERIFY_API_KEYS_FILE) is mounted read-only (configs)
+    and the container's FACEVERIFY_API_KEYS_FILE points at it. Without the host variable the
+    container gets no FACEVERIFY_API_KEYS_FILE at all (an empty value would be a path to the
+    service): the env_file that sets it is named only when the variable is set."""
+    c = compose()
+    api = c["services"]["api"]
+    assert KEYS_VAR not in api["environment"], "comes from the env_file, only with a keys file"
+    (entry,) = api["env_file"]
+    assert entry["required"] is False
+    assert entry["path"] == f"./deploy/compose/api-keys-file${{{KEYS_VAR}:+.env}}"
+    assert not (ROOT / "deploy/compose/api-keys-file").exists()   # unset: no env file
+    target = env_file_settings(ROOT / "deploy/compose/api-keys-file.env")[KEYS_VAR]
+    (mount,) = api["configs"]
+    assert mount["target"] == target and target.startswith("/etc/")
+    source = c["configs"][mount["source"]]["file"]
+    assert source == f"${{{KEYS_VAR}:-./deploy/compose/no-api-keys.json}}"
+    assert json.loads((ROOT / "deploy/compose/no-api-keys.json").read_text()) == []
 
 
 def test_compose_api_keeps_its_sqlite_gallery_on_a_named_volume():
@@ -126,9 +193,17 @@ def test_compose_profiles():
         assert services[name]["profiles"] == ["gallery"], name
     for name in ("lb", "prometheus", "grafana", "gallery-api", "gallery-lb"):
         assert all(p.startswith("${FACEVERIFY_BIND:-127.0.0.1}:") for p in services[name]["ports"])
-    gpu = yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text())["services"]["api"]
-    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
-    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    gpu = yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text())["services"]
+    # the GPU override covers the api and the gallery profile's replicas alike (an override
+    # of `api` does not reach gallery-api, which copies the api only inside the base file)
+    assert set(gpu) == {"api", "gallery-api"}
+    for name in ("api", "gallery-api"):
+        devices = gpu[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"], name
+        assert gpu[name]["environment"]["FACEVERIFY_DEVICE"] == "${FACEVERIFY_DEVICE:-cuda}"
+        assert gpu[name]["image"] == "${FACEVERIFY_IMAGE:-faceverify:gpu}"
+        assert gpu[name]["build"]["args"]["TORCH_INDEX_URL"] == "${TORCH_INDEX_URL-}"
+        assert "replicas" not in gpu[name]["deploy"]
 
 
 def test_compose_gallery_profile():
@@ -159,6 +234,9 @@ def test_compose_gallery_profile():
     assert not gapi.get("volumes"), "no file store for the replicas"
     shared = {k: v for k, v in api["environment"].items() if "GALLERY" not in k}
     assert shared.items() <= gapi["environment"].items()
+    for name in ("FACEVERIFY_GALLERY_ALLOW_ANONYMOUS", "FACEVERIFY_GALLERY_MAX_STALENESS_S",
+                 "FACEVERIFY_GALLERY_SYNC_INTERVAL_S"):
+        assert gapi["environment"][name] == api["environment"][name], name
     # the network: the lb reaches the replicas as `api`, and the default api is not there
     assert gapi["networks"]["gallery"]["aliases"] == ["api"]
     assert pg["networks"] == glb["networks"] == ["gallery"]
@@ -167,11 +245,205 @@ def test_compose_gallery_profile():
     assert glb["depends_on"]["gallery-api"]["condition"] == "service_healthy"
 
 
+def test_compose_gallery_profile_requires_a_keys_file():
+    """The gallery replicas always read the mounted keys file, and the profile does not
+    start without FACEVERIFY_API_KEYS_FILE: compose opens a required env_file only for the
+    services it runs (a ${VAR:?} would be interpolated, and fail, for every command), and
+    without the variable that file's name has no `.env` and does not exist."""
+    c = compose()
+    gapi = c["services"]["gallery-api"]
+    check = "./deploy/compose/the-gallery-profile-needs-FACEVERIFY_API_KEYS_FILE"
+    assert gapi["env_file"] == [{"path": f"{check}${{{KEYS_VAR}:+.env}}", "required": True}]
+    assert not (ROOT / check).exists()
+    assert env_file_settings(ROOT / f"{check}.env") == {}, "the check file sets nothing"
+    (mount,) = gapi["configs"]
+    assert gapi["environment"][KEYS_VAR] == mount["target"]
+    assert mount["target"] == c["services"]["api"]["configs"][0]["target"]
+    source = c["configs"][mount["source"]]["file"]
+    assert source.startswith(f"${{{KEYS_VAR}:-./deploy/compose/the-gallery-profile-needs-")
+    assert not (ROOT / source.split(":-", 1)[1].rstrip("}")).exists()
+    assert "${" + KEYS_VAR + ":?" not in (ROOT / "docker-compose.yml").read_text()
+
+
 def test_nginx_balances_the_api_service():
     conf = (ROOT / "deploy/nginx/faceverify.conf").read_text()
     assert re.search(r"upstream\s+faceverify_api\s*{[^}]*server\s+api:8000", conf)
     assert "proxy_pass http://faceverify_api;" in conf
     assert "client_max_body_size" in conf
+
+
+NGINX_CONF = ROOT / "deploy/nginx/faceverify.conf"
+
+
+def nginx_locations(conf: str) -> dict[str, str]:
+    """{location argument: body} of the config's server (no nested blocks in them)."""
+    return {m.group(1).strip(): m.group(2)
+            for m in re.finditer(r"^\s*location\s+([^{]+?)\s*{([^}]*)}", conf, re.MULTILINE)}
+
+
+def nginx_location_for(locations: dict[str, str], path: str) -> str:
+    """The location nginx picks for `path`: exact, then the longest prefix unless a regex
+    (in order) matches."""
+    if f"= {path}" in locations:
+        return f"= {path}"
+    prefixes = [loc for loc in locations if not loc.startswith(("=", "~")) and
+                path.startswith(loc)]
+    for loc in locations:
+        if loc.startswith("~ ") and re.search(loc[2:], path):
+            return loc
+    return max(prefixes, key=len)
+
+
+# (method, path, may nginx resend it to another replica after sending it?)
+ROUTES = [("POST", "/verify", True), ("POST", "/embed", True),
+          ("POST", "/galleries/staff/identify", True),
+          ("POST", "/galleries/staff/subjects/alice/verify", True),
+          ("POST", "/galleries/staff/subjects/alice/faces", False),
+          ("DELETE", "/galleries/staff/subjects/alice", False),
+          ("DELETE", "/galleries/staff/subjects/alice/faces/" + "0" * 32, False),
+          ("GET", "/galleries/staff/subjects", False)]
+
+
+@pytest.mark.parametrize("method,path,retried", ROUTES)
+def test_nginx_never_replays_gallery_writes(method, path, retried):
+    """Enroll (a POST that stores a face) and deletes go to one replica, once; reads (the
+    1:1 routes, identify, subject verify) may move on to another replica (non_idempotent)."""
+    locations = nginx_locations(NGINX_CONF.read_text())
+    body = locations[nginx_location_for(locations, path)]
+    assert "proxy_pass http://faceverify_api;" in body
+    rule = re.search(r"proxy_next_upstream\s+([^;]+);", body).group(1).split()
+    if retried:
+        assert "non_idempotent" in rule and "http_503" in rule
+    else:
+        assert rule == ["off"], (path, rule)
+
+
+def test_nginx_access_log_names_routes_not_subjects():
+    conf = NGINX_CONF.read_text()
+    assert re.search(r"^\s*access_log\s+\S+\s+faceverify;", conf, re.MULTILINE)
+    fmt = re.search(r"log_format faceverify((?:\s+'[^']*')+);", conf).group(1)
+    assert "$faceverify_route" in fmt
+    for leaky in ("$request ", "$request\"", "$request_uri", "$uri", "$args", "$query_string"):
+        assert leaky not in fmt, leaky
+    block = re.search(r"map \$uri \$faceverify_route {(.*?)^}", conf, re.S | re.M).group(1)
+    rules = [(m.group(1), m.group(2)) for m in
+             re.finditer(r'^\s*~(\S+)\s+"([^"]+)";', block, re.MULTILINE)]
+    for _, path, _ in ROUTES:
+        if path.startswith("/galleries/"):
+            template = next(t for rx, t in rules if re.search(rx, path))
+            assert "staff" not in template and "alice" not in template, (path, template)
+            assert template.startswith("/galleries/{gallery}/")
+
+
+def find_nginx() -> str | None:
+    import os
+    import shutil
+    for candidate in (os.environ.get("FV_NGINX"), shutil.which("nginx"),
+                      "/var/tmp/faceverify-docker/tools/nginx/usr/sbin/nginx"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+NGINX = find_nginx()
+
+
+@pytest.mark.skipif(NGINX is None, reason="no nginx binary (make docker-lint unpacks one into "
+                                          "/var/tmp/faceverify-docker/tools; or set FV_NGINX)")
+def test_nginx_retries_reads_and_never_writes_live(tmp_path):
+    """The real nginx with the real configuration in front of two stand-in replicas, one of
+    which answers every request 503: identify and /verify reach the healthy one on every
+    try; an enroll or a delete reaches exactly one replica (a 503 goes back to the client),
+    and the access log holds no gallery or subject name."""
+    import http.client
+    import http.server
+    import os
+    import socket
+    import subprocess
+    import threading
+    import time
+
+    hits: list[tuple[str, str, str]] = []
+
+    def replica(name: str, status: int):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _answer(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                hits.append((name, self.command, self.path))
+                body = b'{"ok": true}' if status == 200 else b'{"error": {"code": "overloaded"}}'
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_DELETE = _answer
+
+            def log_message(self, *args):
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+    bad, good = replica("bad", 503), replica("good", 200)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    access = tmp_path / "access.log"
+    conf = NGINX_CONF.read_text()
+    conf = conf.replace("server api:8000 max_fails=2 fail_timeout=5s;",
+                        f"server 127.0.0.1:{bad.server_port} max_fails=0;\n"
+                        f"    server 127.0.0.1:{good.server_port} max_fails=0;")
+    conf = conf.replace("listen 80 default_server;", f"listen 127.0.0.1:{port};")
+    conf = conf.replace("/var/log/nginx/access.log", str(access))
+    (tmp_path / "faceverify.conf").write_text(conf)
+    temp = "\n".join(f"    {d}_temp_path {tmp_path}/{d};"
+                     for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    (tmp_path / "nginx.conf").write_text(
+        ("user root;\n" if os.geteuid() == 0 else "") +
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\n"
+        f"daemon off;\nevents {{}}\nhttp {{\n{temp}\n    include faceverify.conf;\n}}\n")
+    proc = subprocess.Popen([NGINX, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
+                             "-e", str(tmp_path / "error.log")])
+    try:
+        def call(method: str, path: str) -> int:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                    c.request(method, path, body=b"x" * 10 if method == "POST" else None)
+                    status = c.getresponse().status
+                    c.close()
+                    return status
+                except ConnectionRefusedError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise
+                    time.sleep(0.05)
+
+        for method, path, retried in ROUTES:
+            statuses = []
+            for _ in range(4):                   # round robin: both replicas come first
+                hits.clear()
+                statuses.append(call(method, path))
+                tried = [h[0] for h in hits]
+                if retried:
+                    assert statuses[-1] == 200 and tried[-1] == "good", (path, tried)
+                else:
+                    assert len(tried) == 1, (method, path, tried)   # never resent
+                    assert statuses[-1] == (200 if tried == ["good"] else 503)
+            if not retried:
+                assert 503 in statuses, (path, statuses)          # the bad one was reached
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        bad.shutdown()
+        good.shutdown()
+    log = access.read_text()
+    assert "/galleries/{gallery}/subjects/{subject}/faces" in log
+    assert "alice" not in log and "staff" not in log
 
 
 @pytest.mark.parametrize("pattern", ["tests/", "cache/", "runs/", ".venv/", "bench/"])
