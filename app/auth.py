@@ -1,17 +1,29 @@
-"""Optional API keys: `X-API-Key: <key>` or `Authorization: Bearer <key>`.
+"""Who is asking, and may they: `X-API-Key: <key>` or `Authorization: Bearer <key>`, checked
+against the keyring (app/keys.py) by a per-route dependency, before any of the body is read.
 
-Off when no keys are configured. Keys are compared with `hmac.compare_digest` against every
-configured key (no early exit), and never logged. Health, metrics, docs and the demo page are
-open; /verify, /embed and /model need a key when keys are configured.
+- No keys configured: /verify, /embed and /model are open (as before scopes existed); the
+  gallery routes answer 401 with how to configure keys, unless the operator set
+  FACEVERIFY_GALLERY_ALLOW_ANONYMOUS=true (galleries hold biometric data).
+- Keys configured: a missing or unknown key is 401; a known key whose scope does not cover
+  the route's operation or gallery is 403 `forbidden`.
+- The key's name goes into the request's state, so that the access log shows which key made
+  a request, never the key. Health, metrics, docs and the demo page are always open.
 """
 from __future__ import annotations
 
-import hmac
+from collections.abc import Awaitable, Callable
 
 from fastapi import Request
-from pydantic import SecretStr
 
 from app.errors import ServiceError
+from app.keys import Keyring
+
+UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="faceverify"'}
+NO_KEYS_FOR_GALLERIES = (
+    "galleries hold biometric data and this server has no API keys: set "
+    "FACEVERIFY_API_KEYS_FILE (scoped keys: docs/api.md, \"Keys and scopes\") or "
+    "FACEVERIFY_API_KEYS; FACEVERIFY_GALLERY_ALLOW_ANONYMOUS=true serves galleries to anyone "
+    "(a local trial only)")
 
 
 def presented_key(request: Request) -> str | None:
@@ -25,24 +37,39 @@ def presented_key(request: Request) -> str | None:
     return None
 
 
-def key_matches(presented: str, keys: list[SecretStr]) -> bool:
-    given = presented.encode("utf-8", "surrogateescape")
-    ok = False
-    for key in keys:
-        ok |= hmac.compare_digest(given,
-                                  key.get_secret_value().encode("utf-8", "surrogateescape"))
-    return ok
+def _unauthorized(message: str) -> ServiceError:
+    return ServiceError("unauthorized", message, field="X-API-Key",
+                        headers=UNAUTHORIZED_HEADERS)
 
 
-async def require_api_key(request: Request) -> None:
-    """FastAPI dependency for the protected routes."""
-    keys = request.app.state.settings.api_keys
-    if not keys:
+def authorize(request: Request, operation: str | None, gallery_route: bool) -> None:
+    """Raise 401/403 unless the request may do `operation` (None: any valid key) on the
+    route's gallery (its `gallery` path parameter)."""
+    keyring: Keyring = request.app.state.keys
+    if not keyring:
+        if gallery_route and not request.app.state.settings.gallery_allow_anonymous:
+            raise _unauthorized(NO_KEYS_FOR_GALLERIES)
         return
-    key = presented_key(request)
-    if key is None or not key_matches(key, keys):
-        raise ServiceError(
-            "unauthorized",
-            "missing API key" if key is None else "invalid API key",
-            field="X-API-Key",
-            headers={"WWW-Authenticate": 'Bearer realm="faceverify"'})
+    presented = presented_key(request)
+    if presented is None:
+        raise _unauthorized("missing API key")
+    key = keyring.find(presented)
+    if key is None:
+        raise _unauthorized("invalid API key")
+    request.state.key_name = key.name
+    if operation is None:
+        return
+    gallery = request.path_params.get("gallery")
+    if not key.allows(operation, gallery):
+        where = f"in gallery {gallery!r}" if gallery is not None else "here"
+        raise ServiceError("forbidden", f"key {key.name!r} may not {operation} {where}",
+                           field="X-API-Key")
+
+
+def require(operation: str | None, gallery_route: bool = False
+            ) -> Callable[[Request], Awaitable[None]]:
+    """The FastAPI dependency for a protected route: `Depends(require("identify", True))`."""
+    async def dependency(request: Request) -> None:
+        authorize(request, operation, gallery_route)
+    dependency.__name__ = f"require_{operation or 'key'}"
+    return dependency

@@ -163,12 +163,27 @@ class Settings(BaseSettings):
     gallery_sync_interval_s: float = Field(5.0, gt=0, description=(
         "Every replica re-reads the store's change log at least this often, besides "
         "PostgreSQL's notifications (which a dropped connection can lose)."))
+    gallery_max_staleness_s: float | None = Field(None, gt=0, description=(
+        "identify and subject verify answer 503 store_stale (with Retry-After) when this "
+        "replica last read its store's change log longer ago than this: answering from "
+        "memory could find people deleted meanwhile. Unset = 3 x gallery_sync_interval_s."))
+    gallery_allow_anonymous: bool = Field(False, description=(
+        "Serve the gallery routes without API keys when none are configured (a local trial; "
+        "`make serve` sets it and the server logs a warning). false: with no keys, every "
+        "gallery route answers 401 with how to configure keys."))
 
     # --- security and logs -------------------------------------------------------------
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list, description=(
-        "Comma-separated API keys; empty = authentication off. Clients send `X-API-Key: <key>`"
-        " or `Authorization: Bearer <key>`. Health, metrics, docs and the demo page stay open."
-        " Held as secrets: a repr or log of the settings shows `**********`."))
+        "Comma-separated API keys, each allowed every operation on every gallery; with "
+        "neither these nor api_keys_file, /verify and /embed are open and the galleries "
+        "answer 401. Clients send `X-API-Key: <key>` or `Authorization: Bearer <key>`. "
+        "Health, metrics, docs and the demo page stay open. Held as secrets: a repr or log "
+        "of the settings shows `**********`."))
+    api_keys_file: Path | None = Field(None, description=(
+        "A JSON file of scoped keys: a list of {name, key_sha256, galleries, operations} "
+        "(docs/api.md, \"Keys and scopes\"); it holds only the keys' sha256. Re-read when it "
+        "changes. `python -m app.keys new NAME --galleries G --operations OPS` makes an entry. "
+        "Works beside api_keys."))
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description=(
         "Log level of the JSON logs."))
 
@@ -214,7 +229,7 @@ class Settings(BaseSettings):
 
     @property
     def auth_enabled(self) -> bool:
-        return bool(self.api_keys)
+        return bool(self.api_keys) or self.api_keys_file is not None
 
 
 def settings_table() -> list[tuple[str, str, str]]:

@@ -19,18 +19,21 @@ log = logging.getLogger("faceverify.errors")
 ERROR_CODES: dict[str, tuple[int, str]] = {
     "invalid_image": (400, "the upload is not a readable image"),
     "unauthorized": (401, "a valid API key is required"),
+    "forbidden": (403, "this API key may not do that"),
     "not_found": (404, "no such route"),
     "method_not_allowed": (405, "method not allowed on this route"),
     "request_timeout": (408, "the request body did not arrive in time"),
     "payload_too_large": (413, "the upload is too large"),
     "unsupported_media_type": (415, "unsupported content type or image format"),
     "model_mismatch": (409, "stored vectors were embedded by other weights"),
+    "idempotency_conflict": (409, "this Idempotency-Key was used for another request"),
     "no_face_detected": (422, "no face detected in the image"),
     "validation_error": (422, "the request is not valid"),
     "internal_error": (500, "internal error"),
     "overloaded": (503, "the service is overloaded; retry later"),
     "not_ready": (503, "the service is starting up; retry later"),
     "store_unavailable": (503, "the gallery store is unreachable; retry later"),
+    "store_stale": (503, "this replica's copy of the gallery is out of date; retry later"),
 }
 
 
@@ -82,7 +85,7 @@ async def _validation_error(request: Request, exc: RequestValidationError):
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException):
-    code = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+    code = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
             413: "payload_too_large", 415: "unsupported_media_type",
             503: "not_ready"}.get(exc.status_code)
     if code is None:

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from app import __version__
 from app.config import Settings
 from app.errors import install_error_handlers
+from app.keys import Keyring, KeysFileError
 from app.metrics import Metrics
 from app.observability import RequestMiddleware, configure_logging
 from app.routes import router
@@ -27,13 +28,36 @@ DESCRIPTION = """Face verification with a Siamese encoder.
 `POST /verify` compares the largest face of two images; `POST /embed` returns one face's unit
 embedding. `/galleries/…` enrolls faces under subjects and identifies a face against them (1:N). Images come as multipart files or base64 strings in JSON. Errors are
 `{"error": {"code", "message", "field"}}`. When API keys are configured, send
-`X-API-Key: <key>` or `Authorization: Bearer <key>` (health, metrics and docs stay open).
+`X-API-Key: <key>` or `Authorization: Bearer <key>` (health, metrics and docs stay open); a key
+is scoped to galleries and operations (403 `forbidden` outside its scope), and the gallery
+routes need a key unless the operator allowed anonymous galleries.
 """
+
+
+def load_keys(settings: Settings) -> Keyring:
+    """The keyring (app/keys.py); a bad keys file stops start-up."""
+    try:
+        keys = Keyring([k.get_secret_value() for k in settings.api_keys], settings.api_keys_file)
+    except KeysFileError as exc:
+        log.error("start-up failed: %s", exc, extra={"event": "startup_failed"})
+        raise SystemExit(f"faceverify: API keys file: {exc}") from None
+    log.info("API keys", extra={"keys": [k.name for k in keys.keys],
+                                "keys_file": str(settings.api_keys_file or "")})
+    if settings.gallery_enabled and not keys:
+        if settings.gallery_allow_anonymous:
+            log.warning("galleries are served WITHOUT API keys "
+                        "(FACEVERIFY_GALLERY_ALLOW_ANONYMOUS=true): anyone who reaches this "
+                        "port can enroll, list, identify and delete; for local use only")
+        else:
+            log.warning("no API keys configured: the gallery routes answer 401 until "
+                        "FACEVERIFY_API_KEYS_FILE or FACEVERIFY_API_KEYS is set")
+    return keys
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     svc: Service = app.state.service
+    app.state.keys = load_keys(app.state.settings)
     try:
         await asyncio.to_thread(svc.load)
     except StartupError as exc:
@@ -61,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="faceverify", version=__version__, description=DESCRIPTION,
                   lifespan=lifespan)
     app.state.settings = settings
+    app.state.keys = None  # loaded at start-up (lifespan)
     app.state.service = Service(settings, metrics)
     install_error_handlers(app)
     app.include_router(router)

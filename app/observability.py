@@ -1,7 +1,9 @@
 """Structured JSON logs and the request middleware (request id, access log, metrics, 500s).
 
-One log line per request: request id, method, path, route, status, duration, error code.
-Never the body, never headers (so no image bytes and no API keys reach the log).
+One log line per request: request id, method, route (the template, e.g.
+`/galleries/{gallery}/identify`: gallery and subject names never reach the log), status,
+duration, error code, and the name of the API key that made it. Never the path itself, the
+body or headers (so no image bytes, names or API keys reach the log).
 """
 from __future__ import annotations
 
@@ -124,8 +126,10 @@ class RequestMiddleware:
         code = status["code"]
         self.metrics.requests.labels(route=route, status=str(code)).inc()
         self.metrics.request_duration.labels(route=route).observe(duration)
-        extra = {"request_id": rid, "method": scope.get("method"), "path": scope.get("path"),
-                 "route": route, "status": code, "duration_ms": round(duration * 1000, 2)}
+        extra = {"request_id": rid, "method": scope.get("method"), "route": route,
+                 "status": code, "duration_ms": round(duration * 1000, 2)}
+        if state.get("key_name"):
+            extra["key"] = state["key_name"]
         error = error or state.get("error_code")
         if error:
             extra["error_code"] = error

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from PIL import Image
 
-from app.auth import require_api_key
+from app.auth import require
 from app.errors import ServiceError, error_response
 from app.intake import parse_flag, read_images
 from app.schemas import (
@@ -89,12 +89,12 @@ def request_timings(service_ms: dict, read_s: float, started: float) -> dict:
     return {"read": ms(read_s), **service_ms, "total": ms(time.perf_counter() - started)}
 
 
-UPLOAD_ERRORS = error_responses(400, 401, 408, 413, 415, 422, 500, 503)
+UPLOAD_ERRORS = error_responses(400, 401, 403, 408, 413, 415, 422, 500, 503)
 
 
 @router.post(
     "/verify", response_model=VerifyResponse, responses=UPLOAD_ERRORS, tags=["faces"],
-    dependencies=[Depends(require_api_key)],
+    dependencies=[Depends(require("verify"))],
     summary="Are the two faces the same person?",
     openapi_extra={"requestBody": upload_request_body(["image1", "image2"]),
                    "parameters": [RETURN_CROPS_PARAMETER]},
@@ -117,7 +117,7 @@ async def verify(request: Request) -> VerifyResponse:
 
 @router.post(
     "/embed", response_model=EmbedResponse, responses=UPLOAD_ERRORS, tags=["faces"],
-    dependencies=[Depends(require_api_key)],
+    dependencies=[Depends(require("verify"))],
     summary="The unit embedding of the largest face in an image",
     openapi_extra={"requestBody": upload_request_body(["image"]),
                    "parameters": [RETURN_CROPS_PARAMETER]})
@@ -168,7 +168,7 @@ async def metrics(request: Request) -> Response:
     return Response(m.render(), media_type=m.content_type)
 
 
-@router.get("/model", tags=["model"], dependencies=[Depends(require_api_key)],
+@router.get("/model", tags=["model"], dependencies=[Depends(require(None))],
             responses={200: {"description": "the model card (JSON written beside the weights)",
                              "content": {"application/json": {"example": {
                                  "name": "faceverify-encoder", "version": "0.2.0",

@@ -194,6 +194,7 @@ ERROR_EXAMPLES: dict[int, dict[str, dict[str, Any]]] = {
                                                  "truncated", "image1"),
           "bad_base64": _err("invalid_image", "image2: not valid base64", "image2")},
     401: {"unauthorized": _err("unauthorized", "missing API key", "X-API-Key")},
+    403: {"forbidden": _err("forbidden", "key 'door' may not verify here", "X-API-Key")},
     404: {"not_found": _err("not_found", "no such route")},
     409: {"model_mismatch": _err("model_mismatch", "gallery 'staff' holds 12 face(s) embedded "
                                  "by other weights than the loaded ones (3f1c2a9e0b7d…); their "
@@ -225,15 +226,29 @@ ERROR_EXAMPLES: dict[int, dict[str, dict[str, Any]]] = {
 }
 # what only the gallery routes answer
 GALLERY_ERROR_EXAMPLES = {
+    401: {"no_keys_configured": _err("unauthorized", "galleries hold biometric data and this "
+                                     "server has no API keys: set FACEVERIFY_API_KEYS_FILE "
+                                     "(scoped keys) or FACEVERIFY_API_KEYS", "X-API-Key")},
+    403: {"forbidden": _err("forbidden", "key 'door' may not enroll in gallery 'staff'",
+                            "X-API-Key")},
+    409: {"idempotency_conflict": _err("idempotency_conflict", "Idempotency-Key was already "
+                                       "used for another subject in this gallery",
+                                       "Idempotency-Key")},
     503: {"store_unavailable": _err("store_unavailable", "the gallery store is unreachable; "
-                                    "retry later")},
+                                    "retry later"),
+          "store_stale": _err("store_stale", "this replica has not reached its gallery store "
+                              "for 16 s (more than 15 s): its copy may hold deleted faces; "
+                              "retry later")},
 }
 _ERROR_DESCRIPTIONS = {
     400: "invalid_image: empty, truncated or not an image, or broken base64",
-    401: "unauthorized: API keys are configured and none or a wrong one was sent",
+    401: "unauthorized: API keys are configured and none or an unknown one was sent (or, on "
+         "the gallery routes, no keys are configured at all)",
+    403: "forbidden: the key is valid but its scope does not cover this gallery or operation",
     404: "not_found: no such gallery, subject or face",
     409: "model_mismatch: the gallery holds faces embedded by other weights than the loaded "
-         "ones (re-embed them: python -m app.gallery reembed)",
+         "ones (re-embed them: python -m app.gallery reembed); idempotency_conflict: the "
+         "enroll's Idempotency-Key was used for another subject",
     408: "request_timeout: the body did not arrive within body_timeout_s, or slower than "
          "min_body_rate; the connection is closed",
     413: "payload_too_large: upload over max_upload_bytes, or more pixels than max_pixels",
@@ -244,8 +259,9 @@ _ERROR_DESCRIPTIONS = {
     500: "internal_error (no details; see the server log line with the same request id)",
     503: "overloaded (queue full, too many requests in progress, too many bodies arriving, "
          "or the request waited longer than max_detect_wait_ms for a slot or a detect worker), "
-         "not_ready (warming up), or store_unavailable (the gallery database cannot be "
-         "reached); has a Retry-After header",
+         "not_ready (warming up), store_unavailable (the gallery database cannot be "
+         "reached), or store_stale (this replica has not heard from its store within "
+         "FACEVERIFY_GALLERY_MAX_STALENESS_S); has a Retry-After header",
 }
 
 
@@ -253,7 +269,8 @@ def error_responses(*statuses: int, gallery: bool = False) -> dict[int, dict[str
     """OpenAPI responses for these statuses; `gallery`: with the gallery routes' own cases."""
     out: dict[int, dict[str, Any]] = {}
     for s in statuses:
-        examples = ERROR_EXAMPLES[s] | (GALLERY_ERROR_EXAMPLES.get(s, {}) if gallery else {})
+        examples = ERROR_EXAMPLES.get(s, {}) | (GALLERY_ERROR_EXAMPLES.get(s, {}) if gallery
+                                                else {})
         if gallery and s == 404:
             examples = {"not_found": _err("not_found", "no subject 'alice' in gallery 'staff'")}
         entry: dict[str, Any] = {"model": ErrorResponse, "description": _ERROR_DESCRIPTIONS[s],

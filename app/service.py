@@ -223,7 +223,8 @@ class Service:
         try:
             gallery = GalleryService(self, open_store(s.gallery_url),
                                      store_crops=s.gallery_store_crops,
-                                     sync_interval_s=s.gallery_sync_interval_s)
+                                     sync_interval_s=s.gallery_sync_interval_s,
+                                     max_staleness_s=s.gallery_max_staleness_s)
             gallery.load(dim, self.model_ref["sha256"])
         except StoreError as exc:
             raise StartupError(f"cannot open the gallery store: {exc}") from None

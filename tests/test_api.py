@@ -308,7 +308,7 @@ def test_request_ids_and_one_log_line_per_request(tiny_weights, captured_logs):
     assert len(fresh.headers["x-request-id"]) == 32
     assert bad.headers["x-request-id"] != "x" * 500  # not echoed: too long
     access = [json.loads(x) for x in handler.lines if '"msg": "request"' in x]
-    ids = [x["request_id"] for x in access if x["path"] == "/health/live"]
+    ids = [x["request_id"] for x in access if x["route"] == "/health/live"]
     assert ids == ["abc-123", fresh.headers["x-request-id"], bad.headers["x-request-id"]]
     assert all({"method", "route", "status", "duration_ms"} <= set(x) for x in access)
 

@@ -3,6 +3,19 @@
     python -m app.gallery stats     # faces per model, and how many can be re-embedded
     python -m app.gallery reembed   # re-embed other models' faces with the loaded weights
     python -m app.gallery prune-log [--keep 100000]   # trim the change log's old rows
+    python -m app.gallery backup OUT.db   # a consistent copy (a new SQLite file, mode 0600)
+    python -m app.gallery restore BACKUP.db   # the backup's faces, minus those erased since
+    python -m app.gallery erasures export FILE   # before a native restore (pg_restore, ...)
+    python -m app.gallery erasures apply FILE    # after it: erased people stay erased
+    python -m app.gallery purge     # remove what deletions leave in the store's files now
+
+`backup` writes faces, erasure records and the digests' salt, from SQLite or PostgreSQL
+alike, into a new SQLite file; `restore` reads one (or a copy of an SQLite store's own file)
+into the store FACEVERIFY_GALLERY_URL names, whichever kind it is. It keeps the current
+store's erasure records and skips every face they say was deleted after the backup was
+taken: restoring a backup never brings back a person erased since. Running replicas notice
+the restore (the change log restarts) and reload by themselves. See docs/operations.md,
+"Erasure" and "Backups and restore".
 
 `reembed` is what a service started with new weights asks for: their identify answers 409
 model_mismatch on a gallery that still holds vectors from the old weights. It needs the
@@ -16,8 +29,10 @@ same FACEVERIFY_INT8 rule) and tagged with what made them.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -26,7 +41,7 @@ import numpy as np
 from PIL import Image
 
 from app.config import Settings
-from app.gallery.store import open_store
+from app.gallery.store import Erasure, StoreError, open_store, read_backup
 
 
 def _encoder(weights: Path, device: str, int8: str):
@@ -80,26 +95,79 @@ def reembed(store, embed, spec, model_sha256: str, batch_size: int = 64,
             "deleted": deleted}
 
 
+def export_erasures(store, out: Path) -> dict:
+    """The store's erasure records and salt as JSON (mode 0600: the salt keys the digests)."""
+    records = store.erasures()
+    doc = {"salt": store.salt.hex(), "erasures": [
+        {"kind": e.kind, "digest": e.digest, "erased": e.erased} for e in records]}
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f)
+    return {"erasures": len(records)}
+
+
+def apply_erasures(store, path: Path) -> dict:
+    doc = json.loads(Path(path).read_text())
+    records = [Erasure(e["kind"], e["digest"], float(e["erased"])) for e in doc["erasures"]]
+    return store.apply_erasures(bytes.fromhex(doc["salt"]), records)
+
+
+STORE_ONLY = {"prune-log", "backup", "restore", "erasures", "purge"}  # no encoder needed
+
+
+def store_command(store, args) -> dict:
+    if args.command == "prune-log":
+        return {"pruned": store.prune_changes(args.keep), "kept": args.keep}
+    if args.command == "backup":
+        return {"backup": str(args.path), **store.backup(args.path)}
+    if args.command == "restore":
+        return store.restore_faces(read_backup(args.path))
+    if args.command == "purge":
+        return {"done": store.purge()}
+    if args.action == "export":
+        return export_erasures(store, args.path)
+    return apply_erasures(store, args.path)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m app.gallery", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["stats", "reembed", "prune-log"])
-    p.add_argument("--url", help="the store (default: FACEVERIFY_GALLERY_URL or its default)")
-    p.add_argument("--weights", type=Path,
-                   help="the weights to embed with (default: FACEVERIFY_WEIGHTS or its default)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--delete-unembeddable", action="store_true",
-                   help="reembed: delete the faces that have no usable crop (their subjects "
-                        "must be re-enrolled from photos)")
-    p.add_argument("--keep", type=int, default=100_000,
-                   help="prune-log: the newest rows kept (a replica further behind reloads "
-                        "everything once)")
+    url = argparse.ArgumentParser(add_help=False)
+    url.add_argument("--url", help="the store (default: FACEVERIFY_GALLERY_URL or its "
+                                   "default)")
+    sub = p.add_subparsers(dest="command", required=True)
+    add = functools.partial(sub.add_parser, parents=[url])
+    for name in ("stats", "reembed"):
+        c = add(name)
+        c.add_argument("--weights", type=Path, help="the weights to embed with (default: "
+                       "FACEVERIFY_WEIGHTS or its default)")
+        c.add_argument("--device", default="cpu")
+        c.add_argument("--delete-unembeddable", action="store_true",
+                       help="reembed: delete the faces that have no usable crop (their "
+                            "subjects must be re-enrolled from photos)")
+    c = add("prune-log")
+    c.add_argument("--keep", type=int, default=100_000,
+                   help="the newest rows kept (a replica further behind reloads everything "
+                        "once)")
+    add("backup").add_argument("path", type=Path, help="a new file")
+    add("restore").add_argument("path", type=Path, help="a file made by backup")
+    c = add("erasures")
+    c.add_argument("action", choices=["export", "apply"])
+    c.add_argument("path", type=Path)
+    add("purge")
     args = p.parse_args(argv)
     settings = Settings()
-    store = open_store(args.url or settings.gallery_url)
-    if args.command == "prune-log":  # no encoder needed
+    try:
+        store = open_store(args.url or settings.gallery_url)
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.command in STORE_ONLY:
         try:
-            print(json.dumps({"pruned": store.prune_changes(args.keep), "kept": args.keep}))
+            print(json.dumps(store_command(store, args)))
+        except (StoreError, OSError, ValueError, KeyError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         finally:
             store.close()
         return 0

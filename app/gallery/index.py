@@ -3,13 +3,16 @@ one matrix-vector product per query, then the best face of each subject.
 
 Rows are unit embeddings, so the squared Euclidean distance is 2 - 2·cos and the nearest
 faces are the largest dot products. Deleting swaps the last row into the hole (O(1), the
-matrix stays contiguous); growing doubles the capacity. Faces embedded by another model than
+matrix stays contiguous) and zeroes the row it vacated, and a deleted subject's name is
+dropped (deleted people leave no vector or name in a replica's memory); growing doubles the
+capacity. Faces embedded by another model than
 the one loaded are only counted (`foreign`): their vectors cannot be compared with this
 model's, and the gallery refuses search until they are re-embedded (app/gallery/service.py).
 """
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,8 +41,11 @@ class GalleryVectors:
 
     ID_BYTES = 32  # face ids are uuid4 hex
 
-    def __init__(self, dim: int, capacity: int = 64):
+    def __init__(self, dim: int, capacity: int = 64,
+                 digest: Callable[[str], str] | None = None):
         self.dim = dim
+        self.digest = digest  # subject → the digest that deletions name it by
+        self.subject_by_digest: dict[str, str] = {}
         self.n = 0
         self.matrix = np.empty((capacity, dim), np.float32)
         self.codes = np.empty(capacity, np.int64)  # subject code of each row
@@ -57,6 +63,8 @@ class GalleryVectors:
         if code is None:
             code = self.subject_code[subject] = len(self.subject_names)
             self.subject_names.append(subject)
+            if self.digest is not None:
+                self.subject_by_digest[self.digest(subject)] = subject
             if code == len(self.faces_per_code):
                 self.faces_per_code = np.resize(self.faces_per_code, 2 * code)
             self.faces_per_code[code] = 0
@@ -102,14 +110,19 @@ class GalleryVectors:
                 self.matrix[row] = self.matrix[last]
                 self.codes[row] = self.codes[last]
                 self.ids[row] = self.ids[last]
+            self.matrix[last] = 0.0  # no copy of a deleted vector stays behind
+            self.ids[last] = b""
             self.n = last
 
     def remove(self, face_id: str) -> None:
-        if self.foreign.pop(face_id, None) is not None:
-            return
-        row = self._row(face_id)
-        if row is not None:
+        subject = self.foreign.pop(face_id, None)
+        if subject is None:
+            row = self._row(face_id)
+            if row is None:
+                return
+            subject = self.subject_names[self.codes[row]]
             self._remove_rows(np.array([row]))
+        self._forget(subject)
 
     def remove_subject(self, subject: str) -> None:
         code = self.subject_code.get(subject)
@@ -117,6 +130,20 @@ class GalleryVectors:
             self._remove_rows(np.flatnonzero(self.codes[:self.n] == code))
         for face_id in [f for f, s in self.foreign.items() if s == subject]:
             del self.foreign[face_id]
+        self._forget(subject)
+
+    def _forget(self, subject: str) -> None:
+        """Drop a subject's name once it has no face left (its code is not reused)."""
+        code = self.subject_code.get(subject)
+        if code is None or self.faces_per_code[code] or subject in self.foreign.values():
+            return
+        del self.subject_code[subject]
+        self.subject_names[code] = ""
+        if self.digest is not None:
+            self.subject_by_digest.pop(self.digest(subject), None)
+
+    def subject_of_digest(self, digest: str) -> str | None:
+        return self.subject_by_digest.get(digest)
 
     def has_subject(self, subject: str) -> bool:
         code = self.subject_code.get(subject)
@@ -160,9 +187,11 @@ class GalleryVectors:
 class GalleryIndex:
     """Every gallery's vectors, with the change-log position they reflect (`seq`)."""
 
-    def __init__(self, dim: int, model_sha256: str):
+    def __init__(self, dim: int, model_sha256: str,
+                 digest: Callable[[str, str], str] | None = None):
         self.dim = dim
         self.model_sha256 = model_sha256
+        self.digest = digest  # (gallery, subject) → the store's subject digest
         self.galleries: dict[str, GalleryVectors] = {}
         self.seq = 0
         self.lock = threading.RLock()
@@ -176,7 +205,9 @@ class GalleryIndex:
         re-embedded."""
         g = self.galleries.get(gallery)
         if g is None:
-            g = self.galleries[gallery] = GalleryVectors(self.dim)
+            g = self.galleries[gallery] = GalleryVectors(
+                self.dim, digest=None if self.digest is None else
+                (lambda subject, _g=gallery: self.digest(_g, subject)))
         if model_sha256 == self.model_sha256 and vector.shape == (self.dim,):
             (g.update if update else g.add)(face_id, subject, vector)
         else:
@@ -193,8 +224,9 @@ class GalleryIndex:
             self._drop_if_empty(gallery)
 
     def remove_subject(self, gallery: str, subject: str) -> None:
+        """By name, or by the digest a deletion's log row carries."""
         if (g := self.galleries.get(gallery)) is not None:
-            g.remove_subject(subject)
+            g.remove_subject(g.subject_of_digest(subject) or subject)
             self._drop_if_empty(gallery)
 
     @property

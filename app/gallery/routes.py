@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from app.auth import require_api_key
+from app.auth import require
 from app.gallery.service import GalleryService
 from app.intake import parse_int
 from app.routes import request_timings, service_of, uploaded
@@ -26,9 +26,14 @@ NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 MAX_TOP_K = 100
 Name = Annotated[str, Path(pattern=NAME_PATTERN, description="1-64 of A-Z a-z 0-9 . _ -")]
 
-router = APIRouter(prefix="/galleries", tags=["galleries"],
-                   dependencies=[Depends(require_api_key)])
-_ERRORS = error_responses(400, 401, 404, 408, 409, 413, 415, 422, 500, 503, gallery=True)
+router = APIRouter(prefix="/galleries", tags=["galleries"])
+_ERRORS = error_responses(400, 401, 403, 404, 408, 409, 413, 415, 422, 500, 503, gallery=True)
+_SMALL_ERRORS = error_responses(401, 403, 404, 422, 503, gallery=True)
+
+
+def scope(operation: str) -> list:
+    """The route's key check (app/auth.py), run before the body is read."""
+    return [Depends(require(operation, gallery_route=True))]
 
 
 def gallery_of(request: Request) -> GalleryService:
@@ -38,25 +43,39 @@ def gallery_of(request: Request) -> GalleryService:
 
 
 @router.post("/{gallery}/subjects/{subject}/faces", status_code=201,
-             response_model=EnrollResponse, responses=_ERRORS,
+             response_model=EnrollResponse, responses=_ERRORS, dependencies=scope("enroll"),
              summary="Enroll the largest face of an image under a subject",
              openapi_extra={"requestBody": upload_request_body(["image"])},
              description="Detects, aligns and embeds the image's face (as /embed) and stores "
                          "its vector under (gallery, subject); the gallery is created by its "
-                         "first face. Committed before the 201.")
-async def enroll(request: Request, gallery: Name, subject: Name) -> JSONResponse:
+                         "first face. Committed before the 201. With an `Idempotency-Key`, a "
+                         "retry (same key, same subject, within 24 h) gets the first answer "
+                         "again, with `Idempotent-Replayed: true`, and stores nothing new.")
+async def enroll(request: Request, gallery: Name, subject: Name,
+                 idempotency_key: Annotated[str | None, Header(
+                     alias="Idempotency-Key", min_length=1, max_length=255,
+                     description="any unique string (a UUID) chosen by the client per "
+                                 "enrollment; kept 24 h")] = None) -> JSONResponse:
     started = time.perf_counter()
-    g = gallery_of(request)
-    async with uploaded(request, ("image",)) as intake:
-        face_id, probe = await g.enroll(gallery, subject, intake.images["image"], intake.detect)
     svc = service_of(request)
-    body = EnrollResponse(gallery=gallery, subject=subject, face_id=face_id,
-                          face=probe.face.describe(), model=svc.model_ref,
-                          timings_ms=request_timings(probe.timings_ms, intake.read_s, started))
-    return JSONResponse(body.model_dump(mode="json"), status_code=201)
+    g = gallery_of(request)
+
+    def answer(face_id: str, probe) -> dict:
+        return EnrollResponse(
+            gallery=gallery, subject=subject, face_id=face_id, face=probe.face.describe(),
+            model=svc.model_ref,
+            timings_ms=request_timings(probe.timings_ms, intake.read_s, started)
+        ).model_dump(mode="json")
+
+    async with uploaded(request, ("image",)) as intake:
+        body, replayed = await g.enroll(gallery, subject, intake.images["image"],
+                                        intake.detect, idempotency_key, answer)
+    return JSONResponse(body, status_code=201,
+                        headers={"Idempotent-Replayed": "true"} if replayed else None)
 
 
 @router.post("/{gallery}/identify", response_model=IdentifyResponse, responses=_ERRORS,
+             dependencies=scope("identify"),
              summary="Who is this? The gallery's nearest subjects",
              openapi_extra={"requestBody": upload_request_body(
                  ["image"], options=("top_k", "threshold", "detect"))},
@@ -86,7 +105,8 @@ async def identify(request: Request, gallery: Name) -> JSONResponse:
 
 
 @router.post("/{gallery}/subjects/{subject}/verify", response_model=SubjectVerifyResponse,
-             responses=_ERRORS, summary="Is this the subject? /verify against the subject's "
+             responses=_ERRORS, dependencies=scope("identify"),
+             summary="Is this the subject? /verify against the subject's "
                                         "nearest enrolled face",
              openapi_extra={"requestBody": upload_request_body(
                  ["image"], options=("threshold", "detect"))})
@@ -106,7 +126,7 @@ async def verify_subject(request: Request, gallery: Name, subject: Name) -> JSON
 
 
 @router.get("/{gallery}/subjects", response_model=SubjectsResponse,
-            responses=error_responses(401, 404, 422, 503, gallery=True),
+            responses=_SMALL_ERRORS, dependencies=scope("list"),
             summary="The gallery's subjects and their number of faces, by name")
 async def list_subjects(request: Request, gallery: Name,
                         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -117,7 +137,7 @@ async def list_subjects(request: Request, gallery: Name,
 
 
 @router.delete("/{gallery}/subjects/{subject}", status_code=204,
-               responses=error_responses(401, 404, 422, 503, gallery=True),
+               responses=_SMALL_ERRORS, dependencies=scope("delete"),
                summary="Delete a subject and all its faces (from the store and every "
                        "replica's search)")
 async def delete_subject(request: Request, gallery: Name, subject: Name) -> Response:
@@ -126,7 +146,7 @@ async def delete_subject(request: Request, gallery: Name, subject: Name) -> Resp
 
 
 @router.delete("/{gallery}/subjects/{subject}/faces/{face_id}", status_code=204,
-               responses=error_responses(401, 404, 422, 503, gallery=True), summary="Delete one face")
+               responses=_SMALL_ERRORS, dependencies=scope("delete"), summary="Delete one face")
 async def delete_face(request: Request, gallery: Name, subject: Name,
                       face_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]) -> Response:
     await gallery_of(request).delete_face(gallery, subject, face_id)

@@ -18,11 +18,14 @@ request or `FACEVERIFY_GALLERY_THRESHOLD` can set (docs/api.md, docs/accuracy.md
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
+import json
 import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +33,7 @@ from PIL import Image
 
 from app.errors import ServiceError
 from app.gallery.index import GalleryIndex, GalleryVectors, Hit
-from app.gallery.store import Store, StoreError
+from app.gallery.store import Idempotent, Store, StoreError
 
 log = logging.getLogger("faceverify.gallery")
 
@@ -46,11 +49,13 @@ class Probe:
 
 class GalleryService:
     def __init__(self, service, store: Store, *, store_crops: bool = False,
-                 sync_interval_s: float = 5.0):
+                 sync_interval_s: float = 5.0, max_staleness_s: float | None = None):
         self.service = service  # app.service.Service: embedding, thresholds, model
         self.store = store
         self.store_crops = store_crops
         self.sync_interval_s = sync_interval_s
+        self.max_staleness_s = max_staleness_s or 3 * sync_interval_s
+        self.synced_at = time.monotonic()  # the last read of the store's log that succeeded
         self.index: GalleryIndex | None = None
         self._sync_lock = threading.Lock()
         self._stop = threading.Event()
@@ -62,7 +67,8 @@ class GalleryService:
         """Read every face into memory (blocking; at start-up, before ready, and when the
         store was restored from a backup under a running server)."""
         t0 = time.perf_counter()
-        index = GalleryIndex(dim, model_sha256)
+        index = GalleryIndex(dim, model_sha256, digest=self.store.digest)
+        synced_at = time.monotonic()
         seq, faces = self.store.snapshot()
         for f in faces:
             index.put(f.gallery, f.subject, f.face_id, f.model_sha256, f.embedding)
@@ -70,6 +76,7 @@ class GalleryService:
         with self._sync_lock:
             self.index = index
             self._last_change = self.store.change_at(seq) if seq else None
+            self.synced_at = synced_at
         self.sync(reload_when_lost=False)  # lost again already: the next catch-up reloads
         foreign = sum(len(g.foreign) for g in index.galleries.values())
         log.info("gallery loaded", extra={
@@ -103,6 +110,7 @@ class GalleryService:
         with self._sync_lock:
             while True:
                 seq = self.index.seq
+                read_at = time.monotonic()
                 changes = self.store.changes_since(seq, with_row_at_seq=bool(seq))
                 if seq:
                     head = changes[0] if changes else None
@@ -110,6 +118,7 @@ class GalleryService:
                         break  # the position is lost
                     changes = changes[1:]
                 if not changes:
+                    self.synced_at = read_at
                     return applied
                 with self.index.lock:
                     for c in changes:
@@ -119,7 +128,7 @@ class GalleryService:
                                            f.embedding, update=c.op == "update")
                         elif c.op == "delete_face":
                             self.index.remove_face(c.gallery, c.face_id)
-                        elif c.op == "delete_subject":
+                        elif c.op == "delete_subject":  # c.subject: the subject's digest
                             self.index.remove_subject(c.gallery, c.subject)
                         self.index.seq = c.seq
                         self._last_change = c.row
@@ -159,6 +168,23 @@ class GalleryService:
         return Probe(out.embeddings[0].numpy().astype(np.float32), out.faces[0],
                      out.timings_ms)
 
+    @property
+    def staleness_s(self) -> float:
+        """Seconds since this replica last read the store's change log successfully."""
+        return time.monotonic() - self.synced_at
+
+    def require_fresh(self) -> None:
+        """Identify and subject verify answer from memory: only while this replica has heard
+        from its store recently, else a deleted person could still be found (503 store_stale)."""
+        age = self.staleness_s
+        if age > self.max_staleness_s:
+            raise ServiceError(
+                "store_stale",
+                f"this replica has not reached its gallery store for {age:.0f} s (more than "
+                f"{self.max_staleness_s:g} s): its copy may hold deleted faces; retry later",
+                headers={"Retry-After": str(max(self.service.settings.retry_after_s,
+                                                 round(self.sync_interval_s)))})
+
     def _searchable(self, gallery: str) -> GalleryVectors:
         g = self.index.gallery(gallery)
         if g is None:
@@ -173,25 +199,55 @@ class GalleryService:
         return g
 
     # -- operations ------------------------------------------------------------------------
-    async def enroll(self, gallery: str, subject: str, image: bytes, detect: bool = True
-                     ) -> tuple[str, Probe]:
+    async def enroll(self, gallery: str, subject: str, image: bytes, detect: bool = True,
+                     idempotency_key: str | None = None,
+                     answer: Callable[[str, Probe], dict] | None = None
+                     ) -> tuple[dict, bool]:
+        """Embed and store a face: (the answer `answer(face_id, probe)` built, replayed).
+        With an Idempotency-Key the answer is stored with the face in one transaction, and a
+        retry gets it back (replayed True) without storing anything; the key is checked
+        before the image's work too, so a retry costs nothing."""
+        answer = answer or (lambda face_id, p: {"face_id": face_id})
+        idem = None
+        if idempotency_key is not None:
+            digest = hashlib.sha256(idempotency_key.encode("utf-8", "surrogateescape")
+                                    ).hexdigest()
+            stored = await self._store(self.store.idempotent_answer, gallery, digest)
+            if stored is not None:
+                return self._replay(subject, *stored), True
         p = await self.probe(image, detect, keep_crop=self.store_crops)
         face_id = uuid.uuid4().hex
+        body = answer(face_id, p)
+        if idempotency_key is not None:
+            idem = (digest, json.dumps(body))
         crop_png = crop_spec = None
         if self.store_crops:
             buf = io.BytesIO()
             Image.fromarray(np.ascontiguousarray(p.face.crop), "RGB").save(buf, format="PNG")
             crop_png = buf.getvalue()
             crop_spec = self.service.runner.encoder.spec.version
-        await self._write(self.store.add_face, gallery, subject, face_id,
-                          self.index.model_sha256, p.vector, crop_png, crop_spec)
+        try:
+            await self._write(self.store.add_face, gallery, subject, face_id,
+                              self.index.model_sha256, p.vector, crop_png, crop_spec, idem)
+        except Idempotent as first:  # a concurrent request with the same key won
+            return self._replay(subject, first.subject, first.response), True
         self.service.metrics.gallery_writes.labels(op="enroll").inc()
-        return face_id, p
+        return body, False
+
+    @staticmethod
+    def _replay(subject: str, first_subject: str, response: str) -> dict:
+        if first_subject != subject:
+            raise ServiceError("idempotency_conflict", "Idempotency-Key was already used to "
+                               "enroll another subject in this gallery within 24 h",
+                               field="Idempotency-Key")
+        return json.loads(response)
 
     async def identify(self, gallery: str, image: bytes, top_k: int, detect: bool = True
                        ) -> tuple[list[Hit], Probe, float]:
+        self.require_fresh()
         self._searchable(gallery)  # before the image's work: a 404 costs nothing
         p = await self.probe(image, detect)
+        self.require_fresh()  # the image's work may have outlasted the store
 
         def search():
             with self.index.lock:
@@ -204,8 +260,10 @@ class GalleryService:
 
     async def nearest(self, gallery: str, subject: str, image: bytes, detect: bool = True
                       ) -> tuple[Hit, Probe]:
+        self.require_fresh()
         self._subject_or_404(gallery, subject)
         p = await self.probe(image, detect)
+        self.require_fresh()
         with self.index.lock:
             hit = self._searchable(gallery).nearest_of(subject, p.vector)
         if hit is None:  # deleted meanwhile, or only other models' faces

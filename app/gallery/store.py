@@ -8,7 +8,21 @@ Both keep the same two tables:
   version it was cut with, which `python -m app.gallery reembed` needs.
 - `changes`: an append-only log of every write (`add`, `update`, `delete_face`,
   `delete_subject`), numbered by `seq`; `python -m app.gallery prune-log --keep N` trims
-  its old rows (`Store.prune_changes`).
+  its old rows (`Store.prune_changes`). A deleted subject's rows no longer carry its name:
+  they carry its digest (below).
+- `erasures`: what was deleted and when (a subject by its digest, a keyed BLAKE2b of gallery
+  and subject under the store's own salt in `meta`; a face by its random id), so that a
+  restored backup never brings back people erased after it was taken (`restore_faces`,
+  `apply_erasures`).
+- `idempotency`: enroll's answers by `Idempotency-Key`, kept 24 h, so a retried enroll stores
+  nothing new.
+- `meta`: the salt of the digests.
+
+Deletion erases (docs/operations.md, "Erasure"): SQLite runs with `secure_delete=ON` (freed
+content is overwritten with zeros) and checkpoints and truncates its WAL after every deleting
+write, so a deleted vector's bytes are in none of the store's files; its files are created
+mode 0600. PostgreSQL keeps dead tuples until VACUUM and old rows in its WAL: `purge` (and
+`python -m app.gallery purge`) removes them from the data directory.
 
 Search never reads the store: each replica keeps the vectors in memory (app/gallery/index.py)
 and applies the log from the last `seq` it has seen: at start-up (a snapshot and its `seq`),
@@ -24,7 +38,10 @@ survives `kill -9` of the server (tests/test_gallery_durability.py).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -38,6 +55,7 @@ import numpy as np
 log = logging.getLogger("faceverify.gallery")
 
 NOTIFY_CHANNEL = "faceverify_gallery"
+IDEMPOTENCY_TTL_S = 24 * 3600  # how long enroll's Idempotency-Key answers are kept
 _ADVISORY_LOCK = 0x66616365  # "face": serialises the writers of one PostgreSQL database
 
 
@@ -70,8 +88,56 @@ class Change:
 
     @property
     def row(self) -> tuple:
-        """What identifies the row at its `seq` (as `Store.change_at` returns it)."""
-        return self.op, self.gallery, self.subject, self.face_id
+        """What identifies the row at its `seq` (as `Store.change_at` returns it). Not the
+        subject: a deleted subject's name is replaced by its digest in its earlier rows."""
+        return row_identity(self.op, self.gallery, self.subject, self.face_id)
+
+
+def row_identity(op: str, gallery: str, subject: str, face_id: str | None) -> tuple:
+    """A log row's identity: the face id, or for a subject's deletion the subject's digest
+    (which is what that row carries)."""
+    return op, gallery, face_id if face_id is not None else subject
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """A deletion to re-apply to restored data: a subject (`kind` "subject", `digest` of
+    gallery and subject) or one face (`kind` "face", `digest` its id), at `erased` (epoch s)."""
+
+    kind: str
+    digest: str
+    erased: float
+
+
+@dataclass(frozen=True)
+class FaceRow:
+    """A stored face, whole (backups and restores)."""
+
+    face_id: str
+    gallery: str
+    subject: str
+    model_sha256: str
+    embedding: bytes
+    crop_png: bytes | None
+    crop_spec: str | None
+    created: float  # epoch seconds
+
+
+def subject_digest(salt: bytes, gallery: str, subject: str) -> str:
+    """The keyed digest that stands for a subject once its name is erased (64 hex digits).
+    Keyed with the store's own salt, so a list of common names cannot be checked against the
+    log or the erasure records without the store itself."""
+    return hashlib.blake2b(f"{gallery}\0{subject}".encode(), key=salt,
+                           digest_size=32).hexdigest()
+
+
+class Idempotent(Exception):
+    """The answer stored under an `Idempotency-Key` (raised inside `add_face`)."""
+
+    def __init__(self, subject: str, response: str):
+        super().__init__(subject)
+        self.subject = subject
+        self.response = response
 
 
 @dataclass(frozen=True)
@@ -109,6 +175,9 @@ class Store:
     url_kind = "?"
     PAGE = 10_000  # rows per fetch of a snapshot
     BYTE_ORDER = ""  # the collation that sorts names by their bytes (SQLite's default)
+    EPOCH = "created"  # faces.created as epoch seconds, in a SELECT
+    FROM_EPOCH = "?"  # an epoch-seconds parameter as a faces.created value
+    _salt: bytes | None = None
 
     def _transaction(self, body: Callable[[Callable], object]) -> object:
         raise NotImplementedError
@@ -116,45 +185,206 @@ class Store:
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
         raise NotImplementedError
 
+    def _after_erasure(self) -> None:
+        """Called after every committed write that deleted faces (SQLite truncates its WAL)."""
+
     @staticmethod
     def _log(run: Callable, op: str, gallery: str, subject: str, face_id: str | None) -> None:
         run("INSERT INTO changes (op, gallery, subject, face_id) VALUES (?, ?, ?, ?)",
             (op, gallery, subject, face_id))
 
+    @staticmethod
+    def _init_meta(run: Callable) -> None:
+        run("INSERT INTO meta (key, value) VALUES ('erasure_salt', ?) "
+            "ON CONFLICT (key) DO NOTHING", (secrets.token_hex(32),))
+
+    @property
+    def salt(self) -> bytes:
+        """The key of the subject digests (made with the store, kept in `meta`)."""
+        if self._salt is None:
+            rows = self._query("SELECT value FROM meta WHERE key = 'erasure_salt'")
+            self._salt = bytes.fromhex(rows[0][0])
+        return self._salt
+
+    def digest(self, gallery: str, subject: str) -> str:
+        return subject_digest(self.salt, gallery, subject)
+
     def add_face(self, gallery: str, subject: str, face_id: str, model_sha256: str,
-                 embedding: np.ndarray, crop_png: bytes | None, crop_spec: str | None) -> int:
+                 embedding: np.ndarray, crop_png: bytes | None, crop_spec: str | None,
+                 idempotency: tuple[str, str] | None = None) -> int:
+        """Store a face. idempotency: (the key's digest, the answer to keep under it); when
+        the gallery already holds that key, nothing is stored and `Idempotent` carries the
+        first answer (and its subject, which the caller compares)."""
         def body(run):
+            if idempotency is not None:
+                run("DELETE FROM idempotency WHERE created < ?",
+                    (time.time() - IDEMPOTENCY_TTL_S,))
+                row = run("SELECT subject, response FROM idempotency WHERE gallery = ? AND "
+                          "key_digest = ?", (gallery, idempotency[0])).fetchone()
+                if row is not None:
+                    raise Idempotent(row[0], row[1])
             run("INSERT INTO faces (face_id, gallery, subject, model_sha256, embedding, "
                 "crop_png, crop_spec) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (face_id, gallery, subject, model_sha256, vector_bytes(embedding), crop_png,
                  crop_spec))
             self._log(run, "add", gallery, subject, face_id)
+            if idempotency is not None:
+                run("INSERT INTO idempotency (gallery, key_digest, subject, face_id, response, "
+                    "created) VALUES (?, ?, ?, ?, ?, ?)",
+                    (gallery, idempotency[0], subject, face_id, idempotency[1], time.time()))
             return 1
         return self._transaction(body)
+
+    def idempotent_answer(self, gallery: str, key_digest: str) -> tuple[str, str] | None:
+        """(subject, answer) stored under an Idempotency-Key within the last 24 h."""
+        rows = self._query("SELECT subject, response FROM idempotency WHERE gallery = ? AND "
+                           "key_digest = ? AND created >= ?",
+                           (gallery, key_digest, time.time() - IDEMPOTENCY_TTL_S))
+        return tuple(rows[0]) if rows else None
 
     def add_faces(self, gallery: str, model_sha256: str,
                   rows: list[tuple[str, str, np.ndarray]]) -> None:
         """Many (subject, face_id, embedding) in one transaction (imports, benchmarks)."""
         raise NotImplementedError
 
+    def _erase_subject(self, run: Callable, gallery: str, subject: str) -> str:
+        """What a subject leaves once its faces are gone: an erasure record, and its name
+        replaced by its digest in the change log; its idempotency answers deleted."""
+        digest = self.digest(gallery, subject)
+        run("INSERT INTO erasures (kind, digest) VALUES ('subject', ?)", (digest,))
+        run("UPDATE changes SET subject = ? WHERE gallery = ? AND subject = ?",
+            (digest, gallery, subject))
+        run("DELETE FROM idempotency WHERE gallery = ? AND subject = ?", (gallery, subject))
+        return digest
+
     def delete_subject(self, gallery: str, subject: str) -> int:
-        """Delete the subject's faces; their number (0: there was no such subject)."""
+        """Delete the subject's faces; their number (0: there was no such subject). The log
+        row says which subject by its digest (replicas find it by the same digest)."""
         def body(run):
             n = run("DELETE FROM faces WHERE gallery = ? AND subject = ?",
                     (gallery, subject)).rowcount
             if n:
-                self._log(run, "delete_subject", gallery, subject, None)
+                digest = self._erase_subject(run, gallery, subject)
+                self._log(run, "delete_subject", gallery, digest, None)
             return n
-        return self._transaction(body)
+        n = self._transaction(body)
+        if n:
+            self._after_erasure()
+        return n
 
     def delete_face(self, gallery: str, subject: str, face_id: str) -> bool:
+        """Delete one face; when it was the subject's last, the subject is erased too (its
+        name leaves the log)."""
         def body(run):
             n = run("DELETE FROM faces WHERE gallery = ? AND subject = ? AND face_id = ?",
                     (gallery, subject, face_id)).rowcount
             if n:
+                run("INSERT INTO erasures (kind, digest) VALUES ('face', ?)", (face_id,))
+                run("DELETE FROM idempotency WHERE face_id = ?", (face_id,))
                 self._log(run, "delete_face", gallery, subject, face_id)
+                if run("SELECT 1 FROM faces WHERE gallery = ? AND subject = ? LIMIT 1",
+                       (gallery, subject)).fetchone() is None:
+                    self._erase_subject(run, gallery, subject)
             return bool(n)
-        return self._transaction(body)
+        deleted = self._transaction(body)
+        if deleted:
+            self._after_erasure()
+        return deleted
+
+    # -- erasure records, backups and restores ----------------------------------------------
+    def erasures(self) -> list[Erasure]:
+        return [Erasure(k, d, float(t)) for k, d, t in self._query(
+            "SELECT kind, digest, erased FROM erasures ORDER BY erased")]
+
+    @staticmethod
+    def erased_filter(salt: bytes, erasures: list[Erasure]) -> Callable[[str, str, str, float],
+                                                                        bool]:
+        """is_erased(gallery, subject, face_id, created): whether a face from older data was
+        deleted since (its subject erased after the face was created, or the face itself)."""
+        subjects: dict[str, float] = {}
+        faces = set()
+        for e in erasures:
+            if e.kind == "face":
+                faces.add(e.digest)
+            else:
+                subjects[e.digest] = max(e.erased, subjects.get(e.digest, 0.0))
+
+        def is_erased(gallery: str, subject: str, face_id: str, created: float) -> bool:
+            if face_id in faces:
+                return True
+            erased = subjects.get(subject_digest(salt, gallery, subject))
+            return erased is not None and created <= erased
+        return is_erased
+
+    def faces_whole(self) -> Iterator[FaceRow]:
+        """Every face with all its columns (for a backup), by face id."""
+        last = ""
+        while True:
+            rows = self._query(
+                f"SELECT face_id, gallery, subject, model_sha256, embedding, crop_png, "
+                f"crop_spec, {self.EPOCH} FROM faces WHERE face_id > ? ORDER BY face_id "
+                f"LIMIT ?", (last, self.PAGE))
+            for r in rows:
+                yield FaceRow(r[0], r[1], r[2], r[3], bytes(r[4]),
+                              None if r[5] is None else bytes(r[5]), r[6], float(r[7]))
+            if len(rows) < self.PAGE:
+                return
+            last = rows[-1][0]
+
+    def backup(self, out: Path) -> dict:
+        """A copy of the store as a new SQLite file (mode 0600): faces, erasure records and
+        salt; the change log and idempotency answers are not part of it. Read in one
+        consistent snapshot where the store allows (see the subclasses)."""
+        return write_backup(out, self.salt, self.faces_whole(), self.erasures())
+
+    def restore_faces(self, rows: Iterator[FaceRow]) -> dict:
+        """Replace every face with `rows` (a backup's), minus those erased since by this
+        store's erasure records, which stay; the idempotency answers go and the change log
+        restarts with one `restore` row, so that every replica reloads at its next sync."""
+        is_erased = self.erased_filter(self.salt, self.erasures())
+        counts = {"restored": 0, "skipped_erased": 0}
+
+        def body(run):
+            run("DELETE FROM faces", ())
+            run("DELETE FROM idempotency", ())
+            run("DELETE FROM changes", ())
+            for r in rows:
+                if is_erased(r.gallery, r.subject, r.face_id, r.created):
+                    counts["skipped_erased"] += 1
+                    continue
+                run("INSERT INTO faces (face_id, gallery, subject, model_sha256, embedding, "
+                    f"crop_png, crop_spec, created) VALUES (?, ?, ?, ?, ?, ?, ?, "
+                    f"{self.FROM_EPOCH})", (r.face_id, r.gallery, r.subject, r.model_sha256,
+                                            r.embedding, r.crop_png, r.crop_spec, r.created))
+                counts["restored"] += 1
+            self._log(run, "restore", "", "", None)
+        self._transaction(body)
+        self._after_erasure()
+        return counts
+
+    def apply_erasures(self, salt: bytes, erasures: list[Erasure]) -> dict:
+        """Delete the faces that `erasures` (exported from this store before a native restore:
+        pg_restore, a volume snapshot) say were deleted, through the usual deletes (so the log
+        and the replicas follow), and keep the records."""
+        is_erased = self.erased_filter(salt, erasures)
+        doomed = [(r.gallery, r.subject, r.face_id) for r in self.faces_whole()
+                  if is_erased(r.gallery, r.subject, r.face_id, r.created)]
+        for gallery, subject, face_id in doomed:
+            self.delete_face(gallery, subject, face_id)
+        if salt == self.salt:  # the records stay meaningful here: keep them
+            known = {(e.kind, e.digest, e.erased) for e in self.erasures()}
+
+            def body(run):
+                for e in erasures:
+                    if (e.kind, e.digest, e.erased) not in known:
+                        run("INSERT INTO erasures (kind, digest, erased) VALUES (?, ?, ?)",
+                            (e.kind, e.digest, e.erased))
+            self._transaction(body)
+        return {"deleted": len(doomed)}
+
+    def purge(self) -> list[str]:
+        """Remove what deletions leave in the store's files now; what was done, in words."""
+        raise NotImplementedError
 
     def update_embedding(self, face_id: str, model_sha256: str, embedding: np.ndarray) -> None:
         def body(run):
@@ -194,12 +424,12 @@ class Store:
                 for s, op, g, subj, fid, sha, emb in rows]
 
     def change_at(self, seq: int) -> tuple | None:
-        """(op, gallery, subject, face_id) of the log row `seq`, None if there is none: a
+        """The identity (`row_identity`) of the log row `seq`, None if there is none: a
         replica checks its last applied row is still there (a restored backup rewinds
         the log, and later writes may reuse its numbers)."""
         rows = self._query("SELECT op, gallery, subject, face_id FROM changes WHERE seq = ?",
                            (seq,))
-        return tuple(rows[0]) if rows else None
+        return row_identity(*rows[0]) if rows else None
 
     def prune_changes(self, keep: int) -> int:
         """Delete all but the newest `keep` rows (at least 1) of the change log; returns how
@@ -251,26 +481,152 @@ CREATE TABLE IF NOT EXISTS changes (
     subject TEXT NOT NULL,
     face_id TEXT
 );
+CREATE TABLE IF NOT EXISTS erasures (
+    kind TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    erased REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0)
+);
+CREATE TABLE IF NOT EXISTS idempotency (
+    gallery TEXT NOT NULL,
+    key_digest TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    face_id TEXT NOT NULL,
+    response TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (gallery, key_digest)
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 
+def create_private(path: Path) -> None:
+    """Create `path` empty with mode 0600 unless it exists (SQLite gives its -wal and -shm
+    files the database file's mode)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
+def _open_sqlite(path: Path, **kw) -> sqlite3.Connection:
+    """A connection with the settings every gallery connection needs: secure_delete on (set
+    explicitly: builds differ in their default), so freed content is overwritten with zeros."""
+    db = sqlite3.connect(str(path), isolation_level=None, **kw)
+    db.execute("PRAGMA secure_delete=ON")
+    return db
+
+
+def write_backup(out: Path, salt: bytes, faces: Iterator[FaceRow],
+                 erasures: list[Erasure]) -> dict:
+    """A backup file: a new SQLite database of mode 0600 with the gallery schema, holding the
+    faces, the erasure records and the salt (any store's `backup` writes this format;
+    `read_backup` reads it, or a copy of an SQLite store's own file)."""
+    out = Path(out)
+    if out.exists():
+        raise StoreError(f"{out} exists: a backup is written to a new file")
+    create_private(out)
+    db = _open_sqlite(out)
+    try:
+        db.executescript(_SQLITE_SCHEMA)
+        db.execute("BEGIN")
+        db.execute("INSERT INTO meta (key, value) VALUES ('erasure_salt', ?)", (salt.hex(),))
+        n = 0
+        for r in faces:
+            db.execute("INSERT INTO faces (face_id, gallery, subject, model_sha256, embedding, "
+                       "crop_png, crop_spec, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (r.face_id, r.gallery, r.subject, r.model_sha256, r.embedding,
+                        r.crop_png, r.crop_spec, r.created))
+            n += 1
+        db.executemany("INSERT INTO erasures (kind, digest, erased) VALUES (?, ?, ?)",
+                       [(e.kind, e.digest, e.erased) for e in erasures])
+        db.execute("COMMIT")
+    finally:
+        db.close()
+    return {"faces": n, "erasures": len(erasures)}
+
+
+def read_backup(path: Path) -> Iterator[FaceRow]:
+    """The faces of a backup file (or of a copy of an SQLite store's file), read-only."""
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"no backup file {path}")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        cur = db.execute("SELECT face_id, gallery, subject, model_sha256, embedding, crop_png, "
+                         "crop_spec, created FROM faces ORDER BY face_id")
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path} is not a gallery backup: {exc}") from None
+
+    def rows():
+        try:
+            while batch := cur.fetchmany(Store.PAGE):
+                for r in batch:
+                    yield FaceRow(r[0], r[1], r[2], r[3], bytes(r[4]),
+                                  None if r[5] is None else bytes(r[5]), r[6], float(r[7]))
+        finally:
+            db.close()
+    return rows()
+
+
 class SqliteStore(Store):
-    """One SQLite file (WAL, synchronous=FULL); one connection behind a lock."""
+    """One SQLite file (WAL, synchronous=FULL, secure_delete); one connection behind a lock.
+    After every deleting write the WAL is checkpointed into the file and truncated to zero,
+    so the deleted bytes are left in no file (when a reader holds the WAL, the watcher tries
+    again at its next poll)."""
 
     url_kind = "sqlite"
 
     def __init__(self, path: Path):
         self.path = path
+        self._checkpoint_due = False
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), check_same_thread=False,
-                                       isolation_level=None, timeout=30)
+            create_private(path)
+            self._db = _open_sqlite(path, check_same_thread=False, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SQLITE_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the gallery database {path}: {exc}") from None
         self._lock = threading.Lock()
+        self._transaction(lambda run: self._init_meta(run))
+        self.salt  # read once, before any transaction needs it (the lock is not reentrant)
+
+    def _after_erasure(self) -> None:
+        self._checkpoint_due = True
+        self.checkpoint()
+
+    def checkpoint(self) -> bool:
+        """Copy the WAL into the database file and truncate it to zero bytes; False when a
+        reader kept it from completing (it is then tried again by the watcher)."""
+        with self._lock:
+            try:
+                busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.Error as exc:
+                log.warning("gallery: WAL checkpoint failed: %s", exc)
+                return False
+        self._checkpoint_due = bool(busy)
+        if busy:
+            log.warning("gallery: the WAL could not be truncated after a deletion (a reader "
+                        "holds it); retrying at the next sync")
+        return not busy
+
+    def watch(self, on_change, interval_s, stop):
+        while not stop.wait(interval_s):
+            if self._checkpoint_due:
+                self.checkpoint()
+            on_change()
+
+    def purge(self) -> list[str]:
+        self.checkpoint()
+        with self._lock:
+            self._db.execute("VACUUM")
+        self.checkpoint()
+        return ["WAL checkpointed and truncated",
+                "VACUUM (the file rewritten without free pages)"]
 
     def _transaction(self, body: Callable[[Callable], object]) -> object:
         """body(run) in one write transaction (BEGIN IMMEDIATE: the writer's lock at once);
@@ -305,11 +661,32 @@ class SqliteStore(Store):
                            "VALUES ('add', ?, ?, ?)", ((gallery, s, f) for s, f, _ in rows))
         self._transaction(body)
 
+    def backup(self, out: Path) -> dict:
+        """SQLite's online backup of the whole file (consistent; writers not stopped), minus
+        the change log and idempotency answers, into a new file of mode 0600."""
+        out = Path(out)
+        if out.exists():
+            raise StoreError(f"{out} exists: a backup is written to a new file")
+        create_private(out)
+        dst = _open_sqlite(out)
+        try:
+            with self._lock:
+                self._db.backup(dst)
+            dst.execute("DELETE FROM changes")
+            dst.execute("DELETE FROM idempotency")
+            dst.execute("PRAGMA journal_mode=DELETE")
+            faces = dst.execute("SELECT count(*) FROM faces").fetchone()[0]
+            erasures = dst.execute("SELECT count(*) FROM erasures").fetchone()[0]
+            dst.execute("VACUUM")
+        finally:
+            dst.close()
+        return {"faces": faces, "erasures": erasures}
+
     def snapshot(self):
         # a read transaction on a connection of its own: the snapshot is consistent with its
         # seq, and writers are not held up while it streams
         try:
-            db = sqlite3.connect(str(self.path), isolation_level=None)
+            db = _open_sqlite(self.path)
             db.execute("BEGIN")
             seq = db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
         except sqlite3.Error as exc:
@@ -352,7 +729,31 @@ CREATE TABLE IF NOT EXISTS changes (
     subject TEXT NOT NULL,
     face_id TEXT
 );
+CREATE TABLE IF NOT EXISTS erasures (
+    kind TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    erased DOUBLE PRECISION NOT NULL DEFAULT extract(epoch FROM now())
+);
+CREATE TABLE IF NOT EXISTS idempotency (
+    gallery TEXT NOT NULL,
+    key_digest TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    face_id TEXT NOT NULL,
+    response TEXT NOT NULL,
+    created DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (gallery, key_digest)
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
+# What `purge` runs: VACUUM FULL rewrites the tables into new files (a plain VACUUM leaves the
+# dead tuples' bytes in the pages' free space: bench/erasure_scan.py), then the WAL that still
+# holds the old rows is switched out and checkpointed away (both need superuser or, for
+# CHECKPOINT, the pg_checkpoint role; without them purge says what it could not do).
+_PG_PURGE = ["VACUUM FULL faces, changes, idempotency", "CHECKPOINT",
+             "SELECT pg_switch_wal()", "CHECKPOINT"]
 
 
 class PostgresStore(Store):
@@ -361,6 +762,8 @@ class PostgresStore(Store):
 
     url_kind = "postgresql"
     BYTE_ORDER = ' COLLATE "C"'  # the database's own collation may sort by language
+    EPOCH = "extract(epoch FROM created)"
+    FROM_EPOCH = "to_timestamp(?)"
 
     def __init__(self, url: str, connect_timeout_s: float = 10.0):
         try:
@@ -379,6 +782,8 @@ class PostgresStore(Store):
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_LOCK,))
                     conn.execute(_PG_SCHEMA)
+                    self._init_meta(self._runner(conn))
+            self.salt  # read once, before any transaction needs it (the lock is not reentrant)
         except psycopg.Error as exc:
             raise StoreError(f"cannot reach the gallery database: {_clean(exc)}") from None
 
@@ -463,6 +868,48 @@ class PostgresStore(Store):
             finally:
                 conn.close()
         return seq, rows()
+
+    def backup(self, out: Path) -> dict:
+        """Faces, erasure records and salt read in one REPEATABLE READ transaction."""
+        psycopg = self._psycopg
+        try:
+            conn = self._connect()
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot read the gallery: {_clean(exc)}") from None
+        try:
+            erasures = [Erasure(k, d, float(t)) for k, d, t in conn.execute(
+                "SELECT kind, digest, erased FROM erasures ORDER BY erased").fetchall()]
+
+            def faces():
+                with conn.cursor(name="faceverify_backup") as cur:
+                    cur.itersize = self.PAGE
+                    cur.execute("SELECT face_id, gallery, subject, model_sha256, embedding, "
+                                f"crop_png, crop_spec, {self.EPOCH} FROM faces")
+                    for r in cur:
+                        yield FaceRow(r[0], r[1], r[2], r[3], bytes(r[4]),
+                                      None if r[5] is None else bytes(r[5]), r[6], float(r[7]))
+            return write_backup(out, self.salt, faces(), erasures)
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot read the gallery: {_clean(exc)}") from None
+        finally:
+            conn.close()
+
+    def purge(self) -> list[str]:
+        """VACUUM FULL, then the WAL switched and checkpointed; each step's outcome."""
+        done = []
+        try:
+            with self._connect(autocommit=True) as conn:
+                for sql in _PG_PURGE:
+                    try:
+                        conn.execute(sql)
+                        done.append(f"{sql}: done")
+                    except self._psycopg.errors.InsufficientPrivilege as exc:
+                        done.append(f"{sql}: not allowed for this user ({_clean(exc)}); "
+                                    "run it as a superuser")
+        except self._psycopg.Error as exc:
+            raise StoreError(f"gallery database unreachable: {_clean(exc)}") from None
+        return done
 
     def watch(self, on_change, interval_s, stop):
         """LISTEN for the writers' notifications; catch up at every (re)connect and every
