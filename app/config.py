@@ -218,6 +218,15 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _staleness_outlasts_a_sync_interval(self):
+        if self.gallery_max_staleness_s is not None and \
+                self.gallery_max_staleness_s <= self.gallery_sync_interval_s:
+            raise ValueError("gallery_max_staleness_s must be longer than "
+                             "gallery_sync_interval_s: a healthy replica reads its store only "
+                             "once an interval when nothing notifies it")
+        return self
+
+    @model_validator(mode="after")
     def _bytes_in_flight_hold_a_request(self):
         from app.intake import body_limit
         largest = body_limit("application/json", 2, self.max_upload_bytes)

@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 for n in args.sizes:
                     url = (f"sqlite:///{tmp}/g{n}.db" if store == "sqlite" else pg.database())
                     fill_s = fill(url, n, sha)
-                    server = Server(args.weights, {"gallery_url": url},
+                    server = Server(args.weights, {"gallery_url": url, "gallery_allow_anonymous": True},
                                     Path(tmp) / f"{store}-{n}.log")
                     try:
                         ready_s = server.wait_ready(600)

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from app.config import Settings
+from app.keys import Keyring
 from app.main import create_app
 from tests.conftest import ROOT, lfw_photo
 from bench.server import server_env
@@ -182,7 +183,7 @@ def test_api_keys_on_and_off(tiny_weights, captured_logs):
             for path in ("/health/live", "/health/ready", "/metrics", "/docs", "/openapi.json",
                          "/"):
                 out[path] = await client.get(path)
-            app.state.settings.api_keys = []  # auth off
+            app.state.keys = Keyring([])  # auth off
             out["off"] = await client.post("/verify", files=pair_files())
             out["off_model"] = await client.get("/model")
             return out

@@ -23,6 +23,9 @@ def photo(name: str, i: int = 1) -> dict:
 
 
 def gallery_settings(tmp_path: Path, weights: Path = DEFAULT_WEIGHTS, **kw):
+    """A server with its gallery in `tmp_path`, anonymous unless keys are given (the tests of
+    keys and scopes are in test_gallery_trust.py)."""
+    kw.setdefault("gallery_allow_anonymous", True)
     return settings_for(weights, gallery_url=f"sqlite:///{tmp_path}/gallery.db", **kw)
 
 

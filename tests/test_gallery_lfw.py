@@ -33,7 +33,8 @@ def test_lfw_people_are_found_among_120_and_strangers_stay_further(lfw_images, t
         return {"image": ("p.jpg", (lfw_images / rel).read_bytes(), "image/jpeg")}
 
     async def go():
-        settings = settings_for(DEFAULT_WEIGHTS, gallery_url=f"sqlite:///{tmp_path}/g.db")
+        settings = settings_for(DEFAULT_WEIGHTS, gallery_url=f"sqlite:///{tmp_path}/g.db",
+                                gallery_allow_anonymous=True)
         async with serving(settings) as (_, c):
             for rel in sets.gallery:
                 r = await c.post(f"/galleries/lfw/subjects/{identity_of(rel)}/faces",

@@ -748,12 +748,27 @@ CREATE TABLE IF NOT EXISTS meta (
     value TEXT NOT NULL
 );
 """
-# What `purge` runs: VACUUM FULL rewrites the tables into new files (a plain VACUUM leaves the
-# dead tuples' bytes in the pages' free space: bench/erasure_scan.py), then the WAL that still
-# holds the old rows is switched out and checkpointed away (both need superuser or, for
-# CHECKPOINT, the pg_checkpoint role; without them purge says what it could not do).
-_PG_PURGE = ["VACUUM FULL faces, changes, idempotency", "CHECKPOINT",
-             "SELECT pg_switch_wal()", "CHECKPOINT"]
+# No planner statistics on the columns that hold biometric data or names: ANALYZE would copy
+# sampled values (most common values, histogram bounds) into pg_statistic, where a deleted
+# face's vector and name outlive it (bench/erasure_scan.py found them there).
+_PG_NO_STATISTICS = """
+ALTER TABLE faces ALTER COLUMN embedding SET STATISTICS 0,
+    ALTER COLUMN crop_png SET STATISTICS 0, ALTER COLUMN subject SET STATISTICS 0;
+ALTER TABLE changes ALTER COLUMN subject SET STATISTICS 0;
+ALTER TABLE idempotency ALTER COLUMN subject SET STATISTICS 0,
+    ALTER COLUMN response SET STATISTICS 0;
+"""
+# What `purge` runs, measured by bench/erasure_scan.py (docs/operations.md, "Erasure"): a plain
+# VACUUM may leave a dead tuple's bytes in its page's free space, VACUUM FULL rewrites the
+# tables into new files; ANALYZE then VACUUM FULL pg_statistic drop old samples; the WAL still
+# holds the rows, and a recycled WAL file keeps its old pages, so recycling is turned off while
+# every segment is switched out and checkpointed away. Needs superuser, or the grants in
+# docs/operations.md; a step that is not allowed is reported, not fatal.
+_PG_PURGE_BEFORE = ["ALTER SYSTEM SET wal_recycle = off", "SELECT pg_reload_conf()",
+                    "ANALYZE faces, changes, idempotency",
+                    "VACUUM FULL faces, changes, idempotency",
+                    "VACUUM FULL pg_statistic", "CHECKPOINT"]
+_PG_PURGE_AFTER = ["ALTER SYSTEM RESET wal_recycle", "SELECT pg_reload_conf()"]
 
 
 class PostgresStore(Store):
@@ -782,6 +797,7 @@ class PostgresStore(Store):
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_LOCK,))
                     conn.execute(_PG_SCHEMA)
+                    conn.execute(_PG_NO_STATISTICS)
                     self._init_meta(self._runner(conn))
             self.salt  # read once, before any transaction needs it (the lock is not reentrant)
         except psycopg.Error as exc:
@@ -896,20 +912,42 @@ class PostgresStore(Store):
             conn.close()
 
     def purge(self) -> list[str]:
-        """VACUUM FULL, then the WAL switched and checkpointed; each step's outcome."""
-        done = []
+        """The erasure sequence (`_PG_PURGE_BEFORE`, a WAL switch and CHECKPOINT per segment
+        file plus one, `_PG_PURGE_AFTER`); each step's outcome."""
+        psycopg = self._psycopg
+        done: list[str] = []
+
+        def step(conn, sql: str, quiet: bool = False) -> bool:
+            try:
+                conn.execute(sql)
+                if not quiet:
+                    done.append(f"{sql}: done")
+                return True
+            except psycopg.errors.InsufficientPrivilege as exc:
+                done.append(f"{sql}: not allowed for this user ({_clean(exc)})")
+                return False
         try:
             with self._connect(autocommit=True) as conn:
-                for sql in _PG_PURGE:
-                    try:
-                        conn.execute(sql)
-                        done.append(f"{sql}: done")
-                    except self._psycopg.errors.InsufficientPrivilege as exc:
-                        done.append(f"{sql}: not allowed for this user ({_clean(exc)}); "
-                                    "run it as a superuser")
-        except self._psycopg.Error as exc:
+                for sql in _PG_PURGE_BEFORE:
+                    step(conn, sql)
+                try:
+                    segments = conn.execute("SELECT count(*) FROM pg_ls_waldir() WHERE name ~ "
+                                            "'^[0-9A-F]{24}$'").fetchone()[0]
+                except psycopg.errors.InsufficientPrivilege:
+                    segments = 8  # cannot list them: a few rounds
+                rounds = 0
+                for _ in range(int(segments) + 1):
+                    if not (step(conn, "SELECT pg_switch_wal()", quiet=True)
+                            and step(conn, "CHECKPOINT", quiet=True)):
+                        break
+                    rounds += 1
+                done.append(f"WAL switched and checkpointed {rounds} time(s) "
+                            f"({segments} segment file(s))")
+                for sql in _PG_PURGE_AFTER:
+                    step(conn, sql)
+        except psycopg.Error as exc:
             raise StoreError(f"gallery database unreachable: {_clean(exc)}") from None
-        return done
+        return list(dict.fromkeys(done))
 
     def watch(self, on_change, interval_s, stop):
         """LISTEN for the writers' notifications; catch up at every (re)connect and every
