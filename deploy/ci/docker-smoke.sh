@@ -6,16 +6,24 @@
 #  2. starts its own dockerd (own --data-root, socket, exec-root) and waits for `docker info`
 #  3. builds the local stand-ins for the base images (python:3.11-slim, nginx:1.27, postgres:15)
 #     with mmdebstrap from Debian packages, since no container registry is reachable here
-#  4. docker compose build (the committed default weights baked in); up --wait; POST /verify
-#     with real LFW photos, checking the verdicts
-#  5. the api's SQLite gallery: enroll, identify; back it up (docs/deploy.md's commands);
-#     restart the api, identify again (the gallery-data volume kept it); delete, restore the
-#     backup, identify again
+#  4. docker compose build (the committed default weights baked in); up --wait without keys
+#     (the default): POST /verify with real LFW photos, checking the verdicts; every gallery
+#     route answers 401 (no anonymous galleries)
+#  5. a scoped keys file (random door, hr and smoke-verify keys; the file holds their sha256)
+#     given to the api through FACEVERIFY_API_KEYS_FILE; the api's SQLite gallery: enroll
+#     (Idempotency-Key, a retry replayed), the scopes (401 without a key, 403 forbidden out of
+#     scope, 200 in scope), identify; `python3 -m app.gallery backup` (docs/deploy.md);
+#     restart, identify again (the gallery-data volume kept it); a subject enrolled and one
+#     deleted after the backup, `purge`, `restore` while the api runs: the deleted subject
+#     stays gone, the later one goes, the api reloads by itself
 #  6. the scale profile: 2 api replicas behind nginx, answers through the balancer; the
-#     replicas share the SQLite gallery (a delete on one reaches the other)
-#  7. the gallery profile: PostgreSQL + 2 gallery-api replicas + nginx; enroll on replica 1,
-#     identify on replica 2, delete on replica 2, gone on replica 1 (LISTEN/NOTIFY sync);
-#     pg_dump before the delete, pg_restore after it, the replicas restarted find it again
+#     replicas share the SQLite gallery (an enroll and a delete on one reach the other)
+#  7. the gallery profile (keys required): PostgreSQL + 2 gallery-api replicas + nginx; enroll
+#     on replica 1, identify on replica 2, the scopes through nginx, delete on replica 2, gone
+#     on replica 1 (LISTEN/NOTIFY sync); pg_dump before the delete, `erasures export`,
+#     pg_restore, `erasures apply` after it: the deleted subject stays gone after the restarted
+#     replicas reload; the service's own backup/restore on PostgreSQL (replicas reload by
+#     themselves); `purge`
 #  8. down, stops the engine by its PID, removes its bridge and iptables rules
 # Everything it starts, it stops (trap on exit). Each step's time is printed at the end.
 # If the engine cannot start, it fails (non-zero) - it never passes silently.
@@ -56,7 +64,7 @@ step_start=0
 log() { printf '\n[docker-smoke %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 die() { printf '\n[docker-smoke] FAILED: %s\n' "$*" >&2; exit 1; }
 begin() { CURRENT=$1; step_start=$(date +%s); log "== $1"; }
-end() { STEPS+=("$(printf '%-44s %5d s' "$CURRENT" $(( $(date +%s) - step_start )))"); CURRENT=; }
+end() { STEPS+=("$(printf '%-56s %5d s' "$CURRENT" $(( $(date +%s) - step_start )))"); CURRENT=; }
 CURRENT=
 
 print_timings() {
@@ -64,8 +72,8 @@ print_timings() {
   echo "docker-smoke step timings:"
   local s
   for s in "${STEPS[@]}"; do echo "  $s"; done
-  [[ -n ${CURRENT:-} ]] && printf '  %-44s %5d s (unfinished)\n' "$CURRENT" $(( $(date +%s) - step_start ))
-  printf '  %-44s %5d s\n' "total" $(( $(date +%s) - T0 ))
+  [[ -n ${CURRENT:-} ]] && printf '  %-56s %5d s (unfinished)\n' "$CURRENT" $(( $(date +%s) - step_start ))
+  printf '  %-56s %5d s\n' "total" $(( $(date +%s) - T0 ))
 }
 
 ENGINE_PID=
@@ -74,6 +82,8 @@ cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   set +e
+  # compose refuses the gallery profile without a keys file, also for ps, logs and down
+  export FACEVERIFY_API_KEYS_FILE=${FACEVERIFY_API_KEYS_FILE:-$ROOT/deploy/compose/no-api-keys.json}
   if [[ $rc != 0 ]]; then
     echo "[docker-smoke] failed (exit $rc) during: ${CURRENT:-?}" >&2
     if [[ $STACK_UP == 1 ]]; then
@@ -87,6 +97,7 @@ cleanup() {
     timeout 120 "${COMPOSE[@]}" --profile scale --profile monitoring --profile gallery down -v \
       --remove-orphans --timeout 30 || echo "[docker-smoke] warning: compose down failed" >&2
   fi
+  [[ -n ${KEYS_DIR:-} ]] && rm -rf "$KEYS_DIR"    # the keys file (hashes only)
   stop_engine
   print_timings
   [[ $rc == 0 ]] && echo "docker-smoke: PASSED" || echo "docker-smoke: FAILED (exit $rc)" >&2
@@ -348,18 +359,29 @@ echo "image $FACEVERIFY_IMAGE: $((size / 1000000)) MB (TORCH_INDEX_URL='${TORCH_
 end
 
 # ------------------------------------------------------------------------------ 5. up
-begin "up --wait (1 api)"
+begin "up --wait (1 api, no keys: the default)"
 STACK_UP=1
+unset FACEVERIFY_API_KEYS_FILE
 with_timeout 420 "docker compose up --wait" "${COMPOSE[@]}" up -d --wait --wait-timeout 360 api
 port=$(compose port api 8000 | awk -F: '{print $NF}')
 [[ -n $port ]] || die "api has no published port"
 end
 
-begin "POST /verify (real LFW photos)"
-python3 "$ROOT/deploy/ci/smoke_check.py" ready "http://127.0.0.1:$port" --timeout 60
-python3 "$ROOT/deploy/ci/smoke_check.py" verify "http://127.0.0.1:$port" --lfw-dir "$LFW_DIR" \
-  "${EXPECT_VERDICTS[@]}"
-user=$(compose exec -T api id -u)
+SMOKE=(python3 "$ROOT/deploy/ci/smoke_check.py")
+api_url() { echo "http://127.0.0.1:$(compose port api 8000 | awk -F: '{print $NF}')"; }
+# A command in a container, at most 300 s (a hung one fails the test instead of blocking it).
+exec_in() {
+  local rc=0
+  timeout --kill-after=15 300 "${COMPOSE[@]}" "$@" || rc=$?
+  if [[ $rc == 124 || $rc == 137 ]]; then die "timed out after 300 s: docker compose $*"; fi
+  return "$rc"
+}
+in_api() { exec_in exec -T api "$@"; }
+
+begin "POST /verify (real LFW photos); galleries refused without keys"
+"${SMOKE[@]}" ready "http://127.0.0.1:$port" --timeout 60
+"${SMOKE[@]}" verify "http://127.0.0.1:$port" --lfw-dir "$LFW_DIR" "${EXPECT_VERDICTS[@]}"
+user=$(in_api id -u)
 [[ $user == 10001 ]] || die "the api runs as uid $user, not 10001"
 health=$("$DOCKER" inspect --format '{{.State.Health.Status}}' "$(compose ps -q api)")
 [[ $health == healthy ]] || die "the image's HEALTHCHECK says $health"
@@ -372,37 +394,91 @@ loaded=$(compose logs api | grep '"model loaded"' | tail -n 1)
 [[ $loaded == *'"encode_in_detect_workers": true'* ]] \
   || die "the api's face workers do not encode: $loaded"
 echo "landmarks by dlib's code; faces encoded in the face workers"
+# No keys file on the host: no FACEVERIFY_API_KEYS_FILE in the container (/verify open, as
+# above), and every gallery route answers 401 with how to configure keys.
+! in_api printenv FACEVERIFY_API_KEYS_FILE >/dev/null \
+  || die "the api has FACEVERIFY_API_KEYS_FILE without a keys file"
+"${SMOKE[@]}" anonymous "$(api_url)" --lfw-dir "$LFW_DIR" --gallery staff
 end
 
-begin "SQLite gallery: restart, backup, restore"
-SMOKE=(python3 "$ROOT/deploy/ci/smoke_check.py")
-api_url() { echo "http://127.0.0.1:$(compose port api 8000 | awk -F: '{print $NF}')"; }
-"${SMOKE[@]}" enroll "$(api_url)" --lfw-dir "$LFW_DIR" --gallery sqlite
-"${SMOKE[@]}" identify "$(api_url)" --lfw-dir "$LFW_DIR" --gallery sqlite --expect colin
-# Backup, as docs/deploy.md says: SQLite's online backup inside the container, copied out.
+begin "scoped keys file (api re-created with it)"
+# Three random keys, kept in this shell only; the file holds their sha256 (readable by the
+# service's uid 10001, as docs/deploy.md asks).
+KEYS_DIR=$STATE/keys
+rm -rf "$KEYS_DIR"
+mkdir -m 0755 "$KEYS_DIR"
+keys_out=$(python3 - "$KEYS_DIR/api-keys.json" <<'EOF'
+import hashlib, json, os, secrets, sys
+entries = []
+for var, name, galleries, operations in (
+        ("DOOR_KEY", "door", ["staff"], ["identify"]),
+        ("HR_KEY", "hr", ["staff"], ["enroll", "list", "delete", "identify"]),
+        ("VERIFY_KEY", "smoke-verify", ["*"], ["verify"])):
+    key = secrets.token_urlsafe(24)
+    entries.append({"name": name, "key_sha256": hashlib.sha256(key.encode()).hexdigest(),
+                    "galleries": galleries, "operations": operations})
+    print(f"{var}={key}")
+with open(sys.argv[1], "w") as f:
+    json.dump(entries, f, indent=2)
+os.chmod(sys.argv[1], 0o644)
+EOF
+)
+DOOR_KEY=$(sed -n 's/^DOOR_KEY=//p' <<<"$keys_out")
+HR_KEY=$(sed -n 's/^HR_KEY=//p' <<<"$keys_out")
+VERIFY_KEY=$(sed -n 's/^VERIFY_KEY=//p' <<<"$keys_out")
+[[ -n $DOOR_KEY && -n $HR_KEY && -n $VERIFY_KEY ]] || die "no keys generated"
+export FACEVERIFY_API_KEYS_FILE=$KEYS_DIR/api-keys.json
+echo "keys file $FACEVERIFY_API_KEYS_FILE: door (identify in staff), hr (enroll, list, delete, identify in staff), smoke-verify (/verify)"
+with_timeout 420 "docker compose up --wait (keys)" "${COMPOSE[@]}" up -d --wait --wait-timeout 360 api
+"${SMOKE[@]}" ready "$(api_url)" --timeout 150
+keys_path=$(in_api printenv FACEVERIFY_API_KEYS_FILE) || die "the api has no FACEVERIFY_API_KEYS_FILE"
+in_api python3 -m app.keys check "$keys_path"
+! in_api sh -c ": >> '$keys_path'" 2>/dev/null || die "the keys file is writable in the container"
+! in_api printenv FACEVERIFY_GALLERY_MAX_STALENESS_S >/dev/null \
+  || die "FACEVERIFY_GALLERY_MAX_STALENESS_S is set although the host has none"
+echo "the api reads $keys_path (read-only mount); FACEVERIFY_GALLERY_MAX_STALENESS_S unset (default)"
+end
+
+begin "SQLite gallery: scopes, backup, restart, restore"
+A=(--gallery staff)
+"${SMOKE[@]}" enroll "$(api_url)" --lfw-dir "$LFW_DIR" "${A[@]}" --key "$HR_KEY"
+"${SMOKE[@]}" scopes "$(api_url)" --lfw-dir "$LFW_DIR" "${A[@]}" --door "$DOOR_KEY" \
+  --hr "$HR_KEY" --verify-key "$VERIFY_KEY"
+"${SMOKE[@]}" identify "$(api_url)" --lfw-dir "$LFW_DIR" "${A[@]}" --expect colin --key "$DOOR_KEY"
+# Backup, as docs/deploy.md says: `python3 -m app.gallery backup` inside the container (a
+# consistent copy, mode 0600, on the /tmp tmpfs), streamed out to the host.
 backup=$STATE/gallery-backup.db
 rm -f "$backup"
-compose exec -T api python3 -c "import sqlite3; sqlite3.connect('/app/data/gallery.db').backup(sqlite3.connect('/app/data/backup.db'))"
-compose cp api:/app/data/backup.db "$backup"
-compose exec -T api rm /app/data/backup.db
+in_api python3 -m app.gallery backup /tmp/gallery-backup.db
+mode=$(in_api stat -c %a /tmp/gallery-backup.db)
+[[ $mode == 600 ]] || die "the backup's mode is $mode, not 600"
+(umask 077 && in_api cat /tmp/gallery-backup.db >"$backup")
+in_api rm /tmp/gallery-backup.db
 faces=$(python3 -c "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT count(*) FROM faces').fetchone()[0])" "$backup")
 [[ $faces == 2 ]] || die "the backup holds $faces faces, expected 2"
-echo "backup: $faces faces in $backup; on the volume: $(compose exec -T api ls -ln /app/data/gallery.db)"
+echo "backup: $faces faces in $backup ($(stat -c %a "$backup")); on the volume: $(in_api ls -ln /app/data)"
 with_timeout 180 "restart api" "${COMPOSE[@]}" restart --timeout 30 api
 "${SMOKE[@]}" ready "$(api_url)" --timeout 150
-"${SMOKE[@]}" identify "$(api_url)" --lfw-dir "$LFW_DIR" --gallery sqlite --expect colin
+"${SMOKE[@]}" identify "$(api_url)" --lfw-dir "$LFW_DIR" "${A[@]}" --expect colin --key "$DOOR_KEY"
 echo "the SQLite gallery survived the restart"
-"${SMOKE[@]}" delete "$(api_url)" --gallery sqlite --subject colin
-"${SMOKE[@]}" identify "$(api_url)" --lfw-dir "$LFW_DIR" --gallery sqlite --absent colin
-# Restore, as docs/deploy.md says: api stopped, the file written by the service's user.
-with_timeout 120 "stop api" "${COMPOSE[@]}" stop --timeout 30 api
-compose run --rm --no-deps -T --entrypoint sh api -c \
-  'rm -f /app/data/gallery.db-wal /app/data/gallery.db-shm && cat > /app/data/gallery.db' \
-  < "$backup"
-with_timeout 120 "start api" "${COMPOSE[@]}" start api
-"${SMOKE[@]}" ready "$(api_url)" --timeout 150
-"${SMOKE[@]}" identify "$(api_url)" --lfw-dir "$LFW_DIR" --gallery sqlite --expect colin
-echo "the restored backup is served"
+# After the backup: george enrolled (not in the backup), colin erased (in the backup).
+"${SMOKE[@]}" enroll "$(api_url)" --lfw-dir "$LFW_DIR" "${A[@]}" --subjects george --key "$HR_KEY"
+"${SMOKE[@]}" delete "$(api_url)" "${A[@]}" --subject colin --key "$HR_KEY"
+"${SMOKE[@]}" identify "$(api_url)" --lfw-dir "$LFW_DIR" "${A[@]}" --absent colin --key "$DOOR_KEY"
+in_api python3 -m app.gallery purge
+# Restore, as docs/deploy.md says: the backup streamed into the container, then `restore`
+# while the api runs. colin, erased after the backup, must stay erased; george goes (not in
+# the backup); the running api reloads by itself (no restart).
+in_api sh -c 'umask 077 && cat > /tmp/gallery-restore.db' <"$backup"
+restored=$(in_api python3 -m app.gallery restore /tmp/gallery-restore.db)
+in_api rm /tmp/gallery-restore.db
+echo "restore: $restored"
+python3 -c 'import json, sys; r = json.loads(sys.argv[1]); sys.exit(r.get("restored") != 1 or r.get("skipped_erased") != 1)' "$restored" \
+  || die "restore: expected 1 face restored (serena) and 1 skipped as erased (colin): $restored"
+"${SMOKE[@]}" identify "$(api_url)" --lfw-dir "$LFW_DIR" "${A[@]}" --absent colin --absent george \
+  --present serena --within 20 --key "$DOOR_KEY"
+"${SMOKE[@]}" subjects "$(api_url)" "${A[@]}" --expect serena --key "$HR_KEY"
+echo "the restored backup is served, without the subject erased after it was taken"
 rm -f "$backup"
 end
 
@@ -411,49 +487,66 @@ with_timeout 420 "scale profile up" "${COMPOSE[@]}" --profile scale up -d --wait
   --scale api=2
 n=$(compose ps -q api | wc -l)
 [[ $n == 2 ]] || die "expected 2 api replicas, found $n"
-python3 "$ROOT/deploy/ci/smoke_check.py" balance "http://127.0.0.1:$LB_PORT" --lfw-dir "$LFW_DIR" \
+"${SMOKE[@]}" balance "http://127.0.0.1:$LB_PORT" --lfw-dir "$LFW_DIR" --key "$VERIFY_KEY" \
   --replicas 2 --requests 8 --timeout 120
-# The replicas share the SQLite file: a delete on replica 2 reaches replica 1 at its next
-# catch-up (FACEVERIFY_GALLERY_SYNC_INTERVAL_S, 5 s).
+# The replicas share the SQLite file: an enroll on replica 1 and a delete on replica 2 reach
+# the other one at its next catch-up (FACEVERIFY_GALLERY_SYNC_INTERVAL_S, 5 s).
 a1=http://127.0.0.1:$(compose port --index 1 api 8000 | awk -F: '{print $NF}')
 a2=http://127.0.0.1:$(compose port --index 2 api 8000 | awk -F: '{print $NF}')
-"${SMOKE[@]}" identify "$a2" --lfw-dir "$LFW_DIR" --gallery sqlite --expect colin
-"${SMOKE[@]}" delete "$a2" --gallery sqlite --subject colin
-"${SMOKE[@]}" identify "$a1" --lfw-dir "$LFW_DIR" --gallery sqlite --absent colin --within 8
+"${SMOKE[@]}" enroll "$a1" --lfw-dir "$LFW_DIR" "${A[@]}" --subjects colin --key "$HR_KEY"
+"${SMOKE[@]}" identify "$a2" --lfw-dir "$LFW_DIR" "${A[@]}" --expect colin --within 8 --key "$DOOR_KEY"
+"${SMOKE[@]}" delete "$a2" "${A[@]}" --subject colin --key "$HR_KEY"
+"${SMOKE[@]}" identify "$a1" --lfw-dir "$LFW_DIR" "${A[@]}" --absent colin --within 8 --key "$DOOR_KEY"
 end
 
-begin "gallery profile: PostgreSQL, 2 replicas, lb"
+begin "gallery profile: PostgreSQL, 2 replicas, lb, keys"
 # The api and the scale profile's lb go first: 2 cores are enough for 2 replicas at a time.
 with_timeout 180 "scale profile down" "${COMPOSE[@]}" --profile scale down --timeout 30
 with_timeout 600 "gallery profile up" "${COMPOSE[@]}" --profile gallery up -d --wait \
   --wait-timeout 540 gallery-lb
 n=$(compose --profile gallery ps -q gallery-api | wc -l)
 [[ $n == 2 ]] || die "expected 2 gallery-api replicas, found $n"
-pg_user=$(compose --profile gallery exec -T postgres psql -U faceverify -d faceverify -Atc \
+pg_user=$(exec_in --profile gallery exec -T postgres psql -U faceverify -d faceverify -Atc \
   'SELECT current_user')
 [[ $pg_user == faceverify ]] || die "postgres: unexpected answer '$pg_user'"
+in_gapi() { exec_in --profile gallery exec -T --index 1 gallery-api "$@"; }
+[[ $(in_gapi printenv FACEVERIFY_API_KEYS_FILE) == "$keys_path" ]] \
+  || die "gallery-api does not read the keys file"
 r1=http://127.0.0.1:$(compose --profile gallery port --index 1 gallery-api 8000 | awk -F: '{print $NF}')
 r2=http://127.0.0.1:$(compose --profile gallery port --index 2 gallery-api 8000 | awk -F: '{print $NF}')
+lb=http://127.0.0.1:$GALLERY_LB_PORT
 [[ $r1 != "$r2" ]] || die "both replicas answer on $r1"
 "${SMOKE[@]}" ready "$r1" --timeout 60
 "${SMOKE[@]}" ready "$r2" --timeout 60
 # Replica 1 takes the writes; replica 2 must see them (NOTIFY), and the reverse for the delete.
-"${SMOKE[@]}" enroll "$r1" --lfw-dir "$LFW_DIR" --gallery shared
-"${SMOKE[@]}" identify "$r2" --lfw-dir "$LFW_DIR" --gallery shared --expect colin --within 8
-# Backup, as docs/deploy.md says: pg_dump's custom format.
+"${SMOKE[@]}" enroll "$r1" --lfw-dir "$LFW_DIR" "${A[@]}" --key "$HR_KEY"
+"${SMOKE[@]}" identify "$r2" --lfw-dir "$LFW_DIR" "${A[@]}" --expect colin --within 8 --key "$DOOR_KEY"
+"${SMOKE[@]}" scopes "$lb" --lfw-dir "$LFW_DIR" "${A[@]}" --door "$DOOR_KEY" --hr "$HR_KEY" \
+  --verify-key "$VERIFY_KEY"
+# Native backup, as docs/deploy.md says: pg_dump's custom format.
 dump=$STATE/gallery.dump
-compose --profile gallery exec -T postgres pg_dump -U faceverify -Fc faceverify >"$dump"
+exec_in --profile gallery exec -T postgres pg_dump -U faceverify -Fc faceverify >"$dump"
 [[ $(head -c 5 "$dump") == PGDMP ]] || die "pg_dump wrote no custom-format dump"
 echo "pg_dump: $(stat -c %s "$dump") bytes"
-"${SMOKE[@]}" delete "$r2" --gallery shared --subject colin
-"${SMOKE[@]}" identify "$r1" --lfw-dir "$LFW_DIR" --gallery shared --absent colin --within 8
-"${SMOKE[@]}" identify "http://127.0.0.1:$GALLERY_LB_PORT" --lfw-dir "$LFW_DIR" --gallery shared \
-  --absent colin
-"${SMOKE[@]}" balance "http://127.0.0.1:$GALLERY_LB_PORT" --lfw-dir "$LFW_DIR" --replicas 2 \
+"${SMOKE[@]}" delete "$r2" "${A[@]}" --subject colin --key "$HR_KEY"
+"${SMOKE[@]}" identify "$r1" --lfw-dir "$LFW_DIR" "${A[@]}" --absent colin --within 8 --key "$DOOR_KEY"
+"${SMOKE[@]}" identify "$lb" --lfw-dir "$LFW_DIR" "${A[@]}" --absent colin --key "$DOOR_KEY"
+"${SMOKE[@]}" balance "$lb" --lfw-dir "$LFW_DIR" --key "$VERIFY_KEY" --replicas 2 \
   --requests 8 --timeout 120
-# Restore, as docs/deploy.md says: pg_restore, then the replicas restarted (they reload).
-compose --profile gallery exec -T postgres pg_restore -U faceverify -d faceverify --clean \
+# Native restore, as docs/deploy.md says: the erasure records exported first, pg_restore,
+# the records applied again (colin, deleted after the dump, stays deleted), then the
+# replicas restarted (they reload) and nginx reloaded (their new addresses).
+erasures=$STATE/erasures.json
+(umask 077 && in_gapi sh -c 'python3 -m app.gallery erasures export /tmp/erasures.json >&2 && cat /tmp/erasures.json; rc=$?; rm -f /tmp/erasures.json; exit $rc' >"$erasures")
+python3 -c 'import json, sys; sys.exit(len(json.load(open(sys.argv[1]))["erasures"]) < 1)' "$erasures" \
+  || die "the exported erasure records do not hold colin's deletion"
+exec_in --profile gallery exec -T postgres pg_restore -U faceverify -d faceverify --clean \
   --if-exists <"$dump"
+applied=$(in_gapi sh -c 'umask 077 && cat > /tmp/erasures.json && python3 -m app.gallery erasures apply /tmp/erasures.json; rc=$?; rm -f /tmp/erasures.json; exit $rc' <"$erasures")
+echo "erasures apply: $applied"
+python3 -c 'import json, sys; sys.exit(json.loads(sys.argv[1]).get("deleted") != 1)' "$applied" \
+  || die "erasures apply: expected colin's face deleted again: $applied"
+rm -f "$erasures"
 with_timeout 240 "restart gallery-api" "${COMPOSE[@]}" --profile gallery restart --timeout 30 \
   gallery-api
 compose --profile gallery exec -T gallery-lb nginx -s reload   # the replicas' new addresses
@@ -461,10 +554,24 @@ for i in 1 2; do
   "${SMOKE[@]}" ready "http://127.0.0.1:$(compose --profile gallery port --index $i gallery-api 8000 \
     | awk -F: '{print $NF}')" --timeout 150
 done
-"${SMOKE[@]}" identify "http://127.0.0.1:$GALLERY_LB_PORT" --lfw-dir "$LFW_DIR" --gallery shared \
-  --expect colin
-echo "the restored dump is served"
+"${SMOKE[@]}" identify "$lb" --lfw-dir "$LFW_DIR" "${A[@]}" --absent colin --present serena \
+  --key "$DOOR_KEY"
+"${SMOKE[@]}" subjects "$lb" "${A[@]}" --expect serena --key "$HR_KEY"
+echo "the restored dump is served, without the subject erased after it was taken"
 rm -f "$dump"
+# The service's own backup and restore on PostgreSQL: george enrolled after the backup is gone
+# after the restore, on both replicas, without a restart (they reload by themselves).
+in_gapi python3 -m app.gallery backup /tmp/gallery-backup.db
+"${SMOKE[@]}" enroll "$lb" --lfw-dir "$LFW_DIR" "${A[@]}" --subjects george --key "$HR_KEY"
+"${SMOKE[@]}" identify "$r2" --lfw-dir "$LFW_DIR" "${A[@]}" --present george --within 8 --key "$DOOR_KEY"
+restored=$(in_gapi python3 -m app.gallery restore /tmp/gallery-backup.db)
+in_gapi rm /tmp/gallery-backup.db
+echo "restore: $restored"
+for r in "$r1" "$r2"; do
+  "${SMOKE[@]}" identify "$r" --lfw-dir "$LFW_DIR" "${A[@]}" --absent george --absent colin \
+    --present serena --within 20 --key "$DOOR_KEY"
+done
+in_gapi python3 -m app.gallery purge
 end
 
 begin "down"
