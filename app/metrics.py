@@ -73,6 +73,10 @@ class Metrics:
         self.gallery_writes = Counter("faceverify_gallery_writes",
                                       "Gallery writes committed by this replica.", ["op"],
                                       registry=r)
+        self.gallery_sync_age = Gauge(
+            "faceverify_gallery_sync_age_seconds", "Seconds since this replica last read its "
+            "gallery store's change log (identify answers 503 store_stale beyond "
+            "FACEVERIFY_GALLERY_MAX_STALENESS_S).", registry=r)
 
     # BatchObserver protocol (app/batcher.py)
     def batch_done(self, size: int, inference_s: float, ok: bool) -> None:

@@ -360,9 +360,9 @@ def test_openapi_has_examples_for_every_route_and_error():
              for resp in verify["responses"].values() if "examples" in
              resp.get("content", {}).get("application/json", {})
              for ex in resp["content"]["application/json"]["examples"].values()}
-    assert codes == {"invalid_image", "unauthorized", "request_timeout", "payload_too_large",
-                     "unsupported_media_type", "no_face_detected", "validation_error",
-                     "internal_error", "overloaded", "not_ready"}
+    assert codes == {"invalid_image", "unauthorized", "forbidden", "request_timeout",
+                     "payload_too_large", "unsupported_media_type", "no_face_detected",
+                     "validation_error", "internal_error", "overloaded", "not_ready"}
     identify = spec["paths"]["/galleries/{gallery}/identify"]["post"]
     assert {"404", "409", "503"} <= set(identify["responses"])
     assert "store_unavailable" in identify["responses"]["503"]["content"]["application/json"][

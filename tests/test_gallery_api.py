@@ -212,7 +212,8 @@ def test_new_weights_refuse_identify_until_reembedded(tmp_path):
     async def enroll(gallery, names, store_crops):
         # float32, as the new weights (which have no int8 graph beside them) will run
         async with serving(settings_for(DEFAULT_WEIGHTS, gallery_url=url, int8="off",
-                                        gallery_store_crops=store_crops)) as (_, c):
+                                        gallery_store_crops=store_crops,
+                                        gallery_allow_anonymous=True)) as (_, c):
             for name in names:
                 r = await c.post(f"/galleries/{gallery}/subjects/{name}/faces",
                                  files=photo(name))
@@ -221,7 +222,8 @@ def test_new_weights_refuse_identify_until_reembedded(tmp_path):
             return r.json()["candidates"]
 
     async def search(weights, gallery):
-        async with serving(settings_for(weights, gallery_url=url)) as (_, c):
+        async with serving(settings_for(weights, gallery_url=url,
+                                        gallery_allow_anonymous=True)) as (_, c):
             return await c.post(f"/galleries/{gallery}/identify", files=photo("Tony_Blair", 2))
 
     async def go():

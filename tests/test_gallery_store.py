@@ -9,6 +9,7 @@ import pytest
 
 from app.gallery.index import GalleryIndex, GalleryVectors
 from app.gallery.store import StoreError, open_store
+from app.metrics import Metrics
 
 DIM = 16
 
@@ -235,7 +236,7 @@ def test_a_replica_reloads_when_the_store_is_restored_from_an_older_backup(tmp_p
     writer.close()
     shutil.copy(db, tmp_path / "backup.db")  # the backup: alice only
 
-    metrics = SimpleNamespace(gallery_vectors=SimpleNamespace(set=lambda n: None))
+    metrics = Metrics()
     replica = GalleryService(SimpleNamespace(metrics=metrics), open_store(f"sqlite:///{db}"))
     replica.load(DIM, "m")
     writer = open_store(f"sqlite:///{db}")
@@ -267,7 +268,7 @@ def test_pruning_the_log_keeps_the_newest_rows_and_a_lagging_replica_catches_up(
     from app.gallery.service import GalleryService
     rng = np.random.default_rng(9)
     writer = open_store(store_url)
-    metrics = SimpleNamespace(gallery_vectors=SimpleNamespace(set=lambda n: None))
+    metrics = Metrics()
     current, lagging = (GalleryService(SimpleNamespace(metrics=metrics), open_store(store_url))
                         for _ in range(2))
     try:

@@ -56,6 +56,7 @@ class GalleryService:
         self.sync_interval_s = sync_interval_s
         self.max_staleness_s = max_staleness_s or 3 * sync_interval_s
         self.synced_at = time.monotonic()  # the last read of the store's log that succeeded
+        service.metrics.gallery_sync_age.set_function(lambda: self.staleness_s)
         self.index: GalleryIndex | None = None
         self._sync_lock = threading.Lock()
         self._stop = threading.Event()
