@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -28,7 +27,7 @@ import pytest
 
 from app.gallery.__main__ import main as gallery_cli
 from app.gallery.store import IDEMPOTENCY_TTL_S, open_store, read_backup
-from app.keys import KeysFileError, Keyring, new_key, parse_keys_file
+from app.keys import Keyring, KeysFileError, new_key, parse_keys_file
 from bench.server import Server
 from tests.conftest import lfw_photo
 from tests.service_support import DEFAULT_WEIGHTS
@@ -148,8 +147,8 @@ async def attempt(c: httpx.AsyncClient, op: str, gallery: str, headers: dict
     return await c.delete(f"{base}/subjects/nobody", headers=headers)
 
 
-def test_every_operation_in_and_out_of_scope_for_every_kind_of_key(tmp_path, store_url,
-                                                                   captured_logs):
+def test_every_operation_in_and_out_of_scope_for_every_kind_of_key(
+        tmp_path, store_url, captured_logs):  # noqa: F811 (the fixture imported above)
     keys_file, keys = keys_for(tmp_path)
     keys["plain"] = "plain-key-0123456789"
     handler, logger = captured_logs
@@ -158,7 +157,7 @@ def test_every_operation_in_and_out_of_scope_for_every_kind_of_key(tmp_path, sto
                             api_keys=keys["plain"])
 
     async def go():
-        async with serving(settings) as (app, c):
+        async with serving(settings) as (_, c):
             everything = {"X-API-Key": keys["all"]}
             for gallery in ("staff", "other"):  # both galleries hold Tony Blair
                 r = await c.post(f"/galleries/{gallery}/subjects/Tony_Blair/faces",

@@ -593,7 +593,7 @@ class SqliteStore(Store):
             raise StoreError(f"cannot open the gallery database {path}: {exc}") from None
         self._lock = threading.Lock()
         self._transaction(lambda run: self._init_meta(run))
-        self.salt  # read once, before any transaction needs it (the lock is not reentrant)
+        _ = self.salt  # read once, before any transaction needs it (the lock is not reentrant)
 
     def _after_erasure(self) -> None:
         self._checkpoint_due = True
@@ -799,7 +799,7 @@ class PostgresStore(Store):
                     conn.execute(_PG_SCHEMA)
                     conn.execute(_PG_NO_STATISTICS)
                     self._init_meta(self._runner(conn))
-            self.salt  # read once, before any transaction needs it (the lock is not reentrant)
+            _ = self.salt  # read once, before any transaction needs it (the lock is not reentrant)
         except psycopg.Error as exc:
             raise StoreError(f"cannot reach the gallery database: {_clean(exc)}") from None
 
