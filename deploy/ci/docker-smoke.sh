@@ -414,7 +414,7 @@ for var, name, galleries, operations in (
         ("DOOR_KEY", "door", ["staff"], ["identify"]),
         ("HR_KEY", "hr", ["staff"], ["enroll", "list", "delete", "identify"]),
         ("VERIFY_KEY", "smoke-verify", ["*"], ["verify"])):
-    key = secrets.token_urlsafe(24)
+    key = "fv_" + secrets.token_urlsafe(24)   # never starts with "-" (an option to argparse)
     entries.append({"name": name, "key_sha256": hashlib.sha256(key.encode()).hexdigest(),
                     "galleries": galleries, "operations": operations})
     print(f"{var}={key}")
