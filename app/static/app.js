@@ -184,8 +184,21 @@
           `Try again in ${retry} second${retry === 1 ? "" : "s"}.`];
       case "unauthorized":
         $("#api-key").focus();
+        if (!keyInput.value.trim() && /FACEVERIFY_API_KEYS/.test(err.message || ""))
+          return ["Galleries need an API key, and this server has none configured.",
+            "The operator sets FACEVERIFY_API_KEYS_FILE (scoped keys) or FACEVERIFY_API_KEYS; " +
+            "for a local trial, FACEVERIFY_GALLERY_ALLOW_ANONYMOUS=true."];
         return ["This server needs an API key.", keyInput.value.trim()
           ? "The key entered above was not accepted." : "Enter it in the API key field above."];
+      case "forbidden":
+        return ["This API key may not do that.", err.message ? cap(err.message) +
+          ": its scope (galleries and operations) does not cover it." : ""];
+      case "idempotency_conflict":
+        return ["This enrollment key was already used for another person.", err.message || ""];
+      case "store_stale":
+        return ["This server has lost touch with its gallery store.",
+          "It will not answer from an out-of-date copy (it could find someone deleted since). " +
+          `Try again in ${retry} second${retry === 1 ? "" : "s"}.`];
       case "validation_error":
         if (NAMES[err.field]) return [`The ${NAMES[err.field]} is not a valid name.`, NAME_RULE];
         return ["The request was not accepted.", err.message || ""];
