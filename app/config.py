@@ -157,9 +157,20 @@ class Settings(BaseSettings):
         "`python -m app.gallery reembed` move a gallery to new weights without the original "
         "photos, but it keeps a face image of every enrolled person; off = only the vectors."))
     gallery_threshold: float | None = Field(None, gt=0, le=2, description=(
-        "identify's default `match` threshold; unset = the model card's FAR 0.1 % threshold "
-        "(`threshold.at_far_1e-3`), stricter than /verify's because a search makes one "
-        "comparison per subject. A request's `threshold` wins, up to `max_client_threshold`."))
+        "Fixes identify's `match` threshold whatever the gallery's size; unset = the "
+        "threshold that holds `gallery_fpir` at the gallery's current size (the model card's "
+        "impostor table at FAR = gallery_fpir / faces). A request's `threshold` wins, up to "
+        "the identify cap (`gallery_max_client_fpir`)."))
+    gallery_fpir: float = Field(0.01, gt=0, lt=1, description=(
+        "The false-positive identification rate identify's default threshold holds: the "
+        "share of searches by people who are not enrolled that match somebody. The "
+        "threshold is the impostor table's distance at FAR = gallery_fpir / N (N: the "
+        "gallery's enrolled faces), so it tightens as the gallery grows; the reply says "
+        "which threshold, FPIR target and gallery size it used (docs/accuracy.md)."))
+    gallery_max_client_fpir: float = Field(0.1, gt=0, lt=1, description=(
+        "The loosest threshold an identify request may ask for: the impostor table's "
+        "distance at FAR = this / N (422 above it). Without an impostor table in the card, "
+        "`max_client_threshold`."))
     gallery_sync_interval_s: float = Field(5.0, gt=0, description=(
         "Every replica re-reads the store's change log at least this often, besides "
         "PostgreSQL's notifications (which a dropped connection can lose)."))
@@ -195,6 +206,13 @@ class Settings(BaseSettings):
         items = v.split(",") if isinstance(v, str) else v
         keys = (k.get_secret_value() if isinstance(k, SecretStr) else str(k) for k in items)
         return [k.strip() for k in keys if k.strip()]
+
+    @field_validator("api_keys_file", "gallery_threshold", "gallery_max_staleness_s",
+                     mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v):
+        """`FACEVERIFY_API_KEYS_FILE=` (compose's way of passing nothing) means unset."""
+        return None if isinstance(v, str) and not v.strip() else v
 
     @field_validator("log_level", mode="before")
     @classmethod

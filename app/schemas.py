@@ -1,7 +1,7 @@
 """Response models and OpenAPI examples for every route and every error."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -125,9 +125,19 @@ class IdentifyTimings(Timings):
 class IdentifyResponse(BaseModel):
     candidates: list[Candidate] = Field(..., description="the top_k nearest subjects, each by "
                                                          "its nearest face, nearest first")
-    threshold: float = Field(..., description="the match threshold used: the request's, else "
-                                              "FACEVERIFY_GALLERY_THRESHOLD, else the model "
-                                              "card's FAR 0.1 % threshold")
+    threshold: float = Field(..., description="the match threshold used (see threshold_source)")
+    threshold_source: Literal["fpir", "setting", "request", "card"] = Field(
+        ..., description="fpir: the threshold that holds fpir_target at gallery_faces (the "
+                         "model card's impostor table); setting: FACEVERIFY_GALLERY_THRESHOLD; "
+                         "request: the request's own; card: the card's FAR 0.1 % threshold "
+                         "(a card without an impostor table)")
+    fpir_target: float | None = Field(..., description="the false-positive identification "
+                                                       "rate the threshold holds (fpir only)")
+    gallery_faces: int = Field(..., description="the gallery's searchable faces: N in "
+                                                "FAR = fpir_target / N")
+    threshold_note: str | None = Field(None, description="set when the gallery is too large "
+                                                         "for the impostor table: its smallest "
+                                                         "FAR's threshold is used")
     face: Face
     model: ModelRef
     timings_ms: IdentifyTimings
@@ -136,7 +146,9 @@ class IdentifyResponse(BaseModel):
                         "distance": 0.3012, "similarity": 0.9546, "match": True},
                        {"subject": "bob", "face_id": "0b7e1c2d3f4a5b6c7d8e9f0a1b2c3d4e",
                         "distance": 0.6633, "similarity": 0.78, "match": False}],
-        "threshold": 0.4002, "face": _FACE_EXAMPLE, "model": _MODEL_EXAMPLE,
+        "threshold": 0.3546, "threshold_source": "fpir", "fpir_target": 0.01,
+        "gallery_faces": 80, "threshold_note": None, "face": _FACE_EXAMPLE,
+        "model": _MODEL_EXAMPLE,
         "timings_ms": {"read": 0.3, "decode": 1.2, "detect": 3.9, "queue": 0.1,
                        "encode": 8.0, "search": 0.2, "total": 16.6, "batch_size": 1}}})
 

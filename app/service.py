@@ -32,6 +32,7 @@ from app.batcher import BatcherClosed, DynamicBatcher, Overloaded
 from app.config import Settings
 from app.errors import ServiceError
 from app.faces import FaceStage
+from app.gallery.threshold import IdentifyThresholds
 from app.inference import EncoderRunner
 from app.intake import BodyBytes, BodyLimits
 from app.metrics import BatchObserverAdapter, Metrics
@@ -81,7 +82,7 @@ class Service:
         self.device: torch.device | None = None
         self.threshold: float | None = None
         self.max_client_threshold: float | None = None
-        self.gallery_threshold: float | None = None
+        self.identify_thresholds: IdentifyThresholds | None = None
         self.gallery = None  # app.gallery.service.GalleryService, when galleries are on
         self.model_ref: dict[str, str] = {}
         self.ready = False
@@ -122,7 +123,7 @@ class Service:
         int8 = self._int8_graph(device, card)
         if int8 is not None:  # the graph's own card: thresholds calibrated on its embeddings
             card = {**card, "int8": int8[1], "threshold": int8[1].get("threshold")
-                    or card.get("threshold")}
+                    or card.get("threshold"), "impostors": int8[1].get("impostors")}
         threshold = s.threshold
         if threshold is None:
             threshold = (card.get("threshold") or {}).get("value")
@@ -137,8 +138,8 @@ class Service:
         cap = float(s.max_client_threshold or (card.get("threshold") or {}).get("at_far_1e-2")
                     or self.threshold)
         self.max_client_threshold = max(self.threshold, math.floor(cap * 1e4) / 1e4)
-        self.gallery_threshold = float(s.gallery_threshold or (card.get("threshold") or {}).get(
-            "at_far_1e-3") or self.threshold)
+        self.identify_thresholds = IdentifyThresholds.from_card(
+            card, s, self.threshold, self.max_client_threshold)
         # what made the embeddings: the int8 graph's identity when it runs (gallery vectors
         # are tagged with this sha256)
         made_by = int8[1] if int8 is not None else card

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -196,35 +197,170 @@ def evaluate_view1(lfw_dir: Path, weights: Path, lfw, device: str, flip: bool
 
 def evaluate_identify(lfw_dir: Path, weights: Path, lfw: AlignedLfw, device: str,
                       flip: bool | None, non_mated: int = 1000, seed: int = 0,
-                      graph: Path | None = None) -> dict[str, Any]:
+                      graph: Path | None = None, fpir: float = 0.01) -> dict[str, Any]:
     from model.lfw import identification_sets, identity_of
     from model.metrics import identification_summary, rank_subjects
     sets = identification_sets(Path(lfw_dir) / "lfw-deepfunneled", non_mated, seed)
-    encoder, card = load_encoder(weights, device=device)
-    if flip is not None:
-        encoder.flip_tta = flip
-    aligned = lfw(encoder.spec)
-    index = aligned.index()
+    emb_all, all_paths, _, card, distances_card, encoder, _ = embed_lfw(weights, lfw, device,
+                                                                        flip, graph)
+    at = {p: i for i, p in enumerate(all_paths)}
     paths = sets.gallery + sets.mated + sets.non_mated
-    rows = [index[f"lfw/{x}"] for x in paths]
-    emb = embed_aligned(encoder, aligned.crops[rows], graph).numpy()
+    rows = [at[x] for x in paths]
+    emb = emb_all[rows]
+    aligned = lfw(encoder.spec)
     people = {identity_of(x): i for i, x in enumerate(sets.gallery)}
     g = len(sets.gallery)
     truth = np.array([people.get(identity_of(x), -1) for x in paths[g:]])
     ranked, distances = rank_subjects(emb[:g], np.arange(g), emb[g:], top_k=5)
-    th = (card or {}).get("threshold") or {}
+    th = (distances_card or {}).get("threshold") or {}
     thresholds = {k: th[c] for k, c in (("identify_default_far_1e-3", "at_far_1e-3"),
                                          ("verify_threshold", "value")) if c in th}
-    return {"protocol": "lfw_identify", "gallery": g,
-            "definition": "gallery: first photo of each person with >= 2 photos; mated "
-                          "probes: their other photos; non-mated: one photo each of "
-                          f"{len(sets.non_mated)} one-photo people (seed {seed})",
+    report = {"protocol": "lfw_identify", "gallery": g,
+              "definition": "gallery: first photo of each person with >= 2 photos; mated "
+                            "probes: their other photos; non-mated: one photo each of "
+                            f"{len(sets.non_mated)} one-photo people (seed {seed})",
+              "weights": str(weights), "weights_sha256": (card or {}).get("weights_sha256"),
+              "identity_disjoint": disjointness(card, str(Path(lfw_dir) / "pairs.txt"),
+                                                set(range(1, 11))),
+              "flip_tta": encoder.flip_tta,
+              "no_face": int(sum(aligned.methods[aligned.index()[f"lfw/{x}"]] != "detected"
+                                 for x in paths)),
+              **identification_summary(ranked, distances, truth, thresholds)}
+    table = ((distances_card or {}).get("impostors") or {}).get("table")
+    if table:
+        report["default_threshold"] = open_set_at_fpir(emb_all, all_paths, table, fpir,
+                                                       seed=seed)
+    else:
+        log.warning("the model card has no impostor table (python -m model.evaluate "
+                    "--protocol impostors --write-card …): identify's FPIR rule not measured")
+    return report
+
+
+def embed_lfw(weights: Path, lfw: AlignedLfw, device: str, flip: bool | None,
+              graph: Path | None = None):
+    """Every LFW photo embedded: (embeddings (n, d), relative paths, identities, the card of
+    the weights, the card that describes these embeddings' distances — the graph's when a
+    graph embeds them —, the encoder, the number without a detected face)."""
+    encoder, card = load_encoder(weights, device=device)
+    if flip is not None:
+        encoder.flip_tta = flip
+    aligned = lfw(encoder.spec)
+    emb = embed_aligned(encoder, aligned.crops, graph).numpy().astype(np.float32)
+    distances_card = card if graph is None else json.loads(card_path(graph).read_text())
+    paths = [p.split("/", 1)[1] for p in aligned.paths]
+    no_face = sum(m != "detected" for m in aligned.methods)
+    return emb, paths, list(aligned.identities), card, distances_card, encoder, no_face
+
+
+def evaluate_impostors(lfw_dir: Path, weights: Path, lfw: AlignedLfw, device: str,
+                       flip: bool | None, graph: Path | None = None) -> dict[str, Any]:
+    """The impostor table (model/open_set.py) over every cross-identity pair of LFW."""
+    from model.open_set import impostor_table
+    emb, paths, identities, card, _, encoder, no_face = embed_lfw(weights, lfw, device, flip,
+                                                                  graph)
+    labels = np.unique(identities, return_inverse=True)[1]
+    t0 = time.perf_counter()
+    table = impostor_table(emb, labels)
+    return {"protocol": "impostors",
+            "set": f"LFW deep-funneled: every cross-identity pair of its {len(paths):,} photos "
+                   f"({labels.max() + 1:,} people)",
+            "pairs": table["pairs"], "table": table["rows"],
+            "photos": len(paths), "no_face": int(no_face),
             "weights": str(weights), "weights_sha256": (card or {}).get("weights_sha256"),
             "identity_disjoint": disjointness(card, str(Path(lfw_dir) / "pairs.txt"),
                                               set(range(1, 11))),
-            "flip_tta": encoder.flip_tta,
-            "no_face": int(sum(aligned.methods[r] != "detected" for r in rows)),
-            **identification_summary(ranked, distances, truth, thresholds)}
+            "flip_tta": encoder.flip_tta, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def open_set_at_fpir(emb: np.ndarray, paths: list[str], table: list[dict], fpir: float,
+                     sizes: tuple[int | None, ...] = (10, 100, 1000, None), seed: int = 0
+                     ) -> dict[str, Any]:
+    """Identify's default rule (threshold at FAR = fpir / N from the impostor table) on
+    seeded sub-galleries of LFW, and the two choices around it, measured:
+
+    - sizes: the first photo of each of N people with >= 2 photos (seeded choice; None: all
+      1,680) enrolled; their other photos mated; non-mated: every one-photo person (4,069)
+      plus the first photo of each two-photo-or-more person left out;
+    - N as faces or as subjects, on a gallery of 3 faces per subject (people with >= 4
+      photos);
+    - the ratio test (nearest subject's distance over the second's), whose threshold is set
+      at this FPIR on one size and then applied to the others: does it hold FPIR as N moves?"""
+    from model.lfw import identity_of
+    from model.metrics import rank_subjects, threshold_at_fpir
+    from model.open_set import threshold_for_fpir
+    rng = np.random.default_rng(seed)
+    by_person: dict[str, list[int]] = {}
+    for i, p in enumerate(paths):
+        by_person.setdefault(identity_of(p), []).append(i)
+    several = sorted(n for n, rows in by_person.items() if len(rows) >= 2)
+    single = [rows[0] for n, rows in sorted(by_person.items()) if len(rows) == 1]
+
+    def search(gallery_rows, labels, probe_rows):
+        ranked, d = rank_subjects(emb[gallery_rows], labels, emb[probe_rows], top_k=2)
+        return ranked, d
+
+    out: dict[str, Any] = {"fpir_target": fpir, "rule": "threshold = impostor table distance "
+                           "at FAR = fpir_target / N (N: enrolled faces), interpolated in "
+                           "log FAR (model.open_set.threshold_for_fpir)", "sizes": []}
+    ratio_rho = None
+    for size in sizes:
+        chosen = sorted(rng.choice(len(several), size=size, replace=False)) \
+            if size is not None and size < len(several) else range(len(several))
+        people = [several[i] for i in chosen]
+        left_out = sorted(set(several) - set(people))
+        gallery_rows = [by_person[n][0] for n in people]
+        mated_rows = [r for n in people for r in by_person[n][1:]]
+        truth = np.array([i for i, n in enumerate(people) for _ in by_person[n][1:]])
+        non_rows = single + [by_person[n][0] for n in left_out]
+        labels = np.arange(len(people))
+        m_ranked, m_d = search(gallery_rows, labels, mated_rows)
+        _, n_d = search(gallery_rows, labels, non_rows)
+        th = threshold_for_fpir(table, fpir, len(gallery_rows))
+        correct = m_ranked[:, 0] == truth
+        row = {"people": len(people), "faces": len(gallery_rows), "mated_probes": len(mated_rows),
+               "non_mated_probes": len(non_rows), "threshold": round(th.distance, 4),
+               "far": th.far, "floored": th.floored,
+               "fpir": float(np.mean(n_d[:, 0] < th.distance)),
+               "dir": float(np.mean(correct & (m_d[:, 0] < th.distance))),
+               "rank1": float(correct.mean())}
+        # the best a distance threshold can do at this FPIR here (set on these very
+        # non-mated probes), and the ratio test's
+        oracle = threshold_at_fpir(n_d[:, 0], fpir)
+        row["oracle_distance"] = {"threshold": round(oracle, 4),
+                                  "dir": float(np.mean(correct & (m_d[:, 0] < oracle)))}
+        if len(people) >= 2:
+            m_r, n_r = m_d[:, 0] / m_d[:, 1], n_d[:, 0] / n_d[:, 1]
+            rho = threshold_at_fpir(n_r, fpir)
+            row["oracle_ratio"] = {"threshold": round(rho, 4),
+                                   "dir": float(np.mean(correct & (m_r < rho)))}
+            if ratio_rho is None and len(people) >= 100:
+                ratio_rho = rho  # calibrated on the first size of 100 or more
+            if ratio_rho is not None:
+                row["ratio_at_100_people_threshold"] = {
+                    "threshold": round(ratio_rho, 4),
+                    "fpir": float(np.mean(n_r < ratio_rho)),
+                    "dir": float(np.mean(correct & (m_r < ratio_rho)))}
+        out["sizes"].append(row)
+
+    # N = faces or N = subjects, with several faces per subject
+    multi = sorted(n for n, rows in by_person.items() if len(rows) >= 4)
+    g_rows = [r for n in multi for r in by_person[n][:3]]
+    g_labels = np.array([i for i, n in enumerate(multi) for _ in range(3)])
+    mated_rows = [r for n in multi for r in by_person[n][3:]]
+    truth = np.array([i for i, n in enumerate(multi) for _ in by_person[n][3:]])
+    non_rows = single + [by_person[n][0] for n in several if n not in set(multi)]
+    m_ranked, m_d = rank_subjects(emb[g_rows], g_labels, emb[mated_rows], top_k=1)
+    _, n_d = rank_subjects(emb[g_rows], g_labels, emb[non_rows], top_k=1)
+    correct = m_ranked[:, 0] == truth
+    choice = {"people": len(multi), "faces": len(g_rows), "non_mated_probes": len(non_rows),
+              "mated_probes": len(mated_rows)}
+    for name, n in (("n_faces", len(g_rows)), ("n_subjects", len(multi))):
+        th = threshold_for_fpir(table, fpir, n)
+        choice[name] = {"n": n, "threshold": round(th.distance, 4),
+                        "fpir": float(np.mean(n_d[:, 0] < th.distance)),
+                        "dir": float(np.mean(correct & (m_d[:, 0] < th.distance)))}
+    out["faces_or_subjects"] = choice
+    return out
 
 
 def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
@@ -287,10 +423,37 @@ def update_card(card_file: Path, key: str, report: dict[str, Any]) -> None:
         write_card(weights, card)
 
 
+def write_impostors(card_file: Path, report: dict[str, Any]) -> None:
+    """Store the impostor table in a model card (the float32 card, or an int8 graph's: each
+    runs with its own distances), with the set, the face choice and the command."""
+    card = json.loads(card_file.read_text()) if card_file.exists() else None
+    if card is None:
+        raise SystemExit(f"no model card at {card_file}")
+    if "graph_file" in card and report.get("graph", {}).get("sha256") != card["graph_sha256"]:
+        raise SystemExit(f"{card_file} describes {card['graph_file']}, not the graph evaluated")
+    if "graph_file" not in card and report.get("graph"):
+        raise SystemExit(f"{card_file} is the float32 card; a graph's table goes into its own")
+    card["impostors"] = {k: report[k] for k in (
+        "set", "pairs", "face_choice", "detector", "flip_tta", "no_face", "identity_disjoint",
+        "command", "table") if k in report}
+    if "graph_file" in card:  # an int8 graph's card (model/quantize.py): JSON only
+        card_file.write_text(json.dumps(card, indent=2) + "\n")
+    else:
+        write_card(card_file.with_suffix(".safetensors"), card)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m model.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--protocol", choices=["view1", "view2", "identify"], default="view2")
+    p.add_argument("--protocol", choices=["view1", "view2", "identify", "impostors"],
+                   default="view2",
+                   help="view1, view2: verification accuracy; identify: LFW as a 1:N test, "
+                        "with identify's default threshold rule at seeded gallery sizes; "
+                        "impostors: the FAR -> distance table over every cross-identity pair "
+                        "of LFW, which --write-card stores in the card (identify's default "
+                        "threshold is read from it)")
+    p.add_argument("--fpir", type=float, default=0.01,
+                   help="identify: the FPIR target of the default threshold rule")
     p.add_argument("--weights", type=Path, help="one encoder for every fold")
     p.add_argument("--weights-for-folds", action="append", default=[], metavar="FOLDS=PATH",
                    help="View 2: the encoder that scores these folds (repeatable)")
@@ -328,12 +491,34 @@ def main(argv: list[str] | None = None) -> int:
     kw = {"cache_dir": args.cache_dir} if args.cache_dir else {}
     flip = {"on": True, "off": False, "card": None}[args.flip]
     lfw = AlignedLfw(args.lfw_dir, face_choice=args.face_choice, detector=args.detector, **kw)
+    if args.protocol == "impostors":
+        if not args.weights or args.with_teacher or args.roc:
+            raise SystemExit("impostors takes --weights (and --graph, --write-card), no "
+                             "--with-teacher or --roc")
+        report = evaluate_impostors(args.lfw_dir, args.weights, lfw, args.device, flip,
+                                    graph=args.graph)
+        report["face_choice"] = args.face_choice
+        report["detector"] = ", ".join(sorted(lfw.detectors_used)) or args.detector
+        report["command"] = "python -m model.evaluate " + " ".join(
+            argv if argv is not None else sys.argv[1:])
+        if args.graph:
+            from model.checkpoint import sha256_of
+            report["graph"] = {"file": str(args.graph), "sha256": sha256_of(args.graph)}
+        print(json.dumps(report, indent=2))
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=2) + "\n")
+        if args.write_card:
+            write_impostors(card_path(args.write_card), report)
+        log.info("impostors: %d pairs, %s", report["pairs"], ", ".join(
+            f"FAR {r['far']:g} -> {r['distance']:.4f}" for r in report["table"][::3]))
+        return 0
     if args.protocol == "identify":
         if not args.weights or args.with_teacher or args.roc or args.write_card:
             raise SystemExit("identify takes --weights, and no --with-teacher, --roc or "
                              "--write-card")
         report = evaluate_identify(args.lfw_dir, args.weights, lfw, args.device, flip,
-                                   graph=args.graph)
+                                   graph=args.graph, fpir=args.fpir)
         report["face_choice"] = args.face_choice
         report["detector"] = ", ".join(sorted(lfw.detectors_used)) or args.detector
         print(json.dumps(report, indent=2))

@@ -51,6 +51,14 @@ def render_markdown(card: dict[str, Any]) -> str:
                 f"{_pct(teacher.get('accuracy_mean'))} ± {100 * teacher.get('accuracy_std', 0):.2f}"
                 f", AUC {teacher.get('auc', float('nan')):.4f}, TAR@FAR1% "
                 f"{_pct(teacher.get('tar_at_far_1e-2'))}, TAR@FAR0.1% {_pct(teacher.get('tar_at_far_1e-3'))}")
+    imp = card.get("impostors") or {}
+    if imp.get("table"):
+        lines += ["", "## Impostor table (identify's default threshold reads it)", "",
+                  f"{imp.get('set')}; {imp.get('pairs', 0):,} pairs, face choice "
+                  f"{imp.get('face_choice')}. `{imp.get('command')}`", "",
+                  "| FAR | distance | pairs below |", "|---|---|---|"]
+        lines += [f"| {r['far']:g} | {r['distance']:.4f} | {r['pairs_below']:,} |"
+                  for r in imp["table"]]
     pre = card.get("preprocessing") or {}
     if "geometry" in pre:
         lines += ["", "## Preprocessing spec (serving and evaluation read it from this card)"]

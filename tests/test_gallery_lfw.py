@@ -65,4 +65,10 @@ def test_lfw_people_are_found_among_120_and_strangers_stay_further(lfw_images, t
     assert rank1.mean() >= 0.9 and rank5 >= 0.95
     # a stranger's nearest subject is further than a mated probe's own person, as a rule
     assert np.median(non_d) > np.median(mated_d[rank1]) + 0.03
-    assert at_default["dir"] >= 0.85
+    # the default threshold holds FPIR 1 % at 120 faces (docs/accuracy.md: 0.8-1.2 % at 10 to
+    # 1,680 people over thousands of strangers; here 120 strangers, so at most a few), and
+    # still finds most enrolled people (the protocol at 100 people: DIR 0.88)
+    assert answers[mated[0]]["threshold_source"] == "fpir"
+    assert answers[mated[0]]["gallery_faces"] == PEOPLE
+    assert at_default["fpir"] <= 3 / PEOPLE
+    assert at_default["dir"] >= 0.75

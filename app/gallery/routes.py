@@ -81,9 +81,11 @@ async def enroll(request: Request, gallery: Name, subject: Name,
                  ["image"], options=("top_k", "threshold", "detect"))},
              description="Embeds the image's face and searches the gallery exactly: the "
                          "`top_k` nearest subjects, each by its nearest face. `match` is "
-                         "`distance < threshold`; the default threshold is the model card's "
-                         "FAR 0.1 % one, stricter than /verify's (a search is one comparison "
-                         "per subject).")
+                         "`distance < threshold`. The default threshold holds a false-positive "
+                         "identification rate (FACEVERIFY_GALLERY_FPIR, 1 %) at the gallery's "
+                         "current size, so it tightens as the gallery grows; the reply's "
+                         "`threshold`, `threshold_source`, `fpir_target` and `gallery_faces` "
+                         "say which was used and why.")
 async def identify(request: Request, gallery: Name) -> JSONResponse:
     started = time.perf_counter()
     svc = service_of(request)
@@ -91,14 +93,16 @@ async def identify(request: Request, gallery: Name) -> JSONResponse:
     async with uploaded(request, ("image",)) as intake:
         top_k = parse_int(intake.extra.get("top_k", request.query_params.get("top_k")),
                           "top_k", 5, 1, MAX_TOP_K)
-        threshold = svc.check_threshold(intake.threshold, default=svc.gallery_threshold)
+        th = svc.identify_thresholds.resolve(intake.threshold, g.faces_in(gallery))
         hits, probe, search_s = await g.identify(gallery, intake.images["image"], top_k,
                                                  intake.detect)
     body = IdentifyResponse(
         candidates=[{"subject": h.subject, "face_id": h.face_id, "distance": h.distance,
-                     "similarity": h.similarity, "match": h.distance < threshold}
+                     "similarity": h.similarity, "match": h.distance < th.value}
                     for h in hits],
-        threshold=threshold, face=probe.face.describe(), model=svc.model_ref,
+        threshold=th.value, threshold_source=th.source, fpir_target=th.fpir_target,
+        gallery_faces=th.gallery_faces, threshold_note=th.note,
+        face=probe.face.describe(), model=svc.model_ref,
         timings_ms=request_timings({**probe.timings_ms, "search": ms(search_s)},
                                    intake.read_s, started))
     return JSONResponse(body.model_dump(mode="json"))

@@ -273,6 +273,12 @@ class GalleryService:
                                "by the loaded weights; run `python -m app.gallery reembed`")
         return hit, p
 
+    def faces_in(self, gallery: str) -> int:
+        """The gallery's searchable faces (404 and 409 as identify answers them)."""
+        self.require_fresh()
+        with self.index.lock:
+            return len(self._searchable(gallery))
+
     def _subject_or_404(self, gallery: str, subject: str) -> None:
         g = self.index.gallery(gallery)
         if g is None:

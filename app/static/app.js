@@ -615,13 +615,22 @@
       title.textContent = `✓ Best match: ${best.subject}`;
     } else {
       title.className = "verdict different";
-      title.textContent = `✗ No match in “${g}”`;
+      title.textContent = `✗ No match in “${g}”: the nearest, ${best.subject}, is at ` +
+        `${best.distance.toFixed(3)}, beyond the threshold ${d.threshold.toFixed(3)}`;
     }
     $("#candidates").hidden = !best;
+    const why = {
+      fpir: `it holds a ${+(100 * d.fpir_target).toPrecision(3)} % false-positive ` +
+        `identification rate at this gallery's ${plural(d.gallery_faces, "face")} (a ` +
+        "stranger matches somebody that often), so it tightens as the gallery grows",
+      setting: "the server fixes it (FACEVERIFY_GALLERY_THRESHOLD)",
+      request: "this search asked for it",
+      card: "the model card's FAR 0.1 % threshold",
+    }[d.threshold_source] || "";
     $("#candidates-caption").textContent = `The ${plural(cands.length, "nearest subject")} in ` +
       `“${g}”, nearest first (each by its nearest face). A distance below the threshold ` +
-      `${d.threshold.toFixed(3)} is a match; it is stricter than Verify's, since a search ` +
-      "makes one comparison per subject.";
+      `${d.threshold.toFixed(3)} is a match; ${why}.` +
+      (d.threshold_note ? ` Note: ${d.threshold_note}.` : "");
     const rows = cands.map((c, i) => {
       const tr = document.createElement("tr");
       if (c.match) tr.className = "is-match";
