@@ -536,6 +536,19 @@ def test_identify_tab_enrolls_lists_searches_and_deletes(driver, server, photos,
     r = httpx.get(f"{server.url}/galleries/demo/subjects", headers={"X-API-Key": API_KEY})
     assert r.json()["subjects"] == [{"subject": "colin_powell", "faces": 1}]
 
+    # A stranger to the gallery now (Tony Blair, deleted): no match, with the threshold used
+    # and why it is that threshold (FPIR at the gallery's size).
+    choose(drv, "probe-image", photos["blair"])
+    assert submit(drv, "search-button", "search-result", "search-error") == "result"
+    api = api_identify(server, "demo", photos["blair"])
+    assert api["gallery_faces"] == 1
+    if must_be_right:
+        verdict = text(drv, "#search-verdict")
+        assert "No match in" in verdict and f"{api['threshold']:.3f}" in verdict, verdict
+    if api["threshold_source"] == "fpir":
+        caption = text(drv, "#candidates-caption")
+        assert "false-positive identification rate" in caption and "1 face" in caption, caption
+
     # A gallery that does not exist: searched, it says so; listed, it is empty.
     gallery = drv.find_element("id", "gallery")
     gallery.clear()
