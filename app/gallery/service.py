@@ -7,13 +7,11 @@ search). Writes go to the store first and are applied to this replica's index fr
 change log right after, so a client reads its own writes on the replica it wrote to; other
 replicas apply them when notified (PostgreSQL) or at their next catch-up (app/gallery/store.py).
 
-Why identify's default threshold is stricter than /verify's: a 1:N search makes N
-comparisons, so with a per-comparison false-accept rate p the chance that some stranger in
-the gallery is accepted is about 1 - (1 - p)^N. At the card's FAR 1 % threshold a probe
-of an unenrolled person against 100 subjects would match someone 63 % of the time; at FAR
-0.1 %, about 10 %. The default is therefore the model card's FAR 0.1 % threshold
-(`threshold.at_far_1e-3`); galleries of thousands need a stricter one still, which a
-request or `FACEVERIFY_GALLERY_THRESHOLD` can set (docs/api.md, docs/accuracy.md).
+identify's threshold (app/gallery/threshold.py) holds a false-positive identification rate
+at the gallery's size; identify and subject verify answer from memory only while this replica
+has read its store recently (`require_fresh`, 503 store_stale), so a deleted person is never
+found from a stale copy. Deletions erase (app/gallery/store.py): the replica drops the
+subject's vectors and name when it applies the deletion's log row.
 """
 from __future__ import annotations
 
