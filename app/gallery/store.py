@@ -461,6 +461,29 @@ class Store:
         pass
 
 
+# The tables of erasure records, idempotent enrolls and the digests' salt, in both dialects
+# (epoch seconds as `real`, the database's clock as `now`).
+_TRUST_TABLES = """
+CREATE TABLE IF NOT EXISTS erasures (
+    kind TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    erased {real} NOT NULL DEFAULT {now}
+);
+CREATE TABLE IF NOT EXISTS idempotency (
+    gallery TEXT NOT NULL,
+    key_digest TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    face_id TEXT NOT NULL,
+    response TEXT NOT NULL,
+    created {real} NOT NULL,
+    PRIMARY KEY (gallery, key_digest)
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
 # --------------------------------------------------------------------------------- SQLite
 _SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS faces (
@@ -481,25 +504,7 @@ CREATE TABLE IF NOT EXISTS changes (
     subject TEXT NOT NULL,
     face_id TEXT
 );
-CREATE TABLE IF NOT EXISTS erasures (
-    kind TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    erased REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0)
-);
-CREATE TABLE IF NOT EXISTS idempotency (
-    gallery TEXT NOT NULL,
-    key_digest TEXT NOT NULL,
-    subject TEXT NOT NULL,
-    face_id TEXT NOT NULL,
-    response TEXT NOT NULL,
-    created REAL NOT NULL,
-    PRIMARY KEY (gallery, key_digest)
-);
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-"""
+""" + _TRUST_TABLES.format(real="REAL", now="((julianday('now') - 2440587.5) * 86400.0)")
 
 
 def create_private(path: Path) -> None:
@@ -729,25 +734,7 @@ CREATE TABLE IF NOT EXISTS changes (
     subject TEXT NOT NULL,
     face_id TEXT
 );
-CREATE TABLE IF NOT EXISTS erasures (
-    kind TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    erased DOUBLE PRECISION NOT NULL DEFAULT extract(epoch FROM now())
-);
-CREATE TABLE IF NOT EXISTS idempotency (
-    gallery TEXT NOT NULL,
-    key_digest TEXT NOT NULL,
-    subject TEXT NOT NULL,
-    face_id TEXT NOT NULL,
-    response TEXT NOT NULL,
-    created DOUBLE PRECISION NOT NULL,
-    PRIMARY KEY (gallery, key_digest)
-);
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-"""
+""" + _TRUST_TABLES.format(real="DOUBLE PRECISION", now="extract(epoch FROM now())")
 # No planner statistics on the columns that hold biometric data or names: ANALYZE would copy
 # sampled values (most common values, histogram bounds) into pg_statistic, where a deleted
 # face's vector and name outlive it (bench/erasure_scan.py found them there).
