@@ -10,9 +10,10 @@ Two sources, both optional:
         "operations": ["enroll", "list", "delete", "identify"]}]
 
   `galleries` are gallery names or "*" (every gallery, and the routes that have none:
-  /verify, /embed); `operations` are among OPERATIONS or "*". The file is read at start-up and
-  again whenever it changes (a Secret rotated under a running pod); a change that does not
-  parse is logged and the keys in force stay.
+  /verify, /embed); `operations` are among OPERATIONS or "*". The file is read at start-up (a
+  bad file stops start-up) and again whenever it changes (a Secret rotated under a running
+  pod); a change that does not parse, or the file's removal, refuses all its keys until it is
+  fixed (fail closed: a key being revoked must not stay in force), and is logged.
 - `FACEVERIFY_API_KEYS`: plain keys, comma-separated, each allowed everything (as before
   scopes existed), named `api-keys[1]`, `api-keys[2]`… in the access log.
 
@@ -160,16 +161,21 @@ class Keyring:
             self._checked = now
             try:
                 st = os.stat(self.keys_file)
+                stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
             except OSError:
+                stamp = None
+            if stamp == self._stamp:
                 return
-            if (st.st_mtime_ns, st.st_size, st.st_ino) == self._stamp:
-                return
+            self._stamp = stamp
             try:
                 self._file_keys, self._stamp = self._read()
                 log.info("API keys file reloaded", extra={"keys": len(self._file_keys)})
             except KeysFileError as exc:
-                self._stamp = (st.st_mtime_ns, st.st_size, st.st_ino)  # don't retry each time
-                log.error("API keys file not reloaded, the keys in force stay: %s", exc)
+                # fail closed: an edit that broke the file, or its removal, must not leave a
+                # key in force that the operator meant to revoke
+                self._file_keys = []
+                log.error("API keys file unusable, its keys are refused until it is fixed: "
+                          "%s", exc)
 
     @property
     def keys(self) -> list[ApiKey]:

@@ -55,8 +55,9 @@ def impostor_table(embeddings: np.ndarray, labels: np.ndarray, chunk: int = 512,
         if far > max_far or k < MIN_PAIRS_BELOW or k >= len(best):
             continue
         s = float(best[k])
-        table.append({"far": far, "distance": round(math.sqrt(max(0.0, 2 - 2 * s)), 5),
-                      "pairs_below": k})
+        # rounded down: a threshold never admits the next closer pair
+        d = math.floor(math.sqrt(max(0.0, 2 - 2 * s)) * 1e5) / 1e5
+        table.append({"far": far, "distance": d, "pairs_below": k})
     return {"pairs": pairs, "rows": table}
 
 

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -90,7 +91,7 @@ def test_a_keys_file_holds_hashes_and_scopes_and_bad_ones_are_refused(tmp_path):
         asyncio.run(start())
 
 
-def test_the_keys_file_is_reread_when_it_changes_and_a_broken_change_keeps_the_old_keys(
+def test_the_keys_file_is_reread_when_it_changes_and_a_broken_one_refuses_its_keys(
         tmp_path, monkeypatch):
     monkeypatch.setattr("app.keys.RELOAD_CHECK_S", 0.0)
     a, b = new_key("a", ["*"], ["*"]), new_key("b", ["*"], ["*"])
@@ -104,7 +105,13 @@ def test_the_keys_file_is_reread_when_it_changes_and_a_broken_change_keeps_the_o
     assert ring.find(b["key"]).name == "b" and ring.find(a["key"]) is None
     f.write_text("[not json")
     os.utime(f, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
-    assert ring.find(b["key"]).name == "b"  # the keys in force stay
+    assert ring.find(b["key"]) is None  # fail closed: no file key is in force
+    assert ring.find("plain-key").name == "api-keys[1]"  # FACEVERIFY_API_KEYS stay
+    f.write_text(json.dumps([b["entry"]]))
+    os.utime(f, ns=(time.time_ns(), time.time_ns() + 3 * 10**9))
+    assert ring.find(b["key"]).name == "b"
+    f.unlink()  # removed: revoked
+    assert ring.find(b["key"]) is None
 
 
 # --------------------------------------------------------------------------- the scopes
@@ -539,12 +546,16 @@ def test_a_retried_enroll_with_the_same_idempotency_key_stores_nothing_new(tmp_p
             assert r.status_code == 201
             listing = (await c.get("/galleries/staff/subjects", headers=h)).json()
             assert listing["subjects"] == [{"subject": "Tony_Blair", "faces": 3}]
-            # the subject erased: its kept answers go with it, and the key may be used again
+            # the subject erased: its kept answers go with it (their names too); a late retry
+            # is refused, not a new enrollment of the erased person
             assert (await c.delete("/galleries/staff/subjects/Tony_Blair", headers=h)
                     ).status_code == 204
             r = await c.post(url, files=photo("Tony_Blair"),
                              headers={**h, "Idempotency-Key": "k-1"})
-            assert r.status_code == 201 and "idempotent-replayed" not in r.headers
+            assert r.status_code == 409 and "deleted since" in r.json()["error"]["message"]
+            r = await c.post(url, files=photo("Tony_Blair"),
+                             headers={**h, "Idempotency-Key": "k-3"})
+            assert r.status_code == 201
     asyncio.run(go())
 
 
@@ -562,5 +573,92 @@ def test_idempotency_answers_are_kept_24_hours(store_url):
         store.add_face("g", "bob", "b" * 32, "m", unit_vectors(1, 4)[0], None, None,
                        idempotency=("e" * 64, "{}"))
         assert store._query("SELECT count(*) FROM idempotency")[0][0] == 1
+    finally:
+        store.close()
+
+
+# ------------------------------------------------------------- edge cases of erasure
+def test_a_grown_matrix_holds_no_copy_of_a_deleted_vector():
+    """Growing the search matrix must not leave copies of rows in its spare capacity."""
+    from app.gallery.index import GalleryVectors
+    v = unit_vectors(70, 11)
+    g = GalleryVectors(128)
+    for i, x in enumerate(v):
+        g.add(f"{i:032x}", f"s{i}", x)  # grows from 64 to 128 rows
+    g.remove_subject("s3")
+    assert np.asarray(v[3], np.float32).tobytes()[:64] not in g.matrix.tobytes()
+    assert f"{3:032x}".encode() not in set(g.ids.tolist())
+    assert len(g) == 69 and "s3" not in g.subject_code
+
+
+def test_deleting_a_subject_of_other_weights_reaches_every_replica_by_its_digest(tmp_path):
+    from app.gallery.index import GalleryIndex
+    store = open_store(f"sqlite:///{tmp_path}/g.db")
+    try:
+        idx = GalleryIndex(128, "new-model", digest=store.digest)
+        idx.put("g", "alice", "a" * 32, "old-model", unit_vectors(1, 12)[0])  # foreign
+        idx.remove_subject("g", store.digest("g", "alice"))  # what the log row carries
+        assert idx.gallery("g") is None
+    finally:
+        store.close()
+
+
+def test_a_replica_at_the_start_of_the_log_reloads_after_a_restore(tmp_path):
+    from app.gallery.service import GalleryService
+    from app.metrics import Metrics
+    url = f"sqlite:///{tmp_path}/g.db"
+    source = open_store(f"sqlite:///{tmp_path}/old.db")
+    source.add_face("g", "alice", "a" * 32, "m", unit_vectors(1, 13)[0], None, None)
+    source.backup(tmp_path / "b.db")
+    source.close()
+    replica = GalleryService(SimpleNamespace(metrics=Metrics()), open_store(url))
+    replica.load(128, "m")
+    assert replica.index.seq == 0 and replica.index.vectors == 0
+    assert gallery_cli(["restore", "--url", url, str(tmp_path / "b.db")]) == 0
+    replica.sync()
+    assert replica.index.vectors == 1 and replica.index.gallery("g").has_subject("alice")
+    replica.store.close()
+
+
+def test_a_new_store_restored_from_a_backup_keeps_the_backups_erasure_history(tmp_path,
+                                                                              store_url):
+    v = unit_vectors(2, 14)
+    old = open_store(f"sqlite:///{tmp_path}/old.db")
+    old.add_face("g", "alice", "a" * 32, "m", v[0], None, None)
+    old.add_face("g", "bob", "b" * 32, "m", v[1], None, None)
+    old.backup(tmp_path / "before.db")  # alice and bob
+    time.sleep(0.01)
+    old.delete_subject("g", "alice")
+    old.backup(tmp_path / "after.db")  # bob, and alice's erasure
+    old.close()
+    new = open_store(store_url)  # the old store is lost; a new one, another salt
+    try:
+        assert gallery_cli(["restore", "--url", store_url, str(tmp_path / "after.db")]) == 0
+        assert [e.kind for e in new.erasures()] == ["subject"]  # adopted with its salt
+        assert gallery_cli(["restore", "--url", store_url, str(tmp_path / "before.db")]) == 0
+        assert subjects_of(new) == [("g", "bob")]  # alice stays erased
+        assert new.refresh_salt() == open_store(f"sqlite:///{tmp_path}/old.db").salt
+    finally:
+        new.close()
+
+
+def test_names_of_subjects_deleted_before_the_upgrade_leave_the_log_when_the_store_opens(
+        tmp_path):
+    import sqlite3
+    path = tmp_path / "g.db"
+    store = open_store(f"sqlite:///{path}")
+    store.close()
+    db = sqlite3.connect(path)  # a log as the former code wrote it: names in every row
+    db.executescript("INSERT INTO changes (op, gallery, subject, face_id) VALUES "
+                     "('add', 'g', 'old-alice', 'aa'), ('delete_subject', 'g', 'old-alice', "
+                     "NULL);")
+    db.commit()
+    db.close()
+    os.chmod(path, 0o644)
+    store = open_store(f"sqlite:///{path}")
+    try:
+        subjects = {c.subject for c in store.changes_since(0)}
+        assert "old-alice" not in subjects and store.digest("g", "old-alice") in subjects
+        assert path.stat().st_mode & 0o777 == 0o600
     finally:
         store.close()

@@ -41,7 +41,13 @@ import numpy as np
 from PIL import Image
 
 from app.config import Settings
-from app.gallery.store import Erasure, StoreError, open_store, read_backup
+from app.gallery.store import (
+    Erasure,
+    StoreError,
+    open_store,
+    read_backup,
+    read_backup_erasures,
+)
 
 
 def _encoder(weights: Path, device: str, int8: str):
@@ -121,7 +127,8 @@ def store_command(store, args) -> dict:
     if args.command == "backup":
         return {"backup": str(args.path), **store.backup(args.path)}
     if args.command == "restore":
-        return store.restore_faces(read_backup(args.path))
+        salt, erasures = read_backup_erasures(args.path)
+        return store.restore_faces(read_backup(args.path), salt, erasures)
     if args.command == "purge":
         return {"done": store.purge()}
     if args.action == "export":

@@ -35,7 +35,8 @@ class GalleryVectors:
     """One gallery's faces. Not thread-safe by itself: `GalleryIndex` holds its lock.
 
     Memory is kept to the arrays (a million faces: 512 MB of vectors, 32 MB of ids, 8 MB of
-    subject codes, plus the subject names): no per-face Python object. The rare by-id and
+    subject codes, plus the subject names and their digests, ~200 B a subject): no per-face
+    Python object. The rare by-id and
     by-subject operations (delete, subject verify) scan the id or code array (~1 ms a
     million rows)."""
 
@@ -47,9 +48,9 @@ class GalleryVectors:
         self.digest = digest  # subject → the digest that deletions name it by
         self.subject_by_digest: dict[str, str] = {}
         self.n = 0
-        self.matrix = np.empty((capacity, dim), np.float32)
-        self.codes = np.empty(capacity, np.int64)  # subject code of each row
-        self.ids = np.empty(capacity, f"S{self.ID_BYTES}")  # face id of each row
+        self.matrix = np.zeros((capacity, dim), np.float32)
+        self.codes = np.zeros(capacity, np.int64)  # subject code of each row
+        self.ids = np.zeros(capacity, f"S{self.ID_BYTES}")  # face id of each row
         self.subject_code: dict[str, int] = {}
         self.subject_names: list[str] = []
         self.faces_per_code = np.zeros(64, np.int64)  # this model's faces of each subject
@@ -78,16 +79,27 @@ class GalleryVectors:
         """A new face (the change log adds each face once; `update` for a known one)."""
         self.foreign.pop(face_id, None)
         if self.n == len(self.matrix):
-            grown = max(64, 2 * len(self.matrix))
-            self.matrix = np.resize(self.matrix, (grown, self.dim))
-            self.codes = np.resize(self.codes, grown)
-            self.ids = np.resize(self.ids, grown)
+            self._grow(max(64, 2 * len(self.matrix)))
         code = self._code(subject)
         self.matrix[self.n] = vector
         self.codes[self.n] = code
         self.ids[self.n] = face_id.encode()
         self.faces_per_code[code] += 1
         self.n += 1
+
+    def _grow(self, capacity: int) -> None:
+        """More rows, zero-filled beyond the used ones (np.resize would fill them with copies
+        of the rows, deleted ones' included); the old matrix is zeroed before it is freed."""
+        matrix = np.zeros((capacity, self.dim), np.float32)
+        matrix[:self.n] = self.matrix[:self.n]
+        self.matrix.fill(0.0)
+        self.matrix = matrix
+        codes = np.zeros(capacity, np.int64)
+        codes[:self.n] = self.codes[:self.n]
+        self.codes = codes
+        ids = np.zeros(capacity, self.ids.dtype)
+        ids[:self.n] = self.ids[:self.n]
+        self.ids = ids
 
     def update(self, face_id: str, subject: str, vector: np.ndarray) -> None:
         """A re-embedded face: its new vector in place (or added, if it was another model's)."""
@@ -100,6 +112,8 @@ class GalleryVectors:
     def add_foreign(self, face_id: str, subject: str) -> None:
         self.remove(face_id)
         self.foreign[face_id] = subject
+        if self.digest is not None:  # a deletion names it by its digest too
+            self.subject_by_digest[self.digest(subject)] = subject
 
     def _remove_rows(self, rows: np.ndarray) -> None:
         """Delete rows, filling the holes with the last rows (the matrix stays dense)."""
@@ -135,10 +149,12 @@ class GalleryVectors:
     def _forget(self, subject: str) -> None:
         """Drop a subject's name once it has no face left (its code is not reused)."""
         code = self.subject_code.get(subject)
-        if code is None or self.faces_per_code[code] or subject in self.foreign.values():
+        if (code is not None and self.faces_per_code[code]) or \
+                subject in self.foreign.values():
             return
-        del self.subject_code[subject]
-        self.subject_names[code] = ""
+        if code is not None:
+            del self.subject_code[subject]
+            self.subject_names[code] = ""
         if self.digest is not None:
             self.subject_by_digest.pop(self.digest(subject), None)
 

@@ -34,6 +34,7 @@ from app.gallery.index import GalleryIndex, GalleryVectors, Hit
 from app.gallery.store import Idempotent, Store, StoreError
 
 log = logging.getLogger("faceverify.gallery")
+EXPIRE_EVERY_S = 3600.0
 
 
 @dataclass
@@ -60,12 +61,14 @@ class GalleryService:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._last_change: tuple | None = None  # the log row at index.seq, as applied
+        self._expired_at = float("-inf")  # when old idempotency answers were last deleted
 
     # -- life cycle ------------------------------------------------------------------------
     def load(self, dim: int, model_sha256: str) -> None:
         """Read every face into memory (blocking; at start-up, before ready, and when the
         store was restored from a backup under a running server)."""
         t0 = time.perf_counter()
+        self.store.refresh_salt()  # a restore into an empty store may have adopted another
         index = GalleryIndex(dim, model_sha256, digest=self.store.digest)
         synced_at = time.monotonic()
         seq, faces = self.store.snapshot()
@@ -119,12 +122,15 @@ class GalleryService:
                 if not changes:
                     self.synced_at = read_at
                     return applied
+                if any(c.op == "restore" for c in changes):
+                    break  # the store's faces were replaced (app.gallery restore)
                 with self.index.lock:
                     for c in changes:
                         if c.op in ("add", "update") and c.face is not None:
                             f = c.face
+                            # as an update: a face the snapshot already held is not doubled
                             self.index.put(f.gallery, f.subject, f.face_id, f.model_sha256,
-                                           f.embedding, update=c.op == "update")
+                                           f.embedding, update=True)
                         elif c.op == "delete_face":
                             self.index.remove_face(c.gallery, c.face_id)
                         elif c.op == "delete_subject":  # c.subject: the subject's digest
@@ -134,15 +140,19 @@ class GalleryService:
                 applied += len(changes)
                 self.service.metrics.gallery_vectors.set(self.index.vectors)
         log.warning("gallery: the store's change log no longer holds the row this replica "
-                    "applied last (pruned past it, or restored from a backup); reloading")
+                    "applied last, or says the store was restored; reloading")
         if reload_when_lost:
             self.load(self.index.dim, self.index.model_sha256)
         return applied
 
     def _sync_quietly(self) -> None:
-        """The watcher's catch-up (`sync`, which reloads when its position is lost)."""
+        """The watcher's catch-up (`sync`, which reloads when its position is lost), and once
+        an hour the expiry of old Idempotency-Key answers (they hold subject names)."""
         try:
             self.sync()
+            if time.monotonic() - self._expired_at > EXPIRE_EVERY_S:
+                self._expired_at = time.monotonic()
+                self.store.expire_idempotency()
         except StoreError as exc:
             log.warning("gallery: catch-up failed: %s", exc)
 
@@ -213,6 +223,7 @@ class GalleryService:
                                     ).hexdigest()
             stored = await self._store(self.store.idempotent_answer, gallery, digest)
             if stored is not None:
+                await self._store(self.sync)  # the face may have been stored by another replica
                 return self._replay(subject, *stored), True
         p = await self.probe(image, detect, keep_crop=self.store_crops)
         face_id = uuid.uuid4().hex
@@ -229,12 +240,17 @@ class GalleryService:
             await self._write(self.store.add_face, gallery, subject, face_id,
                               self.index.model_sha256, p.vector, crop_png, crop_spec, idem)
         except Idempotent as first:  # a concurrent request with the same key won
+            await self._store(self.sync)
             return self._replay(subject, first.subject, first.response), True
         self.service.metrics.gallery_writes.labels(op="enroll").inc()
         return body, False
 
     @staticmethod
     def _replay(subject: str, first_subject: str, response: str) -> dict:
+        if not response:  # the tombstone of an answer whose face was deleted since
+            raise ServiceError("idempotency_conflict", "the enrollment made with this "
+                               "Idempotency-Key was deleted since; use a new key to enroll "
+                               "again", field="Idempotency-Key")
         if first_subject != subject:
             raise ServiceError("idempotency_conflict", "Idempotency-Key was already used to "
                                "enroll another subject in this gallery within 24 h",

@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import secrets
 import sqlite3
 import threading
@@ -55,7 +56,9 @@ import numpy as np
 log = logging.getLogger("faceverify.gallery")
 
 NOTIFY_CHANNEL = "faceverify_gallery"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")  # a subject digest
 IDEMPOTENCY_TTL_S = 24 * 3600  # how long enroll's Idempotency-Key answers are kept
+BUSY_TIMEOUT_MS = 30_000  # SQLite: how long a statement waits for another writer
 _ADVISORY_LOCK = 0x66616365  # "face": serialises the writers of one PostgreSQL database
 
 
@@ -177,6 +180,11 @@ class Store:
     BYTE_ORDER = ""  # the collation that sorts names by their bytes (SQLite's default)
     EPOCH = "created"  # faces.created as epoch seconds, in a SELECT
     FROM_EPOCH = "?"  # an epoch-seconds parameter as a faces.created value
+    # the time now, as a faces.created value and as epoch seconds: the statement's time, not
+    # the transaction's start (a PostgreSQL writer may wait for the lock after it began, and
+    # an erasure must be dated after every face it deleted)
+    NOW_CREATED = "((julianday('now') - 2440587.5) * 86400.0)"
+    NOW_EPOCH = "((julianday('now') - 2440587.5) * 86400.0)"
     _salt: bytes | None = None
 
     def _transaction(self, body: Callable[[Callable], object]) -> object:
@@ -206,6 +214,17 @@ class Store:
             self._salt = bytes.fromhex(rows[0][0])
         return self._salt
 
+    def refresh_salt(self) -> bytes:
+        """Read the salt again (a restore into an empty store adopts the backup's)."""
+        self._salt = None
+        return self.salt
+
+    def _salt_in(self, run: Callable) -> bytes:
+        """The salt as the running transaction sees it (writes name subjects with it)."""
+        self._salt = bytes.fromhex(run("SELECT value FROM meta WHERE key = 'erasure_salt'",
+                                       ()).fetchone()[0])
+        return self._salt
+
     def digest(self, gallery: str, subject: str) -> str:
         return subject_digest(self.salt, gallery, subject)
 
@@ -224,7 +243,7 @@ class Store:
                 if row is not None:
                     raise Idempotent(row[0], row[1])
             run("INSERT INTO faces (face_id, gallery, subject, model_sha256, embedding, "
-                "crop_png, crop_spec) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                f"crop_png, crop_spec, created) VALUES (?, ?, ?, ?, ?, ?, ?, {self.NOW_CREATED})",
                 (face_id, gallery, subject, model_sha256, vector_bytes(embedding), crop_png,
                  crop_spec))
             self._log(run, "add", gallery, subject, face_id)
@@ -249,12 +268,15 @@ class Store:
 
     def _erase_subject(self, run: Callable, gallery: str, subject: str) -> str:
         """What a subject leaves once its faces are gone: an erasure record, and its name
-        replaced by its digest in the change log; its idempotency answers deleted."""
-        digest = self.digest(gallery, subject)
-        run("INSERT INTO erasures (kind, digest) VALUES ('subject', ?)", (digest,))
+        replaced by its digest in the change log and in its idempotency answers, which become
+        tombstones (a late retry is refused, not a new enrollment)."""
+        digest = subject_digest(self._salt_in(run), gallery, subject)
+        run(f"INSERT INTO erasures (kind, digest, erased) VALUES ('subject', ?, "
+            f"{self.NOW_EPOCH})", (digest,))
         run("UPDATE changes SET subject = ? WHERE gallery = ? AND subject = ?",
             (digest, gallery, subject))
-        run("DELETE FROM idempotency WHERE gallery = ? AND subject = ?", (gallery, subject))
+        run("UPDATE idempotency SET subject = ?, response = '' WHERE gallery = ? AND "
+            "subject = ?", (digest, gallery, subject))
         return digest
 
     def delete_subject(self, gallery: str, subject: str) -> int:
@@ -279,8 +301,9 @@ class Store:
             n = run("DELETE FROM faces WHERE gallery = ? AND subject = ? AND face_id = ?",
                     (gallery, subject, face_id)).rowcount
             if n:
-                run("INSERT INTO erasures (kind, digest) VALUES ('face', ?)", (face_id,))
-                run("DELETE FROM idempotency WHERE face_id = ?", (face_id,))
+                run(f"INSERT INTO erasures (kind, digest, erased) VALUES ('face', ?, "
+                    f"{self.NOW_EPOCH})", (face_id,))
+                run("UPDATE idempotency SET response = '' WHERE face_id = ?", (face_id,))
                 self._log(run, "delete_face", gallery, subject, face_id)
                 if run("SELECT 1 FROM faces WHERE gallery = ? AND subject = ? LIMIT 1",
                        (gallery, subject)).fetchone() is None:
@@ -337,14 +360,37 @@ class Store:
         consistent snapshot where the store allows (see the subclasses)."""
         return write_backup(out, self.salt, self.faces_whole(), self.erasures())
 
-    def restore_faces(self, rows: Iterator[FaceRow]) -> dict:
+    def restore_faces(self, rows: Iterator[FaceRow], backup_salt: bytes | None = None,
+                      backup_erasures: list[Erasure] = ()) -> dict:
         """Replace every face with `rows` (a backup's), minus those erased since by this
         store's erasure records, which stay; the idempotency answers go and the change log
-        restarts with one `restore` row, so that every replica reloads at its next sync."""
-        is_erased = self.erased_filter(self.salt, self.erasures())
+        restarts with one `restore` row, so that every replica reloads at its next sync.
+
+        The backup's own erasure records join this store's when both share a salt; a store
+        with neither faces nor erasure records (a new one, after losing the old) adopts the
+        backup's salt and records, so that the erasure history travels with the backup. The
+        records are read inside the transaction: a deletion committed just before the restore
+        is honoured."""
         counts = {"restored": 0, "skipped_erased": 0}
 
         def body(run):
+            salt = self._salt_in(run)
+            mine = [Erasure(k, d, float(t)) for k, d, t in run(
+                "SELECT kind, digest, erased FROM erasures", ()).fetchall()]
+            empty = not mine and run("SELECT 1 FROM faces LIMIT 1", ()).fetchone() is None
+            adopt = backup_salt is not None and (empty or backup_salt == salt)
+            if backup_salt is not None and empty and backup_salt != salt:
+                run("UPDATE meta SET value = ? WHERE key = 'erasure_salt'", (backup_salt.hex(),))
+                salt = self._salt = backup_salt
+            known = {(e.kind, e.digest, e.erased) for e in mine}
+            if adopt:
+                for e in backup_erasures:
+                    if (e.kind, e.digest, e.erased) not in known:
+                        run("INSERT INTO erasures (kind, digest, erased) VALUES (?, ?, ?)",
+                            (e.kind, e.digest, e.erased))
+                        mine.append(e)
+            counts["erasures_adopted"] = len(mine) - len(known)
+            is_erased = self.erased_filter(salt, mine)
             run("DELETE FROM faces", ())
             run("DELETE FROM idempotency", ())
             run("DELETE FROM changes", ())
@@ -361,6 +407,34 @@ class Store:
         self._transaction(body)
         self._after_erasure()
         return counts
+
+    def expire_idempotency(self) -> int:
+        """Delete the Idempotency-Key answers older than 24 h (they hold subject names)."""
+        return self._transaction(lambda run: run(
+            "DELETE FROM idempotency WHERE created < ?",
+            (time.time() - IDEMPOTENCY_TTL_S,)).rowcount)
+
+    def _forget_deleted_names(self) -> int:
+        """Once, at open, for logs written before names were erased: replace by its digest
+        every subject name in the change log that no longer has a face."""
+        def body(run):
+            stale = run("SELECT DISTINCT c.gallery, c.subject FROM changes c WHERE c.op != "
+                        "'delete_subject' AND c.op != 'restore' AND NOT EXISTS (SELECT 1 FROM "
+                        "faces f WHERE f.gallery = c.gallery AND f.subject = c.subject)",
+                        ()).fetchall()
+            stale = [(g, n) for g, n in stale if not _HEX64.match(n)]
+            if not stale:
+                return 0
+            salt = self._salt_in(run)
+            for gallery, subject in stale:
+                run("UPDATE changes SET subject = ? WHERE gallery = ? AND subject = ?",
+                    (subject_digest(salt, gallery, subject), gallery, subject))
+            return len(stale)
+        n = self._transaction(body)
+        if n:
+            log.info("gallery: %d deleted subject name(s) replaced by digests in the change log",
+                     n)
+        return n
 
     def apply_erasures(self, salt: bytes, erasures: list[Erasure]) -> dict:
         """Delete the faces that `erasures` (exported from this store before a native restore:
@@ -464,6 +538,7 @@ class Store:
 # The tables of erasure records, idempotent enrolls and the digests' salt, in both dialects
 # (epoch seconds as `real`, the database's clock as `now`).
 _TRUST_TABLES = """
+CREATE INDEX IF NOT EXISTS changes_by_subject ON changes (gallery, subject);
 CREATE TABLE IF NOT EXISTS erasures (
     kind TEXT NOT NULL,
     digest TEXT NOT NULL,
@@ -576,6 +651,21 @@ def read_backup(path: Path) -> Iterator[FaceRow]:
     return rows()
 
 
+def read_backup_erasures(path: Path) -> tuple[bytes | None, list[Erasure]]:
+    """A backup's salt and erasure records (none in a backup made before they existed)."""
+    try:
+        db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
+        try:
+            salt = db.execute("SELECT value FROM meta WHERE key = 'erasure_salt'").fetchone()
+            rows = db.execute("SELECT kind, digest, erased FROM erasures").fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None, []
+    return (bytes.fromhex(salt[0]) if salt else None), [Erasure(k, d, float(t))
+                                                         for k, d, t in rows]
+
+
 class SqliteStore(Store):
     """One SQLite file (WAL, synchronous=FULL, secure_delete); one connection behind a lock.
     After every deleting write the WAL is checkpointed into the file and truncated to zero,
@@ -590,7 +680,8 @@ class SqliteStore(Store):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             create_private(path)
-            self._db = _open_sqlite(path, check_same_thread=False, timeout=30)
+            self._db = _open_sqlite(path, check_same_thread=False,
+                                    timeout=BUSY_TIMEOUT_MS / 1000)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SQLITE_SCHEMA)
@@ -599,6 +690,13 @@ class SqliteStore(Store):
         self._lock = threading.Lock()
         self._transaction(lambda run: self._init_meta(run))
         _ = self.salt  # read once, before any transaction needs it (the lock is not reentrant)
+        self._forget_deleted_names()
+        for f in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            try:  # files made before the store created them private
+                if f.exists() and f.stat().st_mode & 0o077:
+                    os.chmod(f, 0o600)
+            except OSError as exc:
+                log.warning("gallery: cannot make %s private (mode 0600): %s", f.name, exc)
 
     def _after_erasure(self) -> None:
         self._checkpoint_due = True
@@ -606,14 +704,21 @@ class SqliteStore(Store):
 
     def checkpoint(self) -> bool:
         """Copy the WAL into the database file and truncate it to zero bytes; False when a
-        reader kept it from completing (it is then tried again by the watcher)."""
+        reader kept it from completing (it is then tried again by the watcher). It does not
+        wait for readers (busy_timeout 0 for the call): a long read elsewhere must not hold
+        up this replica's store calls."""
         with self._lock:
             try:
-                busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                self._db.execute("PRAGMA busy_timeout=0")
+                try:
+                    busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                finally:
+                    self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             except sqlite3.Error as exc:
                 log.warning("gallery: WAL checkpoint failed: %s", exc)
+                self._checkpoint_due = True
                 return False
-        self._checkpoint_due = bool(busy)
+            self._checkpoint_due = bool(busy)
         if busy:
             log.warning("gallery: the WAL could not be truncated after a deletion (a reader "
                         "holds it); retrying at the next sync")
@@ -766,6 +871,8 @@ class PostgresStore(Store):
     BYTE_ORDER = ' COLLATE "C"'  # the database's own collation may sort by language
     EPOCH = "extract(epoch FROM created)"
     FROM_EPOCH = "to_timestamp(?)"
+    NOW_CREATED = "clock_timestamp()"
+    NOW_EPOCH = "extract(epoch FROM clock_timestamp())"
 
     def __init__(self, url: str, connect_timeout_s: float = 10.0):
         try:
@@ -784,11 +891,38 @@ class PostgresStore(Store):
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_LOCK,))
                     conn.execute(_PG_SCHEMA)
-                    conn.execute(_PG_NO_STATISTICS)
+                    self._no_statistics(conn)
                     self._init_meta(self._runner(conn))
             _ = self.salt  # read once, before any transaction needs it (the lock is not reentrant)
+            self._forget_deleted_names()
         except psycopg.Error as exc:
             raise StoreError(f"cannot reach the gallery database: {_clean(exc)}") from None
+
+    def _no_statistics(self, conn) -> None:
+        """`_PG_NO_STATISTICS`, when a column still collects statistics; a user that does not
+        own the tables cannot, which is logged, not fatal."""
+        collecting = conn.execute(
+            "SELECT count(*) FROM pg_attribute WHERE attrelid IN ('faces'::regclass, "
+            "'changes'::regclass, 'idempotency'::regclass) AND attname IN ('embedding', "
+            "'crop_png', 'subject', 'response') AND attstattarget IS DISTINCT FROM 0"
+        ).fetchone()[0]
+        if not collecting:
+            return
+        try:
+            with conn.transaction():
+                conn.execute(_PG_NO_STATISTICS)
+        except self._psycopg.errors.InsufficientPrivilege:
+            log.warning("gallery: cannot turn off planner statistics on the gallery's "
+                        "vectors and names (not the tables' owner); ANALYZE copies samples "
+                        "of them into pg_statistic (docs/operations.md, \"Erasure\")")
+
+    def _snapshot_connection(self):
+        """A connection whose first statement opens a REPEATABLE READ, READ ONLY transaction
+        (psycopg begins it; a BEGIN of our own would be a second, ignored one)."""
+        conn = self._connect()
+        conn.isolation_level = self._psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        return conn
 
     def _connect(self, **kw):
         return self._psycopg.connect(self.url, connect_timeout=int(self.connect_timeout_s),
@@ -854,8 +988,7 @@ class PostgresStore(Store):
     def snapshot(self):
         psycopg = self._psycopg
         try:
-            conn = self._connect()
-            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            conn = self._snapshot_connection()
             seq = conn.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
         except psycopg.Error as exc:
             raise StoreError(f"cannot read the gallery: {_clean(exc)}") from None
@@ -876,8 +1009,7 @@ class PostgresStore(Store):
         """Faces, erasure records and salt read in one REPEATABLE READ transaction."""
         psycopg = self._psycopg
         try:
-            conn = self._connect()
-            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            conn = self._snapshot_connection()
         except psycopg.Error as exc:
             raise StoreError(f"cannot read the gallery: {_clean(exc)}") from None
         try:
@@ -915,26 +1047,33 @@ class PostgresStore(Store):
                 return False
         try:
             with self._connect(autocommit=True) as conn:
-                for sql in _PG_PURGE_BEFORE:
-                    step(conn, sql)
                 try:
-                    segments = conn.execute("SELECT count(*) FROM pg_ls_waldir() WHERE name ~ "
-                                            "'^[0-9A-F]{24}$'").fetchone()[0]
-                except psycopg.errors.InsufficientPrivilege:
-                    segments = 8  # cannot list them: a few rounds
-                rounds = 0
-                for _ in range(int(segments) + 1):
-                    if not (step(conn, "SELECT pg_switch_wal()", quiet=True)
-                            and step(conn, "CHECKPOINT", quiet=True)):
-                        break
-                    rounds += 1
-                done.append(f"WAL switched and checkpointed {rounds} time(s) "
-                            f"({segments} segment file(s))")
-                for sql in _PG_PURGE_AFTER:
-                    step(conn, sql)
+                    self._purge_wal(conn, step, done)
+                finally:  # never leave WAL recycling off
+                    for sql in _PG_PURGE_AFTER:
+                        step(conn, sql)
         except psycopg.Error as exc:
             raise StoreError(f"gallery database unreachable: {_clean(exc)}") from None
         return list(dict.fromkeys(done))
+
+    def _purge_wal(self, conn, step: Callable, done: list[str]) -> None:
+        """The steps before WAL recycling is turned back on."""
+        psycopg = self._psycopg
+        for sql in _PG_PURGE_BEFORE:
+            step(conn, sql)
+        try:
+            segments = conn.execute("SELECT count(*) FROM pg_ls_waldir() WHERE name ~ "
+                                    "'^[0-9A-F]{24}$'").fetchone()[0]
+        except psycopg.errors.InsufficientPrivilege:
+            segments = 8  # cannot list them: a few rounds
+        rounds = 0
+        for _ in range(int(segments) + 1):
+            if not (step(conn, "SELECT pg_switch_wal()", quiet=True)
+                    and step(conn, "CHECKPOINT", quiet=True)):
+                break
+            rounds += 1
+        done.append(f"WAL switched and checkpointed {rounds} time(s) "
+                    f"({segments} segment file(s))")
 
     def watch(self, on_change, interval_s, stop):
         """LISTEN for the writers' notifications; catch up at every (re)connect and every
