@@ -12,6 +12,7 @@ identify and by the identify evaluation, so both apply the same rule).
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -87,7 +88,7 @@ def threshold_for_fpir(rows: list[dict], fpir: float, comparisons: int) -> FpirT
     if far >= pts[-1][0]:
         return FpirThreshold(pts[-1][1], pts[-1][0], capped=far > pts[-1][0])
     x = math.log10(far)
-    for (f0, d0), (f1, d1) in zip(pts, pts[1:]):
+    for (f0, d0), (f1, d1) in itertools.pairwise(pts):
         if f0 <= far <= f1:
             t = (x - math.log10(f0)) / (math.log10(f1) - math.log10(f0))
             return FpirThreshold(d0 + t * (d1 - d0), far)
