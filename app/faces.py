@@ -59,15 +59,16 @@ class PipelineConfig:
     face_choice: str
     detector: str
     encoder_graph: bytes | None = None
+    orient: bool = True
 
     def build(self) -> FacePipeline:
         return FacePipeline(device="cpu", spec=self.spec, face_choice=self.face_choice,
-                            detector=self.detector)
+                            detector=self.detector, orient=self.orient)
 
     def __repr__(self) -> str:  # not the graph's bytes
         graph = f"{len(self.encoder_graph)} bytes" if self.encoder_graph else None
         return (f"PipelineConfig(spec={self.spec.version!r}, face_choice={self.face_choice!r}, "
-                f"detector={self.detector!r}, encoder_graph={graph})")
+                f"detector={self.detector!r}, encoder_graph={graph}, orient={self.orient})")
 
 
 def decode_upload(name: str, data: bytes, max_pixels: int, min_side: int | None):

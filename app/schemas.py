@@ -11,7 +11,7 @@ _FACE_EXAMPLE = {
     "box": [71.42, 62.9, 176.05, 197.33],
     "landmarks": [[101.2, 117.5], [146.8, 116.9], [125.3, 143.0], [106.1, 167.4],
                   [143.9, 166.8]],
-    "score": 0.99982, "faces_found": 1,
+    "score": 0.99982, "faces_found": 1, "rotation": 0,
 }
 _MODEL_EXAMPLE = {"name": "faceverify-encoder", "version": "0.3.0",
                   "sha256": "3f1c2a9e0b7d4c6a8e5f1b2c3d4e5f60718293a4b5c6d7e8f9a0b1c2d3e4f5a6"}
@@ -39,6 +39,10 @@ class Face(BaseModel):
     score: float | None = Field(None, description="detector confidence; null when detect=false")
     faces_found: int = Field(..., description="faces detected in the image (0 when "
                                               "detect=false)")
+    rotation: Literal[0, 90, 180, 270] = Field(0, description=(
+        "degrees clockwise the (EXIF-upright) image was turned to find its face upright: "
+        "non-zero for sideways or upside-down photos without an orientation tag; box and "
+        "landmarks stay in the uploaded image's pixels"))
     model_config = ConfigDict(json_schema_extra={"example": _FACE_EXAMPLE})
 
 

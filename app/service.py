@@ -156,7 +156,8 @@ class Service:
         detect_device = s.detect_device or str(device)
         try:
             pipeline = FacePipeline(device=detect_device, spec=encoder.spec,
-                                    face_choice=s.face_choice, detector=s.detector)
+                                    face_choice=s.face_choice, detector=s.detector,
+                                    orient=s.orient)
         except (OSError, ValueError) as exc:  # the detector's or landmark model's file
             raise StartupError(f"cannot build the face pipeline for preprocessing "
                                f"{encoder.spec.version!r}: {exc}") from None
@@ -168,7 +169,8 @@ class Service:
             processes = PipelineConfig(encoder.spec, s.face_choice,
                                        detector_for(encoder.spec, s.detector),
                                        encoder_graph=self.runner.onnx_graph
-                                       if s.encode_in_detect_workers else None)
+                                       if s.encode_in_detect_workers else None,
+                                       orient=s.orient)
         self.faces = FaceStage(pipeline, s.detect_workers, s.max_pixels,
                                on_no_face=self.metrics.faces_not_found.inc,
                                decode_min_side=s.decode_min_side or None,

@@ -75,6 +75,8 @@ def _cache_key(root: Path, rel_paths: list[str], spec: PreprocessSpec,
                face_choice: str = "largest", detector: str = "auto") -> str:
     h = hashlib.sha256(spec.version.encode())
     h.update(f"face={face_choice},visible-area".encode())  # model.pipeline.choose_face
+    from model.pipeline import UPRIGHT_SCORE
+    h.update(f"upright-{UPRIGHT_SCORE}".encode())  # model.pipeline.FacePipeline._upright
     from model.pipeline import detector_for
     h.update(DETECTORS[detector_for(spec, detector)].version.encode())
     for rel in rel_paths:

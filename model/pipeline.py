@@ -73,6 +73,7 @@ class AlignedFace:
     faces_found: int
     method: str = "detected"  # "detected" | "centred_fallback" | "no_detect"
     extra: dict = field(default_factory=dict)
+    rotation: int = 0  # degrees clockwise the image was turned to make the face upright
 
     def scaled(self, factor: float) -> AlignedFace:
         """The same face with its coordinates multiplied by `factor`: found in an image
@@ -90,10 +91,59 @@ class AlignedFace:
                        landmarks=None if self.landmarks is None else times(self.landmarks),
                        extra=extra)
 
+    def unturned(self, cw: int, width: int, height: int) -> AlignedFace:
+        """The same face found in the image turned `cw` degrees clockwise, its coordinates
+        mapped back into the `width` x `height` image it was turned from."""
+        def back(points):
+            return [[round(x, 2), round(y, 2)] for x, y in
+                    (unturn_point(x, y, cw, width, height) for x, y in points)]
+        extra = dict(self.extra)
+        if "dlib_landmarks" in extra:
+            extra["dlib_landmarks"] = back(extra["dlib_landmarks"])
+        box = None
+        if self.box is not None:
+            corners = np.array(back([self.box[:2], self.box[2:]]))
+            box = [*corners.min(0).tolist(), *corners.max(0).tolist()]
+        return replace(self, box=box, extra=extra, rotation=cw,
+                       landmarks=None if self.landmarks is None else back(self.landmarks))
+
     def describe(self) -> dict:
         """The JSON shape of a face in the HTTP contract."""
         return {"box": self.box, "landmarks": self.landmarks, "score": self.score,
-                "faces_found": self.faces_found}
+                "faces_found": self.faces_found, "rotation": self.rotation}
+
+
+# Photos without an EXIF orientation tag may come sideways or upside down (scans placed
+# sideways, canvases that drop the tag, cameras mounted upside down). YuNet finds most
+# upside-down faces, but places its five points as if the face were upright (measured: the
+# eyes-to-mouth line of 10 LFW faces turned 90°, 180° and 270° stays within 20° of upright), so
+# the points cannot tell the turn; its score can: on 300 random LFW photos, upright faces
+# score >= 0.916 (5th percentile; 0.7 % below 0.9), the same faces upside down <= 0.888 (95th
+# percentile), and the best of the four turns was the upright one for all 300. So when the
+# best face scores under UPRIGHT_SCORE, or none is found, the image is looked at turned 180°,
+# 90° and 270°, and the turn whose best face scores highest is used: upright photos pay
+# nothing but in that 0.7 %, and a photo with no face (or an unsure one) pays three more
+# detections.
+UPRIGHT_SCORE = 0.9
+TURNS_CW = {90: Image.Transpose.ROTATE_270, 180: Image.Transpose.ROTATE_180,
+            270: Image.Transpose.ROTATE_90}  # degrees clockwise → Pillow's transpose
+
+
+def turned(img: Image.Image, cw: int) -> Image.Image:
+    """The image turned `cw` degrees clockwise (0, 90, 180 or 270; lossless)."""
+    return img if not cw else img.transpose(TURNS_CW[cw])
+
+
+def unturn_point(x: float, y: float, cw: int, width: int, height: int) -> tuple[float, float]:
+    """A point of the image turned `cw` degrees clockwise, in the `width` x `height` image it
+    was turned from (continuous pixel coordinates)."""
+    if cw == 90:
+        return y, height - x
+    if cw == 180:
+        return width - x, height - y
+    if cw == 270:
+        return width - y, x
+    return x, y
 
 
 # The same for YuNet's box and points: `python -m bench.fit_dlib_box --detector yunet`, 1,440
@@ -186,10 +236,12 @@ class FacePipeline:
 
     def __init__(self, device: str | torch.device = "auto",
                  spec: PreprocessSpec = DEFAULT_SPEC, landmarks_path: str | Path | None = None,
-                 face_choice: str = "largest", detector: str = "auto", native: bool = True):
+                 face_choice: str = "largest", detector: str = "auto", native: bool = True,
+                 orient: bool = True):
         """native: run dlib's landmarks and chip in dlib's compiled code when the dlib
         package is installed (model/dlib_native.py: the same numbers, faster); False: always
-        the numpy ports."""
+        the numpy ports. orient: find faces in sideways and upside-down photos (`_upright`);
+        False: take every photo as upright."""
         if face_choice not in FACE_CHOICES:
             raise ValueError(f"unknown face choice {face_choice!r}; choose from {FACE_CHOICES}")
         detector = detector_for(spec, detector)
@@ -197,6 +249,7 @@ class FacePipeline:
         self._dlib_box_table = DLIB_BOX_FROM[detector]
         self.spec = spec
         self.face_choice = face_choice
+        self.orient = orient
         self.shape_predictor = None
         self.native = None  # model.dlib_native.NativeDlib
         if spec.landmarks == "dlib5":
@@ -227,15 +280,36 @@ class FacePipeline:
         detections = self.detector.detect(images)
         out = []
         for i, (img, faces) in enumerate(zip(images, detections)):
+            cw, faces = self._upright(img, faces)
             if faces:
-                face = self._choose(img, faces)
-                out.append(self._from_detection(img, face, len(faces)))
+                view = turned(img, cw)
+                face = self._from_detection(view, self._choose(view, faces), len(faces))
+                out.append(face.unturned(cw, img.width, img.height) if cw else face)
             elif fallback == "centre":
                 out.append(AlignedFace(self._centred_crop(img), None, None, None, 0,
                                        "centred_fallback"))
             else:
                 raise NoFaceError(index=i)
         return out
+
+    def _upright(self, img: Image.Image, faces: list[Detection]
+                 ) -> tuple[int, list[Detection]]:
+        """(degrees clockwise to turn the image so its face is upright, the faces found in
+        it turned): 0 and `faces` when the best face is sure enough (UPRIGHT_SCORE), else the
+        turn whose best face scores highest of all four (an upside-down face can score over
+        UPRIGHT_SCORE too, so no look stops the search early)."""
+        if not self.orient:
+            return 0, faces
+        best = max((f.score for f in faces), default=0.0)
+        if best >= UPRIGHT_SCORE:
+            return 0, faces
+        looks = [(best, 0, faces)]
+        for cw in (180, 90, 270):
+            found = self.detector.detect([turned(img, cw)])[0]
+            score = max((f.score for f in found), default=0.0)
+            looks.append((score, cw, found))
+        _, cw, found = max(looks, key=lambda look: look[0])  # a tie keeps the earlier turn
+        return cw, found
 
     def _choose(self, img: Image.Image, faces: list[Detection]) -> Detection:
         """The face the image stands for. When it was detected on a downscaled copy, the
