@@ -54,8 +54,8 @@ def render_markdown(card: dict[str, Any]) -> str:
     imp = card.get("impostors") or {}
     if imp.get("table"):
         lines += ["", "## Impostor table (identify's default threshold reads it)", "",
-                  f"{imp.get('set')}; {imp.get('pairs', 0):,} pairs, face choice "
-                  f"{imp.get('face_choice')}. `{imp.get('command')}`", "",
+                  (f"{imp.get('set')}; {imp.get('pairs', 0):,} pairs, face choice "
+                   f"{imp.get('face_choice')}. `{imp.get('command')}`"), "",
                   "| FAR | distance | pairs below |", "|---|---|---|"]
         lines += [f"| {r['far']:g} | {r['distance']:.4f} | {r['pairs_below']:,} |"
                   for r in imp["table"]]
