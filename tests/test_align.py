@@ -72,9 +72,15 @@ def test_exif_rotated_jpeg_aligns_like_its_upright_twin(pipeline):
     a, b = pipeline.align([decode_image(buf_up.getvalue()), decode_image(buf_rot.getvalue())])
     diff = np.abs(a.crop.astype(int) - b.crop.astype(int)).mean()
     assert diff < 6, diff
-    # and without honouring EXIF the crops would differ a lot
+    # EXIF is applied once: the decoded photo is upright, nothing more is turned
+    assert (a.rotation, b.rotation) == (0, 0)
+    # without honouring EXIF the pipeline itself finds the face turned (rotation 90), and
+    # the crops differ a lot only when it is not allowed to (orient=False)
     raw = Image.open(io.BytesIO(buf_rot.getvalue())).convert("RGB")
-    c = pipeline.align([raw], fallback="centre")[0]
+    assert pipeline.align([raw])[0].rotation == 90
+    from model.pipeline import FacePipeline
+    plain = FacePipeline(device="cpu", spec=pipeline.spec, orient=False)
+    c = plain.align([raw], fallback="centre")[0]
     assert np.abs(a.crop.astype(int) - c.crop.astype(int)).mean() > 3 * diff
 
 

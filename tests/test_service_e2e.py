@@ -367,7 +367,8 @@ def test_bad_inputs_get_their_own_status_and_code_and_the_server_stays_healthy(s
     assert results["image with several faces"].json()["faces"][0]["faces_found"] >= 2
     assert results["animated GIF"].json()["faces"][0]["faces_found"] >= 1
     crop = results["already-aligned crop, detect=false"].json()
-    assert crop["face"] == {"box": None, "landmarks": None, "score": None, "faces_found": 0}
+    assert crop["face"] == {"box": None, "landmarks": None, "score": None, "faces_found": 0,
+                            "rotation": 0}
     assert "more than the limit" in results["PNG decompression bomb"].json()["error"]["message"]
     cap = results["threshold looser than the server's cap"].json()["error"]["message"]
     limit = float(re.search(r"at most ([0-9.]+)\)", cap).group(1))
