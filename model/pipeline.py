@@ -280,9 +280,8 @@ class FacePipeline:
         detections = self.detector.detect(images)
         out = []
         for i, (img, faces) in enumerate(zip(images, detections)):
-            cw, faces = self._upright(img, faces)
+            cw, view, faces = self._upright(img, faces)
             if faces:
-                view = turned(img, cw)
                 face = self._from_detection(view, self._choose(view, faces), len(faces))
                 out.append(face.unturned(cw, img.width, img.height) if cw else face)
             elif fallback == "centre":
@@ -293,23 +292,21 @@ class FacePipeline:
         return out
 
     def _upright(self, img: Image.Image, faces: list[Detection]
-                 ) -> tuple[int, list[Detection]]:
-        """(degrees clockwise to turn the image so its face is upright, the faces found in
-        it turned): 0 and `faces` when the best face is sure enough (UPRIGHT_SCORE), else the
+                 ) -> tuple[int, Image.Image, list[Detection]]:
+        """(degrees clockwise to turn the image so its face is upright, the image so turned,
+        the faces found in it): 0, `img` and `faces` when the best face is sure enough (UPRIGHT_SCORE), else the
         turn whose best face scores highest of all four (an upside-down face can score over
         UPRIGHT_SCORE too, so no look stops the search early)."""
-        if not self.orient:
-            return 0, faces
         best = max((f.score for f in faces), default=0.0)
-        if best >= UPRIGHT_SCORE:
-            return 0, faces
-        looks = [(best, 0, faces)]
+        if not self.orient or best >= UPRIGHT_SCORE:
+            return 0, img, faces
+        looks = [(best, 0, img, faces)]
         for cw in (180, 90, 270):
-            found = self.detector.detect([turned(img, cw)])[0]
-            score = max((f.score for f in found), default=0.0)
-            looks.append((score, cw, found))
-        _, cw, found = max(looks, key=lambda look: look[0])  # a tie keeps the earlier turn
-        return cw, found
+            view = turned(img, cw)
+            found = self.detector.detect([view])[0]
+            looks.append((max((f.score for f in found), default=0.0), cw, view, found))
+        _, cw, view, found = max(looks, key=lambda look: look[0])  # a tie: the earlier turn
+        return cw, view, found
 
     def _choose(self, img: Image.Image, faces: list[Detection]) -> Detection:
         """The face the image stands for. When it was detected on a downscaled copy, the

@@ -648,8 +648,10 @@ def test_names_of_subjects_deleted_before_the_upgrade_leave_the_log_when_the_sto
     path = tmp_path / "g.db"
     store = open_store(f"sqlite:///{path}")
     store.close()
-    db = sqlite3.connect(path)  # a log as the former code wrote it: names in every row
-    db.executescript("INSERT INTO changes (op, gallery, subject, face_id) VALUES "
+    db = sqlite3.connect(path)  # a log as the former code wrote it: names in every row,
+    # and no mark that the names were ever replaced
+    db.executescript("DELETE FROM meta WHERE key = 'names_erased'; "
+                     "INSERT INTO changes (op, gallery, subject, face_id) VALUES "
                      "('add', 'g', 'old-alice', 'aa'), ('delete_subject', 'g', 'old-alice', "
                      "NULL);")
     db.commit()

@@ -114,7 +114,7 @@ def export_erasures(store, out: Path) -> dict:
 
 def apply_erasures(store, path: Path) -> dict:
     doc = json.loads(Path(path).read_text())
-    records = [Erasure(e["kind"], e["digest"], float(e["erased"])) for e in doc["erasures"]]
+    records = [Erasure.of((e["kind"], e["digest"], e["erased"])) for e in doc["erasures"]]
     return store.apply_erasures(bytes.fromhex(doc["salt"]), records)
 
 

@@ -128,9 +128,8 @@ class GalleryService:
                     for c in changes:
                         if c.op in ("add", "update") and c.face is not None:
                             f = c.face
-                            # as an update: a face the snapshot already held is not doubled
                             self.index.put(f.gallery, f.subject, f.face_id, f.model_sha256,
-                                           f.embedding, update=True)
+                                           f.embedding, update=c.op == "update")
                         elif c.op == "delete_face":
                             self.index.remove_face(c.gallery, c.face_id)
                         elif c.op == "delete_subject":  # c.subject: the subject's digest

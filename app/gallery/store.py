@@ -111,6 +111,11 @@ class Erasure:
     digest: str
     erased: float
 
+    @classmethod
+    def of(cls, row) -> Erasure:
+        """From a (kind, digest, erased) row (ERASURE_COLUMNS)."""
+        return cls(row[0], row[1], float(row[2]))
+
 
 @dataclass(frozen=True)
 class FaceRow:
@@ -124,6 +129,16 @@ class FaceRow:
     crop_png: bytes | None
     crop_spec: str | None
     created: float  # epoch seconds
+
+    @classmethod
+    def of(cls, r) -> FaceRow:
+        """From a row of FACE_COLUMNS and the creation time in epoch seconds."""
+        return cls(r[0], r[1], r[2], r[3], bytes(r[4]), None if r[5] is None else bytes(r[5]),
+                   r[6], float(r[7]))
+
+
+FACE_COLUMNS = "face_id, gallery, subject, model_sha256, embedding, crop_png, crop_spec"
+ERASURE_COLUMNS = "kind, digest, erased"
 
 
 def subject_digest(salt: bytes, gallery: str, subject: str) -> str:
@@ -316,8 +331,8 @@ class Store:
 
     # -- erasure records, backups and restores ----------------------------------------------
     def erasures(self) -> list[Erasure]:
-        return [Erasure(k, d, float(t)) for k, d, t in self._query(
-            "SELECT kind, digest, erased FROM erasures ORDER BY erased")]
+        return [Erasure.of(r) for r in self._query(
+            f"SELECT {ERASURE_COLUMNS} FROM erasures ORDER BY erased")]
 
     @staticmethod
     def erased_filter(salt: bytes, erasures: list[Erasure]) -> Callable[[str, str, str, float],
@@ -340,16 +355,13 @@ class Store:
         return is_erased
 
     def faces_whole(self) -> Iterator[FaceRow]:
-        """Every face with all its columns (for a backup), by face id."""
+        """Every face with all its columns, by face id (erasures apply)."""
         last = ""
         while True:
             rows = self._query(
-                f"SELECT face_id, gallery, subject, model_sha256, embedding, crop_png, "
-                f"crop_spec, {self.EPOCH} FROM faces WHERE face_id > ? ORDER BY face_id "
-                f"LIMIT ?", (last, self.PAGE))
-            for r in rows:
-                yield FaceRow(r[0], r[1], r[2], r[3], bytes(r[4]),
-                              None if r[5] is None else bytes(r[5]), r[6], float(r[7]))
+                f"SELECT {FACE_COLUMNS}, {self.EPOCH} FROM faces WHERE face_id > ? "
+                f"ORDER BY face_id LIMIT ?", (last, self.PAGE))
+            yield from map(FaceRow.of, rows)
             if len(rows) < self.PAGE:
                 return
             last = rows[-1][0]
@@ -357,8 +369,8 @@ class Store:
     def backup(self, out: Path) -> dict:
         """A copy of the store as a new SQLite file (mode 0600): faces, erasure records and
         salt; the change log and idempotency answers are not part of it. Read in one
-        consistent snapshot where the store allows (see the subclasses)."""
-        return write_backup(out, self.salt, self.faces_whole(), self.erasures())
+        consistent snapshot (each store knows how)."""
+        raise NotImplementedError
 
     def restore_faces(self, rows: Iterator[FaceRow], backup_salt: bytes | None = None,
                       backup_erasures: list[Erasure] = ()) -> dict:
@@ -375,8 +387,8 @@ class Store:
 
         def body(run):
             salt = self._salt_in(run)
-            mine = [Erasure(k, d, float(t)) for k, d, t in run(
-                "SELECT kind, digest, erased FROM erasures", ()).fetchall()]
+            mine = [Erasure.of(r) for r in run(
+                f"SELECT {ERASURE_COLUMNS} FROM erasures", ()).fetchall()]
             empty = not mine and run("SELECT 1 FROM faces LIMIT 1", ()).fetchone() is None
             adopt = backup_salt is not None and (empty or backup_salt == salt)
             if backup_salt is not None and empty and backup_salt != salt:
@@ -398,10 +410,9 @@ class Store:
                 if is_erased(r.gallery, r.subject, r.face_id, r.created):
                     counts["skipped_erased"] += 1
                     continue
-                run("INSERT INTO faces (face_id, gallery, subject, model_sha256, embedding, "
-                    f"crop_png, crop_spec, created) VALUES (?, ?, ?, ?, ?, ?, ?, "
-                    f"{self.FROM_EPOCH})", (r.face_id, r.gallery, r.subject, r.model_sha256,
-                                            r.embedding, r.crop_png, r.crop_spec, r.created))
+                run(f"INSERT INTO faces ({FACE_COLUMNS}, created) VALUES (?, ?, ?, ?, ?, ?, "
+                    f"?, {self.FROM_EPOCH})", (r.face_id, r.gallery, r.subject, r.model_sha256,
+                                               r.embedding, r.crop_png, r.crop_spec, r.created))
                 counts["restored"] += 1
             self._log(run, "restore", "", "", None)
         self._transaction(body)
@@ -415,9 +426,13 @@ class Store:
             (time.time() - IDEMPOTENCY_TTL_S,)).rowcount)
 
     def _forget_deleted_names(self) -> int:
-        """Once, at open, for logs written before names were erased: replace by its digest
-        every subject name in the change log that no longer has a face."""
+        """Once per store (a flag in `meta`), for logs written before names were erased:
+        replace by its digest every subject name in the change log that no longer has a
+        face. Later deletions write digests themselves."""
         def body(run):
+            if run("SELECT 1 FROM meta WHERE key = 'names_erased'", ()).fetchone():
+                return 0
+            run("INSERT INTO meta (key, value) VALUES ('names_erased', '1')", ())
             stale = run("SELECT DISTINCT c.gallery, c.subject FROM changes c WHERE c.op != "
                         "'delete_subject' AND c.op != 'restore' AND NOT EXISTS (SELECT 1 FROM "
                         "faces f WHERE f.gallery = c.gallery AND f.subject = c.subject)",
@@ -599,24 +614,29 @@ def _open_sqlite(path: Path, **kw) -> sqlite3.Connection:
     return db
 
 
+def _new_backup_file(out: Path) -> sqlite3.Connection:
+    """A connection to a new, empty file of mode 0600 (a backup never overwrites a file)."""
+    out = Path(out)
+    if out.exists():
+        raise StoreError(f"{out} exists: a backup is written to a new file")
+    create_private(out)
+    return _open_sqlite(out)
+
+
 def write_backup(out: Path, salt: bytes, faces: Iterator[FaceRow],
                  erasures: list[Erasure]) -> dict:
     """A backup file: a new SQLite database of mode 0600 with the gallery schema, holding the
     faces, the erasure records and the salt (any store's `backup` writes this format;
     `read_backup` reads it, or a copy of an SQLite store's own file)."""
-    out = Path(out)
-    if out.exists():
-        raise StoreError(f"{out} exists: a backup is written to a new file")
-    create_private(out)
-    db = _open_sqlite(out)
+    db = _new_backup_file(out)
     try:
         db.executescript(_SQLITE_SCHEMA)
         db.execute("BEGIN")
         db.execute("INSERT INTO meta (key, value) VALUES ('erasure_salt', ?)", (salt.hex(),))
         n = 0
         for r in faces:
-            db.execute("INSERT INTO faces (face_id, gallery, subject, model_sha256, embedding, "
-                       "crop_png, crop_spec, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            db.execute(f"INSERT INTO faces ({FACE_COLUMNS}, created) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                        (r.face_id, r.gallery, r.subject, r.model_sha256, r.embedding,
                         r.crop_png, r.crop_spec, r.created))
             n += 1
@@ -635,17 +655,14 @@ def read_backup(path: Path) -> Iterator[FaceRow]:
         raise StoreError(f"no backup file {path}")
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        cur = db.execute("SELECT face_id, gallery, subject, model_sha256, embedding, crop_png, "
-                         "crop_spec, created FROM faces ORDER BY face_id")
+        cur = db.execute(f"SELECT {FACE_COLUMNS}, created FROM faces ORDER BY face_id")
     except sqlite3.Error as exc:
         raise StoreError(f"{path} is not a gallery backup: {exc}") from None
 
     def rows():
         try:
             while batch := cur.fetchmany(Store.PAGE):
-                for r in batch:
-                    yield FaceRow(r[0], r[1], r[2], r[3], bytes(r[4]),
-                                  None if r[5] is None else bytes(r[5]), r[6], float(r[7]))
+                yield from map(FaceRow.of, batch)
         finally:
             db.close()
     return rows()
@@ -657,13 +674,12 @@ def read_backup_erasures(path: Path) -> tuple[bytes | None, list[Erasure]]:
         db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
         try:
             salt = db.execute("SELECT value FROM meta WHERE key = 'erasure_salt'").fetchone()
-            rows = db.execute("SELECT kind, digest, erased FROM erasures").fetchall()
+            rows = db.execute(f"SELECT {ERASURE_COLUMNS} FROM erasures").fetchall()
         finally:
             db.close()
     except sqlite3.Error:
         return None, []
-    return (bytes.fromhex(salt[0]) if salt else None), [Erasure(k, d, float(t))
-                                                         for k, d, t in rows]
+    return (bytes.fromhex(salt[0]) if salt else None), [Erasure.of(r) for r in rows]
 
 
 class SqliteStore(Store):
@@ -774,11 +790,7 @@ class SqliteStore(Store):
     def backup(self, out: Path) -> dict:
         """SQLite's online backup of the whole file (consistent; writers not stopped), minus
         the change log and idempotency answers, into a new file of mode 0600."""
-        out = Path(out)
-        if out.exists():
-            raise StoreError(f"{out} exists: a backup is written to a new file")
-        create_private(out)
-        dst = _open_sqlite(out)
+        dst = _new_backup_file(out)
         try:
             with self._lock:
                 self._db.backup(dst)
@@ -1013,17 +1025,14 @@ class PostgresStore(Store):
         except psycopg.Error as exc:
             raise StoreError(f"cannot read the gallery: {_clean(exc)}") from None
         try:
-            erasures = [Erasure(k, d, float(t)) for k, d, t in conn.execute(
-                "SELECT kind, digest, erased FROM erasures ORDER BY erased").fetchall()]
+            erasures = [Erasure.of(r) for r in conn.execute(
+                f"SELECT {ERASURE_COLUMNS} FROM erasures ORDER BY erased").fetchall()]
 
             def faces():
                 with conn.cursor(name="faceverify_backup") as cur:
                     cur.itersize = self.PAGE
-                    cur.execute("SELECT face_id, gallery, subject, model_sha256, embedding, "
-                                f"crop_png, crop_spec, {self.EPOCH} FROM faces")
-                    for r in cur:
-                        yield FaceRow(r[0], r[1], r[2], r[3], bytes(r[4]),
-                                      None if r[5] is None else bytes(r[5]), r[6], float(r[7]))
+                    cur.execute(f"SELECT {FACE_COLUMNS}, {self.EPOCH} FROM faces")
+                    yield from map(FaceRow.of, cur)
             return write_backup(out, self.salt, faces(), erasures)
         except psycopg.Error as exc:
             raise StoreError(f"cannot read the gallery: {_clean(exc)}") from None
