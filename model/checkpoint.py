@@ -39,7 +39,7 @@ def card_path(weights_path: str | Path) -> Path:
 def save_weights(encoder: SiameseEncoder, path: str | Path) -> str:
     """Write the encoder's tensors (deterministically: same weights, same bytes); returns the
     file's sha256."""
-    from model.safetensors_io import write_safetensors
+    from model.formats.safetensors_io import write_safetensors
     state = {k: v.detach().cpu().contiguous().numpy() for k, v in encoder.state_dict().items()}
     meta = {"arch": json.dumps(encoder.arch), "pipeline_version": encoder.spec.version,
             "preprocessing": encoder.spec.to_json(), "format": "faceverify-encoder-v1"}

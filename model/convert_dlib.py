@@ -20,10 +20,16 @@ from typing import Any
 import torch
 
 from model.checkpoint import save_weights, sha256_of, write_card
-from model.dlib_resnet import (DAT_FILE, DAT_PACKAGE, DlibResNet, dlib_resnet_state,
-                               find_dat_file, read_dlib_resnet)
-from model.dlib_serialize import DlibFormatError
+from model.dlib_resnet import (
+    DAT_FILE,
+    DAT_PACKAGE,
+    DlibResNet,
+    dlib_resnet_state,
+    find_dat_file,
+    read_dlib_resnet,
+)
 from model.encoder import SiameseEncoder
+from model.formats.dlib_serialize import DlibFormatError
 from model.preprocess import DLIB_CHIP150
 
 log = logging.getLogger("faceverify.convert")

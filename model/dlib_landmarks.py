@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from model.dlib_serialize import DlibFormatError, DlibReader, FloatSink
-from model.safetensors_io import write_safetensors
+from model.formats.dlib_serialize import DlibFormatError, DlibReader, FloatSink
+from model.formats.safetensors_io import write_safetensors
 
 FORMAT_NAME = "faceverify-dlib-shape-predictor"
 FORMAT_VERSION = "1"
@@ -291,7 +291,7 @@ def write_dat(model: ShapePredictorModel) -> bytes:
     -columns, values), forests (vector of levels, each a vector of trees: the splits
     (idx1, idx2, threshold) then the leaves), anchor_idx, deltas (x, y per feature pixel).
     """
-    from model.dlib_serialize import encode_integers, float_tokens
+    from model.formats.dlib_serialize import encode_integers, float_tokens
 
     m = model
     levels, t, s = m.split_idx1.shape
@@ -327,7 +327,7 @@ def write_dat(model: ShapePredictorModel) -> bytes:
 def save_shape_predictor(model: ShapePredictorModel, path: str | Path) -> Path:
     """Write `model` as safetensors (index tensors as int16 when they fit, else int32).
 
-    Written by our deterministic writer (model/safetensors_io.py): the same model always gives
+    Written by our deterministic writer (model/formats/safetensors_io.py): the same model always gives
     the same bytes, so a converted file can be checked against the committed one.
     `load_shape_predictor` reads it with the safetensors library.
     """

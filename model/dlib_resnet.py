@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.dlib_serialize import DlibFormatError, DlibReader
+from model.formats.dlib_serialize import DlibFormatError, DlibReader
 
 # (width, blocks, first block is a down block), input → output (dlib's alevel4 … alevel0).
 STAGES: tuple[tuple[int, int, bool], ...] = (
