@@ -38,14 +38,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from app.errors import ServiceError
-from model.imageio import (
+from model.face.imageio import (
     ImageTooLargeError,
     InvalidImageError,
     UnsupportedImageError,
     decode_reduced,
 )
-from model.pipeline import AlignedFace, FacePipeline, NoFaceError
-from model.preprocess import PreprocessSpec
+from model.face.pipeline import AlignedFace, FacePipeline, NoFaceError
+from model.face.preprocess import PreprocessSpec
 
 log = logging.getLogger("faceverify.faces")
 

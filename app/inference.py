@@ -1,6 +1,6 @@
 """The encoder's forward pass as the batcher calls it: uint8 crops in, unit embeddings out.
 
-Preprocessing is the encoder's own spec (`encoder.prepare`, model/preprocess.py), the same
+Preprocessing is the encoder's own spec (`encoder.prepare`, model/face/preprocess.py), the same
 normalisation training and evaluation use; the crop size comes from it too. On the CPU the
 forward pass runs in torch or in ONNX Runtime (model/runtime.py, chosen at start-up by the
 `runtime` setting, with a parity check). On CUDA the uint8 batch is copied from pinned memory

@@ -55,7 +55,7 @@ class Embedded:
     """Unit embeddings of the images' faces, in the order the images were given."""
 
     embeddings: torch.Tensor  # (n, d) float32
-    faces: list  # model.pipeline.AlignedFace, one per image
+    faces: list  # model.face.pipeline.AlignedFace, one per image
     timings_ms: dict[str, float]  # decode, detect, queue, encode, batch_size
 
 
@@ -98,8 +98,8 @@ class Service:
     # -- start-up ------------------------------------------------------------------------
     def load(self) -> None:
         from model.checkpoint import WeightsError, load_encoder
-        from model.detect import resolve_device
-        from model.pipeline import FacePipeline, detector_for
+        from model.face.detect import resolve_device
+        from model.face.pipeline import FacePipeline, detector_for
 
         s = self.settings
         if s.torch_threads:

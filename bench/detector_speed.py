@@ -2,7 +2,7 @@
 
     python -m bench.detector_speed [--photos 64] [--out bench/results/detector_speed.json]
 
-For each detector of model/detect.py (YuNet with and without its mirror pass, MTCNN), one
+For each detector of model/face/detect.py (YuNet with and without its mirror pass, MTCNN), one
 thread (torch and ONNX Runtime), on the same images:
 - LFW photos (250x250) one at a time, and in batches of 8 (one call: what a cross-request
   detect batcher would gain);
@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from bench.phone_photos import phone_photo
-    from model.detect import make_detector
-    from model.imageio import decode_image
+    from model.face.detect import make_detector
+    from model.face.imageio import decode_image
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lfw-dir", type=Path, default=DEFAULT_LFW)

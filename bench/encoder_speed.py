@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from model.encoder import SiameseEncoder
-from model.preprocess import spec_for_arch
+from model.face.preprocess import spec_for_arch
 
 DEFAULT_WEIGHTS = Path("weights/faceverify-encoder.safetensors")
 CANDIDATES = {

@@ -6,7 +6,7 @@
 On face-centred photos (celeba-extra, or LFW's deep-funneled images with
 `--data ../shared/data/lfw/lfw-deepfunneled`), the person a photo is of is known without
 labels: the face over its centre. For every photo where the detector finds more than one face this
-counts how often each rule of model/pipeline.py (`largest`, `central`), with each candidate
+counts how often each rule of model/face/pipeline.py (`largest`, `central`), with each candidate
 score floor (faces scored below it count only when no face scores higher; the pipeline uses
 the detector's `sure_score` for `largest`), picks a face other than that subject: the face whose box
 overlaps LFW's centre box (scaled to the photo) most. The figures are in docs/accuracy.md
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from bench.report import print_and_save
-from model.detect import DEFAULT_DETECTOR, DETECTORS, Detection, _iou
+from model.face.detect import DEFAULT_DETECTOR, DETECTORS, Detection, _iou
 from model.pool import process_pool
 
 SCORES = (0.0, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92, 0.95, 0.98, 0.99, 0.995)
@@ -30,26 +30,26 @@ def _init_worker(detector: str) -> None:
     global _detector
     import torch
 
-    from model.detect import make_detector
+    from model.face.detect import make_detector
     torch.set_num_threads(1)
     _detector = make_detector(detector, device="cpu")
 
 
 def _detect(paths: list[str]) -> list[tuple[tuple[int, int], list[Detection]]]:
-    from model.imageio import decode_image
+    from model.face.imageio import decode_image
     images = [decode_image(Path(p), max_pixels=None) for p in paths]
     return [(img.size, _detector.detect([img])[0]) for img in images]
 
 
 def subject(faces: list[Detection], width: int, height: int) -> Detection:
     """The face over the photo's centre: the most overlap with LFW's centre box."""
-    from model.pipeline import centred_dlib_box
+    from model.face.pipeline import centred_dlib_box
     box = centred_dlib_box(width, height)
     return max(faces, key=lambda f: _iou(f.box, box))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from model.pipeline import FACE_CHOICES, choose_face
+    from model.face.pipeline import FACE_CHOICES, choose_face
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=Path("../shared/data/celeba-extra"))

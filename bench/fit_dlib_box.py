@@ -8,7 +8,7 @@ the detector's box and points instead (MTCNN's or YuNet's). On training-only pho
 detectors find the face, this fits by least squares the HOG box's centre offset and log side
 (in units of sqrt(box area), relative to the detected box's centre) from [1, w/s, the five
 points' x, the five points' y], prints the held-out residuals against constant offsets, and
-the 12x3 table that model/pipeline.py keeps as DLIB_BOX_FROM[detector]. (A second step,
+the 12x3 table that model/face/pipeline.py keeps as DLIB_BOX_FROM[detector]. (A second step,
 the box refitted from the predictor's own points and the predictor run again, was tried:
 its residual was no smaller, 0.034 / 0.041 / 0.074, so the HOG box's own noise is the floor.) Needs dlib (`distill`).
 """
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from PIL import Image
 
-    from model.detect import DEFAULT_DETECTOR, DETECTORS, make_detector
+    from model.face.detect import DEFAULT_DETECTOR, DETECTORS, make_detector
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=Path("../shared/data/celeba-extra"))

@@ -64,8 +64,8 @@ def fill(url: str, n: int, model_sha256: str, seed: int = 0) -> float:
 def aligned_crop(weights: Path, lfw_dir: Path) -> bytes:
     """A real face, aligned by the shared pipeline, as the PNG a detect=false call sends."""
     from model.checkpoint import load_encoder
-    from model.imageio import decode_image
-    from model.pipeline import FacePipeline
+    from model.face.imageio import decode_image
+    from model.face.pipeline import FacePipeline
     encoder, _ = load_encoder(weights)
     pipeline = FacePipeline(device="cpu", spec=encoder.spec)
     photo = lfw_dir / "lfw-deepfunneled/Tony_Blair/Tony_Blair_0001.jpg"

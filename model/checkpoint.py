@@ -1,7 +1,7 @@
 """Weights files (safetensors, never pickle) and their model cards.
 
 `weights/<name>.safetensors` holds the encoder's tensors and, in its metadata, the
-architecture config and the preprocessing spec (model/preprocess.py), so the file alone
+architecture config and the preprocessing spec (model/face/preprocess.py), so the file alone
 rebuilds the encoder and says how to align faces for it; weights whose spec this code cannot
 reproduce are refused.
 `weights/<name>.json` is the model card; its `weights_sha256` must match the file.
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from model.encoder import SiameseEncoder
-from model.preprocess import SpecError, spec_from_metadata
+from model.face.preprocess import SpecError, spec_from_metadata
 
 
 class WeightsError(RuntimeError):

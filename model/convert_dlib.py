@@ -29,8 +29,8 @@ from model.dlib_resnet import (
     read_dlib_resnet,
 )
 from model.encoder import SiameseEncoder
+from model.face.preprocess import DLIB_CHIP150
 from model.formats.dlib_serialize import DlibFormatError
-from model.preprocess import DLIB_CHIP150
 
 log = logging.getLogger("faceverify.convert")
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.detect import DETECTORS
+from model.face.detect import DETECTORS
+from model.face.preprocess import DEFAULT_SPEC, PreprocessSpec
 from model.pool import process_pool
-from model.preprocess import DEFAULT_SPEC, PreprocessSpec
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +74,10 @@ class AlignedImages:
 def _cache_key(root: Path, rel_paths: list[str], spec: PreprocessSpec,
                face_choice: str = "largest", detector: str = "auto") -> str:
     h = hashlib.sha256(spec.version.encode())
-    h.update(f"face={face_choice},visible-area".encode())  # model.pipeline.choose_face
-    from model.pipeline import UPRIGHT_SCORE
-    h.update(f"upright-{UPRIGHT_SCORE}".encode())  # model.pipeline.FacePipeline._upright
-    from model.pipeline import detector_for
+    h.update(f"face={face_choice},visible-area".encode())  # model.face.pipeline.choose_face
+    from model.face.pipeline import UPRIGHT_SCORE
+    h.update(f"upright-{UPRIGHT_SCORE}".encode())  # model.face.pipeline.FacePipeline._upright
+    from model.face.pipeline import detector_for
     h.update(DETECTORS[detector_for(spec, detector)].version.encode())
     for rel in rel_paths:
         h.update(rel.encode())
@@ -92,13 +92,13 @@ def _init_worker(device: str, spec: PreprocessSpec, face_choice: str = "largest"
                  detector: str = "auto") -> None:
     global _worker_pipeline
     torch.set_num_threads(1)
-    from model.pipeline import FacePipeline
+    from model.face.pipeline import FacePipeline
     _worker_pipeline = FacePipeline(device=device, spec=spec, face_choice=face_choice,
                                     detector=detector)
 
 
 def _align_chunk(args: tuple[str, list[str]]) -> tuple[np.ndarray, list[str]]:
-    from model.imageio import decode_image
+    from model.face.imageio import decode_image
     root, rels = args
     images = [decode_image(Path(root) / rel, max_pixels=None) for rel in rels]
     faces = _worker_pipeline.align(images, fallback="centre")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.backbones import build_backbone
-from model.preprocess import PreprocessSpec, spec_for_arch
+from model.face.preprocess import PreprocessSpec, spec_for_arch
 
 DEFAULT_ARCH: dict[str, Any] = {"arch": "mobilefacenet", "embedding_dim": 128}
 
@@ -24,7 +24,7 @@ class SiameseEncoder(nn.Module):
     service embed faces the same way.
 
     `spec`: the preprocessing the weights were trained with (crop geometry and pixel
-    normalisation, model/preprocess.py); it travels with the weights file."""
+    normalisation, model/face/preprocess.py); it travels with the weights file."""
 
     def __init__(self, arch: dict[str, Any] | None = None, flip_tta: bool = False,
                  spec: PreprocessSpec | None = None):

@@ -36,11 +36,11 @@ import torch
 
 from model.checkpoint import card_path, load_encoder, read_card, write_card
 from model.data import load_aligned_folder
-from model.detect import DETECTORS
 from model.encoder import embed_crops, pair_distance
+from model.face.detect import DETECTORS
+from model.face.pipeline import FACE_CHOICES
 from model.lfw import Pair, pair_images, parse_folds, read_pairs
 from model.metrics import accuracy_at, best_threshold, kfold_accuracy, roc_curve, summarize
-from model.pipeline import FACE_CHOICES
 
 log = logging.getLogger("faceverify.evaluate")
 DEFAULT_LFW = os.environ.get("FACEVERIFY_LFW_DIR", "../shared/data/lfw")
@@ -75,7 +75,7 @@ def score_pairs_by_teacher(pairs: list[Pair], lfw_dir: Path) -> np.ndarray:
 
 class AlignedLfw:
     """LFW's images aligned for each preprocessing spec an evaluation needs (built once per
-    spec and cached on disk by model.data). `face_choice` (model.pipeline.FACE_CHOICES):
+    spec and cached on disk by model.data). `face_choice` (model.face.pipeline.FACE_CHOICES):
     which face of a photo with several counts; LFW's photos are centred on the person the
     pairs name, so "central" by default."""
 
@@ -89,7 +89,7 @@ class AlignedLfw:
         self.detectors_used: set[str] = set()  # what "auto" resolved to, per spec
 
     def __call__(self, spec):
-        from model.pipeline import detector_for
+        from model.face.pipeline import detector_for
         self.detectors_used.add(detector_for(spec, self.detector))
         if spec.version not in self._sets:
             self._sets[spec.version] = load_aligned_folder(
@@ -466,8 +466,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "centred on the person the pairs name; face_recognition's reference "
                         "figure uses it) or largest (the service's default)")
     p.add_argument("--detector", choices=["auto", *sorted(DETECTORS)], default="auto",
-                   help="the face detector (model/detect.py); auto: as the encoder's "
-                        "preprocessing needs (model.pipeline.detector_for)")
+                   help="the face detector (model/face/detect.py); auto: as the encoder's "
+                        "preprocessing needs (model.face.pipeline.detector_for)")
     p.add_argument("--flip", choices=["on", "off", "card"], default="card",
                    help="mirror-image test-time augmentation: on, off, or as each model card "
                         "says (default); --write-card records the choice in the card")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.preprocess import PreprocessSpec
+from model.face.preprocess import PreprocessSpec
 
 
 def cpu_session(graph: bytes, threads: int = 1):

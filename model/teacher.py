@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.align import CENTRE_BOX_250
+from model.face.align import CENTRE_BOX_250
 from model.pool import process_pool
 
 log = logging.getLogger("faceverify.teacher")

@@ -38,7 +38,7 @@ class DataConfig(_Section):
         "lfw": "../shared/data/lfw/lfw-deepfunneled", "celeba": "../shared/data/celeba-extra"})
     exclude_identities_from: str | None = None  # a pairs file: its identities never reach training
     exclude_folds: str | None = None            # e.g. "1-5": only those folds' identities
-    # which face of a photo with several is aligned (model.pipeline.FACE_CHOICES)
+    # which face of a photo with several is aligned (model.face.pipeline.FACE_CHOICES)
     face_choice: Literal["largest", "central"] = "largest"
 
 

@@ -37,7 +37,7 @@ def lfw_photo(name: str, index: int = 1) -> Path:
 
 @pytest.fixture(scope="session")
 def pipeline():
-    from model.pipeline import FacePipeline
+    from model.face.pipeline import FacePipeline
     return FacePipeline(device="cpu")
 
 

@@ -53,7 +53,7 @@ def crop_size(weights: Path) -> int:
     """The side of the aligned crops these weights take (their preprocessing spec)."""
     from safetensors import safe_open
 
-    from model.preprocess import spec_from_metadata
+    from model.face.preprocess import spec_from_metadata
     with safe_open(str(weights), "pt") as f:
         return spec_from_metadata(f.metadata() or {}).crop_size
 
@@ -84,7 +84,7 @@ class Reference:
         import torch
 
         from model.checkpoint import load_encoder
-        from model.pipeline import FacePipeline
+        from model.face.pipeline import FacePipeline
         self.encoder, self.card = load_encoder(weights, device="cpu")
         if pipeline.spec != self.encoder.spec:  # these weights align faces their own way
             pipeline = FacePipeline(device="cpu", spec=self.encoder.spec)
@@ -93,8 +93,8 @@ class Reference:
         self.torch = torch
 
     def _embed(self, paths: tuple[Path, ...]):
-        from model.imageio import decode_image
-        from model.pipeline import NoFaceError
+        from model.face.imageio import decode_image
+        from model.face.pipeline import NoFaceError
         if paths not in self.cache:
             try:
                 faces = self.pipeline.align([decode_image(p) for p in paths], fallback="raise")

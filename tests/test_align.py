@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from model.align import TEMPLATE_112, apply_transform, similarity_transform
-from model.imageio import decode_image
-from model.pipeline import NoFaceError
-from model.preprocess import DEFAULT_SPEC
+from model.face.align import TEMPLATE_112, apply_transform, similarity_transform
+from model.face.imageio import decode_image
+from model.face.pipeline import NoFaceError
+from model.face.preprocess import DEFAULT_SPEC
 from tests.conftest import lfw_photo
 
 PHOTOS = [("Colin_Powell", 1), ("Serena_Williams", 2), ("Hugo_Chavez", 3), ("Laura_Bush", 1),
@@ -78,7 +78,7 @@ def test_exif_rotated_jpeg_aligns_like_its_upright_twin(pipeline):
     # the crops differ a lot only when it is not allowed to (orient=False)
     raw = Image.open(io.BytesIO(buf_rot.getvalue())).convert("RGB")
     assert pipeline.align([raw])[0].rotation == 90
-    from model.pipeline import FacePipeline
+    from model.face.pipeline import FacePipeline
     plain = FacePipeline(device="cpu", spec=pipeline.spec, orient=False)
     c = plain.align([raw], fallback="centre")[0]
     assert np.abs(a.crop.astype(int) - c.crop.astype(int)).mean() > 3 * diff
@@ -110,7 +110,7 @@ def test_crops_to_tensor_normalises_to_unit_range():
 @pytest.mark.parametrize("spec", ["DEFAULT_SPEC", "DLIB_CHIP150"])
 def test_the_numpy_normalisation_gives_to_tensors_values_bit_for_bit(spec):
     """The face workers (no torch) normalise with `to_array`; the batcher with `to_tensor`."""
-    from model import preprocess
+    from model.face import preprocess
     spec = getattr(preprocess, spec)
     crops = np.random.default_rng(0).integers(0, 256, (3, spec.crop_size, spec.crop_size, 3),
                                               dtype=np.uint8)
@@ -146,7 +146,7 @@ def test_a_face_between_two_pyramid_scales_is_found_by_the_second_look(pipeline)
 
 
 def _face(box, score=1.0):
-    from model.detect import Detection
+    from model.face.detect import Detection
     x1, y1, x2, y2 = box
     points = np.array([[x1 + 0.3 * (x2 - x1), y1 + 0.4 * (y2 - y1)]] * 5)
     return Detection(tuple(float(v) for v in box), points, score)
@@ -155,7 +155,7 @@ def _face(box, score=1.0):
 def test_face_choice_rules():
     """largest: by the area inside the image; central: nearest the centre of the faces at
     least half as large; "largest" looks first at the faces the detector is sure of."""
-    from model.pipeline import choose_face
+    from model.face.pipeline import choose_face
     sure = 0.98
     subject = _face((80, 70, 180, 190))                  # 12,000 px², centred
     cut = _face((-60, 60, 70, 210))                      # 19,500 px² box, 10,500 inside
@@ -187,8 +187,8 @@ def test_faces_of_nearly_one_size_in_a_large_frame_are_chosen_as_in_the_photo(pi
 # ------------------------------------------------------------------ dlib's chip (0.3 encoder)
 @pytest.fixture(scope="module")
 def chip_pipeline():
-    from model.pipeline import FacePipeline
-    from model.preprocess import DLIB_CHIP150
+    from model.face.pipeline import FacePipeline
+    from model.face.preprocess import DLIB_CHIP150
     return FacePipeline(device="cpu", spec=DLIB_CHIP150)
 
 

@@ -1,4 +1,4 @@
-"""model.dlib_chip: dlib's face chip (``dlib.get_face_chip``, what dlib's face ResNet and
+"""model.face.dlib_chip: dlib's face chip (``dlib.get_face_chip``, what dlib's face ResNet and
 face_recognition's ``face_encodings`` see) reproduced in numpy, without dlib.
 
 Tolerance: one grey level in at most 1 byte in 10^4. Measured: our chips were
@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.dlib_chip import (
+from model.face.dlib_chip import (
     TEMPLATE_5,
     chip_details,
     extract_chip,

@@ -1,4 +1,4 @@
-"""dlib's 5-point landmark model read, stored and run without dlib (model/dlib_landmarks.py).
+"""dlib's 5-point landmark model read, stored and run without dlib (model/face/dlib_landmarks.py).
 
 What these tests pin down:
 - the reader understands dlib's serialisation (integers, portable floats, matrices, vectors,
@@ -30,8 +30,8 @@ import time
 import numpy as np
 import pytest
 
-from model import dlib_landmarks as dl
-from model.imageio import decode_image
+from model.face import dlib_landmarks as dl
+from model.face.imageio import decode_image
 from tests.conftest import ROOT, SMALL_IDENTITIES, lfw_or_skip
 
 # ----------------------------------------------------------------------------------------
@@ -368,7 +368,7 @@ def test_the_module_never_imports_dlib():
                     raise ImportError("dlib is blocked in this test")
         sys.meta_path.insert(0, NoDlib())
         import numpy as np
-        from model.dlib_landmarks import ShapePredictor
+        from model.face.dlib_landmarks import ShapePredictor
         points = ShapePredictor.load().predict(np.zeros((100, 100, 3), np.uint8), (20, 20, 80, 80))
         assert points.shape == (5, 2)
         print("dlib" in sys.modules)

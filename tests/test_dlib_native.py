@@ -1,4 +1,4 @@
-"""dlib's compiled landmarks and chip (model/dlib_native.py) in place of our numpy ports.
+"""dlib's compiled landmarks and chip (model/face/dlib_native.py) in place of our numpy ports.
 
 What these tests pin down:
 - `write_dat` writes dlib's serialisation of a shape predictor byte for byte: a hand-built
@@ -18,16 +18,16 @@ import textwrap
 import numpy as np
 import pytest
 
-from model import dlib_landmarks as dl
-from model.dlib_chip import extract_chip
-from model.imageio import decode_image
-from model.pipeline import FacePipeline, centred_dlib_box, dlib_box
-from model.preprocess import DLIB_CHIP150
+from model.face import dlib_landmarks as dl
+from model.face.dlib_chip import extract_chip
+from model.face.imageio import decode_image
+from model.face.pipeline import FacePipeline, centred_dlib_box, dlib_box
+from model.face.preprocess import DLIB_CHIP150
 from tests.conftest import ROOT, SMALL_IDENTITIES, lfw_or_skip
 from tests.test_dlib_landmarks import tiny_dat
 
 dlib = pytest.importorskip("dlib", reason="dlib-bin is a core dependency on Linux and Windows")
-from model.dlib_native import NativeDlib  # noqa: E402  (needs dlib)
+from model.face.dlib_native import NativeDlib  # noqa: E402  (needs dlib)
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +102,9 @@ def test_without_dlib_the_pipeline_runs_the_ports():
                 if name.split(".")[0] in ("dlib", "_dlib_pybind11"):
                     raise ImportError("dlib is blocked in this test")
         sys.meta_path.insert(0, Block())
-        from model.imageio import decode_image
-        from model.pipeline import FacePipeline
-        from model.preprocess import DLIB_CHIP150
+        from model.face.imageio import decode_image
+        from model.face.pipeline import FacePipeline
+        from model.face.preprocess import DLIB_CHIP150
         p = FacePipeline(device="cpu", spec=DLIB_CHIP150, detector="yunet")
         face = p.align([decode_image({str(lfw_or_skip() / "Tony_Blair" / "Tony_Blair_0001.jpg")!r})])[0]
         print(p.native is None, face.crop.shape, "dlib" in sys.modules)

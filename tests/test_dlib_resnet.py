@@ -14,8 +14,8 @@ import torch
 
 from model.checkpoint import WeightsError, load_encoder, sha256_of
 from model.dlib_resnet import DlibResNet, _add_prev, dlib_resnet_state, read_dlib_resnet
+from model.face.preprocess import DLIB_CHIP150
 from model.formats.dlib_serialize import DlibFormatError, DlibReader
-from model.preprocess import DLIB_CHIP150
 from tests.conftest import ROOT, lfw_photo
 
 SHIPPED = ROOT / "weights" / "faceverify-encoder.safetensors"

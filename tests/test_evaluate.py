@@ -8,7 +8,7 @@ import torch
 
 from model.checkpoint import read_card, save_weights, write_card
 from model.encoder import SiameseEncoder
-from model.imageio import decode_image
+from model.face.imageio import decode_image
 from tests.test_encoder import SMALL
 
 

@@ -12,15 +12,15 @@ from PIL import Image
 
 from app.errors import ServiceError
 from app.faces import FaceStage
-from model.imageio import decode_image, decode_reduced
+from model.face.imageio import decode_image, decode_reduced
 from tests.conftest import lfw_photo
 from tests.service_support import DEFAULT_WEIGHTS
 
 
 @pytest.fixture(scope="module")
 def chip_pipeline():
-    from model.pipeline import FacePipeline
-    from model.preprocess import DLIB_CHIP150
+    from model.face.pipeline import FacePipeline
+    from model.face.preprocess import DLIB_CHIP150
     return FacePipeline(device="cpu", spec=DLIB_CHIP150)
 
 

@@ -5,8 +5,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.imageio import (ImageTooLargeError, InvalidImageError, UnsupportedImageError,
-                           decode_image)
+from model.face.imageio import (
+    ImageTooLargeError,
+    InvalidImageError,
+    UnsupportedImageError,
+    decode_image,
+)
 from tests.service_support import encode, gradient
 
 

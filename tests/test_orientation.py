@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.pipeline import FacePipeline, NoFaceError, turned, unturn_point
+from model.face.pipeline import FacePipeline, NoFaceError, turned, unturn_point
 from tests.conftest import lfw_photo
 from tests.service_support import DEFAULT_WEIGHTS, encode, exif_rotated_jpeg, gradient
 from tests.test_api import serving, settings_for

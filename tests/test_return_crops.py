@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.imageio import decode_image
+from model.face.imageio import decode_image
 from tests.conftest import lfw_photo
 from tests.service_support import encode, gradient
 from tests.test_api import pair_files, run, serving, settings_for

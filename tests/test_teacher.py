@@ -112,7 +112,7 @@ def test_the_service_never_imports_the_teacher():
     landmarks and chip come from the converted weights/landmarks-dlib5.safetensors (run by
     dlib's compiled code or our ports), never from the teacher's model files."""
     code = ("import sys, app.main; from PIL import Image; "
-            "from model.pipeline import FacePipeline; from model.preprocess import DLIB_CHIP150; "
+            "from model.face.pipeline import FacePipeline; from model.face.preprocess import DLIB_CHIP150; "
             "p = FacePipeline(device='cpu', spec=DLIB_CHIP150); "
             f"p.align([Image.open({str(lfw_photo('Colin_Powell', 1))!r}).convert('RGB')]); "
             "p.align([Image.new('RGB', (250, 250))], fallback='centre'); "

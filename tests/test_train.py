@@ -231,7 +231,7 @@ def test_fine_tuning_the_converted_dlib_network_keeps_its_spec_and_provenance(
     import torch
 
     from model.evaluate import disjointness
-    from model.preprocess import DLIB_CHIP150
+    from model.face.preprocess import DLIB_CHIP150
     from model.train import main
     from tests.test_teacher import precomputed_or_skip
     precomputed_or_skip()

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from model.imageio import decode_image
+from model.face.imageio import decode_image
 from tests.conftest import ROOT, lfw_photo
 
 WEIGHTS = ROOT / "weights" / "detector-yunet.onnx"
@@ -16,13 +16,13 @@ PHOTOS = [("Colin_Powell", 1), ("Serena_Williams", 2), ("Hugo_Chavez", 3), ("Lau
 
 @pytest.fixture(scope="module")
 def yunet():
-    from model.detect import make_detector
+    from model.face.detect import make_detector
     return make_detector("yunet", device="cpu")
 
 
 @pytest.fixture(scope="module")
 def mtcnn():
-    from model.detect import make_detector
+    from model.face.detect import make_detector
     return make_detector("mtcnn", device="cpu")
 
 
@@ -59,7 +59,7 @@ def test_yunet_finds_each_lfw_subject_where_mtcnn_does(yunet, mtcnn):
 def test_the_mirror_pass_finds_a_face_the_single_pass_misses(yunet):
     """Colin_Powell_0048: YuNet alone sees only the two bystanders; on the mirror image it
     also finds Powell, over the photo's centre, and box voting keeps him."""
-    from model.yunet import YuNet
+    from model.face.yunet import YuNet
     img = decode_image(lfw_photo("Colin_Powell", 48))
     boxes = YuNet(WEIGHTS, threshold=0.6, flip=False).detect([np.asarray(img)])[0][0]
     assert all(abs((b[0] + b[2]) / 2 - 125) > 50 for b in boxes), boxes
@@ -70,7 +70,7 @@ def test_the_mirror_pass_finds_a_face_the_single_pass_misses(yunet):
 def test_batches_of_different_sizes_give_each_image_its_own_faces(yunet):
     """A batch is padded to its largest image; faces stay in each image's coordinates (the
     extra zero border moves them by under a pixel or two)."""
-    from model.yunet import YuNet
+    from model.face.yunet import YuNet
     net = YuNet(WEIGHTS, flip=True)
     a = np.asarray(decode_image(lfw_photo("Tony_Blair", 5)))
     b = np.zeros((400, 300, 3), np.uint8)
@@ -85,12 +85,12 @@ def test_batches_of_different_sizes_give_each_image_its_own_faces(yunet):
 def test_auto_detector_follows_the_preprocessing():
     """dlib5 specs (the shape predictor places the crop) get YuNet; mtcnn5 specs (trained on
     MTCNN's own points) keep MTCNN."""
-    from model.pipeline import detector_for
-    from model.preprocess import DLIB_CHIP150, MTCNN_TEMPLATE112
+    from model.face.pipeline import detector_for
+    from model.face.preprocess import DLIB_CHIP150, MTCNN_TEMPLATE112
     assert detector_for(DLIB_CHIP150) == "yunet"
     assert detector_for(MTCNN_TEMPLATE112) == "mtcnn"
     assert detector_for(MTCNN_TEMPLATE112, "yunet") == "yunet"
-    from model.detect import make_detector
+    from model.face.detect import make_detector
     with pytest.raises(ValueError, match="unknown detector"):
         make_detector("haar")
 
@@ -127,7 +127,7 @@ def test_a_detector_file_that_is_not_the_one_its_card_records_is_refused(tmp_pat
     start-up reports as a StartupError."""
     import shutil
 
-    from model.yunet import YuNet
+    from model.face.yunet import YuNet
     path = tmp_path / "detector-yunet.onnx"
     shutil.copy(WEIGHTS, path)
     shutil.copy(WEIGHTS.with_suffix(".json"), path.with_suffix(".json"))

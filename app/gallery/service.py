@@ -42,7 +42,7 @@ class Probe:
     """A query image's face, embedded."""
 
     vector: np.ndarray  # (d,) float32, unit
-    face: object  # model.pipeline.AlignedFace
+    face: object  # model.face.pipeline.AlignedFace
     timings_ms: dict
 
 

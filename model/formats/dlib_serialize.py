@@ -2,7 +2,7 @@
 
 We read dlib's `.dat` files ourselves (no dlib at run time) to convert dlib's public-domain
 models into our own safetensors: the face ResNet (model/dlib_resnet.py) and the 5-point
-shape predictor (model/dlib_landmarks.py). The primitives, as dlib writes them:
+shape predictor (model/face/dlib_landmarks.py). The primitives, as dlib writes them:
 
 - integers: one control byte (the number of magnitude bytes, | 0x80 when negative), then the
   magnitude, little-endian;

@@ -2,11 +2,11 @@
 
 Training, evaluation and the service all call `FacePipeline`, so a face is preprocessed the
 same way everywhere. What "aligned" means is the encoder's preprocessing spec
-(model/preprocess.py), which the weights and the model card carry:
-- `template112`: MTCNN's 5 points → similarity onto the 112x112 template (model/align.py);
+(model/face/preprocess.py), which the weights and the model card carry:
+- `template112`: MTCNN's 5 points → similarity onto the 112x112 template (model/face/align.py);
 - `dlib-chip`: the detector's box → dlib's 5-point shape predictor (our port,
-  model/dlib_landmarks.py) in the box dlib's HOG detector would have drawn (`dlib_box`) →
-  dlib's 150x150 face chip (model/dlib_chip.py).
+  model/face/dlib_landmarks.py) in the box dlib's HOG detector would have drawn (`dlib_box`) →
+  dlib's 150x150 face chip (model/face/dlib_chip.py).
 Which detector finds the faces is `detector_for(spec)` unless chosen (YuNet for `dlib5` specs,
 MTCNN for `mtcnn5` ones); which face of a photo counts is the pipeline's `face_choice`. Caches
 of aligned crops (model/data.py) are keyed by the spec's version, the face choice and the
@@ -25,10 +25,10 @@ from PIL import Image
 if TYPE_CHECKING:  # never imported here: the YuNet face path runs without torch
     import torch
 
-from model.align import CENTRE_BOX_250, align_face, centred_face_landmarks, resize_crop
-from model.detect import DEFAULT_DETECTOR, Detection, make_detector
-from model.dlib_chip import chip_details_from_points, extract_chip, extract_image_chip
-from model.preprocess import DEFAULT_SPEC, PreprocessSpec
+from model.face.align import CENTRE_BOX_250, align_face, centred_face_landmarks, resize_crop
+from model.face.detect import DEFAULT_DETECTOR, Detection, make_detector
+from model.face.dlib_chip import chip_details_from_points, extract_chip, extract_image_chip
+from model.face.preprocess import DEFAULT_SPEC, PreprocessSpec
 
 # MTCNN's box and points → the box dlib's HOG detector draws around the same face, in which
 # dlib's shape predictor was trained to start. A linear model of the HOG box's centre offset
@@ -198,7 +198,7 @@ def centred_dlib_box(width: int, height: int) -> tuple[int, int, int, int]:
 # floor and 49 times with 0.98 (the best of 0.8-0.995); on celeba-extra's 4,133 photos, 2
 # either way. "central" gained nothing from a floor (LFW 2 → 2; celeba-extra 0 → 2), so it
 # has none.
-# The figures above are MTCNN's; YuNet's are on its class (model/detect.py). The floor is the
+# The figures above are MTCNN's; YuNet's are on its class (model/face/detect.py). The floor is the
 # detector's (FaceDetector.sure_score): their scores differ in scale.
 FACE_CHOICES = ("largest", "central")
 CENTRAL_MIN_AREA = 0.5
@@ -239,7 +239,7 @@ class FacePipeline:
                  face_choice: str = "largest", detector: str = "auto", native: bool = True,
                  orient: bool = True):
         """native: run dlib's landmarks and chip in dlib's compiled code when the dlib
-        package is installed (model/dlib_native.py: the same numbers, faster); False: always
+        package is installed (model/face/dlib_native.py: the same numbers, faster); False: always
         the numpy ports. orient: find faces in sideways and upside-down photos (`_upright`);
         False: take every photo as upright."""
         if face_choice not in FACE_CHOICES:
@@ -251,10 +251,10 @@ class FacePipeline:
         self.face_choice = face_choice
         self.orient = orient
         self.shape_predictor = None
-        self.native = None  # model.dlib_native.NativeDlib
+        self.native = None  # model.face.dlib_native.NativeDlib
         if spec.landmarks == "dlib5":
-            from model.dlib_landmarks import DEFAULT_WEIGHTS, ShapePredictor
-            from model.dlib_native import NativeDlib, dlib_available
+            from model.face.dlib_landmarks import DEFAULT_WEIGHTS, ShapePredictor
+            from model.face.dlib_native import NativeDlib, dlib_available
             self.shape_predictor = ShapePredictor.load(landmarks_path or DEFAULT_WEIGHTS)
             if native and dlib_available():
                 self.native = NativeDlib(self.shape_predictor.model)

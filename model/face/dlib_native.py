@@ -1,6 +1,6 @@
 """dlib's own compiled shape predictor and face chip, where the dlib package is installed.
 
-model/dlib_landmarks.py and model/dlib_chip.py are numpy ports of dlib's 5-point shape
+model/face/dlib_landmarks.py and model/face/dlib_chip.py are numpy ports of dlib's 5-point shape
 predictor and `get_face_chip`, equal to dlib's output point for point and pixel for pixel.
 dlib's compiled code gives those same numbers in less time (one LFW photo on one core, both
 steps: 3.24 → 1.54 ms, `python -m bench.face_stage`), so the face
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from model.dlib_landmarks import ShapePredictorModel, write_dat
+from model.face.dlib_landmarks import ShapePredictorModel, write_dat
 
 
 def dlib_available() -> bool:

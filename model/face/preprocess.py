@@ -12,8 +12,8 @@ Two families exist:
   similarity onto the 112x112 5-point template (the v0.1/0.2 students);
 - `dlib-chip`: dlib's face chip (150x150, padding 0.25) from dlib's 5-point landmarks (eye
   corners and the base of the nose), which our own port of dlib's shape predictor
-  (model/dlib_landmarks.py) finds inside the MTCNN box; the geometry and sampling grid of
-  `dlib.get_face_chip` (model/dlib_chip.py). dlib's face ResNet was trained on these chips.
+  (model/face/dlib_landmarks.py) finds inside the MTCNN box; the geometry and sampling grid of
+  `dlib.get_face_chip` (model/face/dlib_chip.py). dlib's face ResNet was trained on these chips.
 """
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Face detection with 5 landmarks, by one of two detectors (`DETECTORS`):
 - `yunet`: YuNet (OpenCV Zoo, MIT), converted into weights/detector-yunet.onnx by
-  model/convert_yunet.py and run by ONNX Runtime (model/yunet.py). ~3.3 ms a 250 px photo on
+  model/convert_yunet.py and run by ONNX Runtime (model/face/yunet.py). ~3.3 ms a 250 px photo on
   one core with its mirror-image pass. The default for dlib5 specs.
 - `mtcnn`: MTCNN, whose weights ship inside facenet-pytorch 2.5.3. ~45 ms a 250 px photo.
-Both give boxes and points in the same convention, so alignment (model/pipeline.py) is
+Both give boxes and points in the same convention, so alignment (model/face/pipeline.py) is
 shared; what differs per detector is kept on its class.
 """
 from __future__ import annotations
@@ -90,7 +90,7 @@ class FaceDetector:
     name: str = ""
     # What the detector finds, as a name: caches of aligned crops (model/data.py) are keyed by it.
     version: str = ""
-    # "largest" (model.pipeline.choose_face) looks at faces scored at least this when there is
+    # "largest" (model.face.pipeline.choose_face) looks at faces scored at least this when there is
     # one: the detectors' scores live on different scales.
     sure_score: float = 0.0
 
@@ -269,7 +269,7 @@ class MtcnnDetector(FaceDetector):
 
 
 class YunetDetector(FaceDetector):
-    """YuNet through ONNX Runtime (model/yunet.py). A batch is padded to its largest image.
+    """YuNet through ONNX Runtime (model/face/yunet.py). A batch is padded to its largest image.
 
     max_detect_side 640: YuNet finds faces from ~10 px, so a downscaled frame still shows
     faces of ~2 % of its longer side, and a 640 px pass costs ~7 ms on one core.
@@ -277,7 +277,7 @@ class YunetDetector(FaceDetector):
 
     name = "yunet"
     version = "yunet-2023mar-f32,t0.6,flip-vote,sure-0.85,side-640,second-look-1280"
-    # also detect on the mirror image and merge by box voting (model/yunet.py)
+    # also detect on the mirror image and merge by box voting (model/face/yunet.py)
     flip = True
     # `python -m bench.face_choice --detector yunet`: on LFW, "largest" picked a face other than
     # the subject 36 times with no floor, 26 with 0.85 and 23 with 0.88, but 31 with 0.9 and
@@ -288,7 +288,7 @@ class YunetDetector(FaceDetector):
     def __init__(self, device: str | torch.device = "auto", min_face_size: int = 10,
                  max_detect_side: int = 640, threshold: float = 0.6, threads: int = 1,
                  path: str | Path | None = None):
-        from model.yunet import DEFAULT_YUNET, YuNet
+        from model.face.yunet import DEFAULT_YUNET, YuNet
         super().__init__(device, min_face_size, max_detect_side)
         self._net = YuNet(path or DEFAULT_YUNET, threshold=threshold, threads=threads,
                           flip=self.flip)
