@@ -2,7 +2,7 @@
 
 Preprocessing is the encoder's own spec (`encoder.prepare`, model/face/preprocess.py), the same
 normalisation training and evaluation use; the crop size comes from it too. On the CPU the
-forward pass runs in torch or in ONNX Runtime (model/runtime.py, chosen at start-up by the
+forward pass runs in torch or in ONNX Runtime (model/nn/runtime.py, chosen at start-up by the
 `runtime` setting, with a parity check). On CUDA the uint8 batch is copied from pinned memory
 with a non-blocking copy (4x fewer bytes than float32), normalised on the device, and run in
 half precision when the warm-up check shows fp16 embeddings stay within tolerance of fp32.
@@ -14,7 +14,7 @@ import threading
 
 import torch
 
-from model.encoder import SiameseEncoder
+from model.nn.siamese import SiameseEncoder
 
 log = logging.getLogger("faceverify.inference")
 
@@ -23,7 +23,7 @@ class EncoderRunner:
     def __init__(self, encoder: SiameseEncoder, device: torch.device, precision: str = "auto",
                  fp16_tolerance: float = 1e-3, runtime: str = "auto",
                  int8_graph: bytes | None = None):
-        from model.runtime import choose_runtime
+        from model.nn.runtime import choose_runtime
         self.encoder = encoder.eval()
         self.device = device
         # The CPU forward pass: torch, or ONNX Runtime over a graph exported from the module.
@@ -38,7 +38,7 @@ class EncoderRunner:
 
     def share_cores_with(self, contended) -> None:
         """`contended()`: are the CPU cores wanted by other work right now? The ONNX Runtime
-        encoder then runs its batch on one thread (model/runtime.py: OnnxEncoder)."""
+        encoder then runs its batch on one thread (model/nn/runtime.py: OnnxEncoder)."""
         if hasattr(self._cpu_forward, "contended"):
             self._cpu_forward.contended = contended
 

@@ -6,7 +6,7 @@ encodes the face it aligned), else in the dynamic batcher (a GPU, `detect=false`
 
 Start-up order (driven by the app's lifespan, app/main.py):
 1. `load()` (blocking, in a thread): resolve the device, load the weights with
-   `model.checkpoint.load_encoder` (sha256 checked against the model card), build the face
+   `model.nn.checkpoint.load_encoder` (sha256 checked against the model card), build the face
    pipeline. Any failure raises `StartupError` and the process exits non-zero.
 2. `start()`: start the batcher. The server now answers /health/live; /health/ready and the
    inference routes answer 503 not_ready.
@@ -36,7 +36,7 @@ from app.gallery.threshold import IdentifyThresholds
 from app.inference import EncoderRunner
 from app.intake import BodyBytes, BodyLimits
 from app.metrics import BatchObserverAdapter, Metrics
-from model.encoder import pair_distance
+from model.nn.siamese import pair_distance
 
 log = logging.getLogger("faceverify.service")
 
@@ -97,9 +97,9 @@ class Service:
 
     # -- start-up ------------------------------------------------------------------------
     def load(self) -> None:
-        from model.checkpoint import WeightsError, load_encoder
         from model.face.detect import resolve_device
         from model.face.pipeline import FacePipeline, detector_for
+        from model.nn.checkpoint import WeightsError, load_encoder
 
         s = self.settings
         if s.torch_threads:

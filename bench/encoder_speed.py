@@ -11,7 +11,7 @@ encoder (`compute_face_descriptor` on a real LFW photo whose 5 landmarks were fo
 beforehand, so only the encoder is timed; needs the `distill` extra), in the same process and
 thread setting, and reports each candidate's single-image speed-up over it. `--runtimes` times
 the default weights (weights/faceverify-encoder) per face at batch 1 and 8 in torch eager,
-torch channels_last, ONNX Runtime (exported from the module, model/runtime.py) and, with
+torch channels_last, ONNX Runtime (exported from the module, model/nn/runtime.py) and, with
 `--compile`, torch.compile (minutes of compilation), each checked against eager (max L2 over
 the embeddings, must be <= 1e-4).
 """
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from model.encoder import SiameseEncoder
 from model.face.preprocess import spec_for_arch
+from model.nn.siamese import SiameseEncoder
 
 DEFAULT_WEIGHTS = Path("weights/faceverify-encoder.safetensors")
 CANDIDATES = {
@@ -103,8 +103,8 @@ def measure_teacher(repeats: int, photo: Path = TEACHER_PHOTO) -> dict:
 
 def measure_runtimes(weights: Path, repeats: int, compile_too: bool) -> list[dict]:
     """The default encoder per face in each CPU runtime, batch 1 and 8, in this process."""
-    from model.checkpoint import load_encoder
-    from model.runtime import OnnxEncoder, max_embedding_error
+    from model.nn.checkpoint import load_encoder
+    from model.nn.runtime import OnnxEncoder, max_embedding_error
     enc, _ = load_encoder(weights)
     size = enc.spec.crop_size
     gen = torch.Generator().manual_seed(0)

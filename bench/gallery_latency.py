@@ -63,9 +63,9 @@ def fill(url: str, n: int, model_sha256: str, seed: int = 0) -> float:
 
 def aligned_crop(weights: Path, lfw_dir: Path) -> bytes:
     """A real face, aligned by the shared pipeline, as the PNG a detect=false call sends."""
-    from model.checkpoint import load_encoder
     from model.face.imageio import decode_image
     from model.face.pipeline import FacePipeline
+    from model.nn.checkpoint import load_encoder
     encoder, _ = load_encoder(weights)
     pipeline = FacePipeline(device="cpu", spec=encoder.spec)
     photo = lfw_dir / "lfw-deepfunneled/Tony_Blair/Tony_Blair_0001.jpg"
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     # stopped with SIGTERM: still stop the servers and the database it started
     signal.signal(signal.SIGTERM, _terminate)
-    from model.checkpoint import read_card
+    from model.nn.checkpoint import read_card
     sha = read_card(args.weights)["weights_sha256"]
     crop = aligned_crop(args.weights, args.lfw_dir)
     rows = []

@@ -31,7 +31,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 def encoder_sweep(weights: Path, device: str, batches: list[int], repeats: int) -> list[dict]:
     import copy
 
-    from model.checkpoint import load_encoder
+    from model.nn.checkpoint import load_encoder
     base, _ = load_encoder(weights, device=device)
     cuda = device.startswith("cuda")
 

@@ -158,7 +158,7 @@ def encoder_efficiency(weights: Path, batch: int, repeats: int = 10) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from model.checkpoint import load_encoder
+    from model.nn.checkpoint import load_encoder
     enc, _ = load_encoder(weights, device="cpu")
     size = enc.spec.crop_size
     with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -258,7 +258,7 @@ def main(argv=None) -> int:
     card = json.loads(weights.with_suffix(".json").read_text())
     result["model"] = {"name": card.get("name"), "sha256": card.get("weights_sha256"),
                        "threshold": (card.get("threshold") or {}).get("value")}
-    from model.checkpoint import load_encoder
+    from model.nn.checkpoint import load_encoder
     payloads = load_payloads(args.lfw_dir, args.pairs, cache_dir=args.cache_dir,
                              spec=load_encoder(weights)[0].spec)
     print(f"{len(payloads['pairs'])} pairs, {len(payloads['paths'])} photos; "

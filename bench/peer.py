@@ -64,9 +64,9 @@ def faceverify_worker(argv: list[str]) -> int:
     import torch
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-    from model.checkpoint import load_encoder
     from model.face.imageio import decode_image
     from model.face.pipeline import FacePipeline
+    from model.nn.checkpoint import load_encoder
     encoder, _ = load_encoder(args.weights, device="cpu")
     pipeline = FacePipeline(device="cpu", spec=encoder.spec)
     paths = [Path(args.root) / r for r in Path(args.images).read_text().splitlines() if r]

@@ -30,7 +30,7 @@ from bench.wrk_load import parse_wrk, run_wrk, statuses, write_bodies
 def main(argv: list[str] | None = None) -> int:
     from bench.load import load_payloads
     from bench.peer import peer_cmd, run_pool
-    from model.checkpoint import load_encoder
+    from model.nn.checkpoint import load_encoder
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
     settings = dict(s.split("=", 1) for s in args.set)
-    from model.checkpoint import load_encoder
+    from model.nn.checkpoint import load_encoder
     payloads = load_payloads(args.lfw_dir, args.pairs, spec=load_encoder(args.weights)[0].spec)
     detect = args.detect == "true"
     images = payloads[detect]

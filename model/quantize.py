@@ -3,7 +3,7 @@
     python -m model.quantize --weights weights/faceverify-encoder.safetensors \\
         --calibration-dir ../shared/data/celeba-extra --out weights/faceverify-encoder.int8.onnx
 
-The torch module is exported to ONNX (model.runtime.export_onnx, as the service does at
+The torch module is exported to ONNX (model.nn.runtime.export_onnx, as the service does at
 start-up), then quantised statically by ONNX Runtime's own tool: weights to int8 per output
 channel, activations to uint8 with ranges calibrated (min/max) on aligned faces of a set
 that is not LFW (celeba-extra, a seeded sample, aligned by the shared face pipeline), in QDQ
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.checkpoint import load_encoder, sha256_of
+from model.nn.checkpoint import load_encoder, sha256_of
 
 DEFAULT_CALIBRATION = Path("../shared/data/celeba-extra")
 
@@ -89,7 +89,7 @@ def quantize(encoder, calibration: np.ndarray, method: str = "percentile", batch
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from model.runtime import export_onnx
+    from model.nn.runtime import export_onnx
     x = encoder.spec.to_tensor(calibration).numpy()
 
     class Batches(CalibrationDataReader):

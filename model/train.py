@@ -29,14 +29,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from model.checkpoint import load_encoder, save_weights, write_card
 from model.data import AlignedImages, PKSampler, augment, load_aligned_folder
-from model.encoder import SiameseEncoder, embed_crops, pair_distance
 from model.face.detect import resolve_device
 from model.face.preprocess import PreprocessSpec, spec_for_arch, spec_from_metadata
 from model.lfw import identities_in, pair_images, parse_folds, read_pairs
 from model.losses import DistillationLoss, build_loss
 from model.metrics import summarize
+from model.nn.checkpoint import load_encoder, save_weights, write_card
+from model.nn.siamese import SiameseEncoder, embed_crops, pair_distance
 from model.train_config import ConfigError, OptimConfig, TrainConfig, load_config
 
 log = logging.getLogger("faceverify.train")

@@ -38,7 +38,7 @@ def weights_with_spec(src: Path, dst: Path, **changes) -> Path:
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from model.checkpoint import sha256_of
+    from model.nn.checkpoint import sha256_of
     with safe_open(str(src), "pt") as f:
         meta = dict(f.metadata())
     meta["preprocessing"] = json.dumps(json.loads(meta["preprocessing"]) | changes)
@@ -83,8 +83,8 @@ class Reference:
     def __init__(self, weights: Path, pipeline):
         import torch
 
-        from model.checkpoint import load_encoder
         from model.face.pipeline import FacePipeline
+        from model.nn.checkpoint import load_encoder
         self.encoder, self.card = load_encoder(weights, device="cpu")
         if pipeline.spec != self.encoder.spec:  # these weights align faces their own way
             pipeline = FacePipeline(device="cpu", spec=self.encoder.spec)
@@ -118,7 +118,7 @@ class Reference:
         if out is None:
             return None
         emb, faces = out
-        from model.encoder import pair_distance
+        from model.nn.siamese import pair_distance
         return float(pair_distance(emb[:1], emb[1:])[0]), faces
 
     def distance(self, a: Path, b: Path) -> float | None:

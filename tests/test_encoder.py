@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from model.backbones import ARCHITECTURES
-from model.checkpoint import WeightsError, load_encoder, save_weights, write_card
-from model.encoder import DEFAULT_ARCH, SiameseEncoder
+from model.nn.backbones import ARCHITECTURES
+from model.nn.checkpoint import WeightsError, load_encoder, save_weights, write_card
+from model.nn.siamese import DEFAULT_ARCH, SiameseEncoder
 
 SMALL = {"arch": "mobilefacenet", "embedding_dim": 64, "width": 0.25, "depth": [1, 1, 1, 1, 1],
          "final_channels": 128}

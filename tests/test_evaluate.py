@@ -6,9 +6,9 @@ import json
 import numpy as np
 import torch
 
-from model.checkpoint import read_card, save_weights, write_card
-from model.encoder import SiameseEncoder
 from model.face.imageio import decode_image
+from model.nn.checkpoint import read_card, save_weights, write_card
+from model.nn.siamese import SiameseEncoder
 from tests.test_encoder import SMALL
 
 

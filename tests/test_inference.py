@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from app.inference import EncoderRunner
-from model.checkpoint import load_encoder
+from model.nn.checkpoint import load_encoder
 
 
 def crops(n: int, seed: int = 0) -> torch.Tensor:
@@ -51,7 +51,7 @@ def test_cuda_runner_matches_the_cpu_within_tolerance(tiny_weights, precision):
 # ------------------------------------------------------------------ the CPU runtime
 def test_onnxruntime_gives_the_torch_embeddings_within_1e_4():
     pytest.importorskip("onnxruntime")
-    from model.runtime import OnnxEncoder, max_embedding_error
+    from model.nn.runtime import OnnxEncoder, max_embedding_error
     from tests.conftest import ROOT
     encoder, _ = load_encoder(ROOT / "weights" / "faceverify-encoder.safetensors", "cpu")
     assert max_embedding_error(encoder, OnnxEncoder(encoder), 150, batch=5) < 1e-4
@@ -69,7 +69,7 @@ def test_a_contended_encoder_runs_on_one_thread_with_the_same_embeddings(tiny_we
     service says its cores are wanted (requests in the face stage) a batch runs there, and
     the embeddings are the same either way."""
     pytest.importorskip("onnxruntime")
-    from model.runtime import OnnxEncoder
+    from model.nn.runtime import OnnxEncoder
     encoder, _ = load_encoder(tiny_weights, "cpu")
     ort_encoder = OnnxEncoder(encoder, threads=2)
     assert ort_encoder.lean_session is not ort_encoder.session
@@ -104,6 +104,6 @@ def test_runtime_torch_is_honoured_and_auto_falls_back_without_onnxruntime(tiny_
     assert EncoderRunner(encoder, torch.device("cpu"), runtime="torch").runtime == "torch"
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     assert EncoderRunner(encoder, torch.device("cpu"), runtime="auto").runtime == "torch"
-    from model.runtime import RuntimeUnavailable
+    from model.nn.runtime import RuntimeUnavailable
     with pytest.raises(RuntimeUnavailable, match="onnxruntime"):
         EncoderRunner(encoder, torch.device("cpu"), runtime="onnxruntime")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import load_encoder, sha256_of
+from model.nn.checkpoint import load_encoder, sha256_of
 from model.quantize import Int8GraphError, find_int8, int8_graph_for
 from model.quantize import main as quantize_main
 
@@ -32,7 +32,7 @@ def int8_weights(tiny_weights, small_lfw, tmp_path_factory):
 
 
 def test_the_int8_graph_embeds_like_the_float32_encoder(int8_weights, small_aligned):
-    from model.runtime import OnnxEncoder
+    from model.nn.runtime import OnnxEncoder
     encoder, card = load_encoder(int8_weights)
     graph, int8_card = find_int8(int8_weights, card["weights_sha256"])
     assert int8_card["source_weights_sha256"] == card["weights_sha256"]

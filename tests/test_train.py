@@ -10,7 +10,7 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-from model.checkpoint import load_encoder
+from model.nn.checkpoint import load_encoder
 from tests.conftest import ROOT
 
 TINY_ARCH = json.dumps({"arch": "mobilefacenet", "embedding_dim": 32, "width": 0.25,
@@ -81,7 +81,7 @@ def test_distillation_run_pulls_the_student_towards_the_teacher(small_lfw, small
     import numpy as np
 
     from model import teacher
-    from model.encoder import embed_crops
+    from model.nn.siamese import embed_crops
     from model.train import main
     from tests.test_teacher import precomputed_or_skip
     precomputed_or_skip()

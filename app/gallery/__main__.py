@@ -54,8 +54,8 @@ def _encoder(weights: Path, device: str, int8: str):
     """The encoder as the service would run it (float32, or the int8 graph beside the
     weights under the same FACEVERIFY_INT8 rule): (embed crops → vectors, the sha256 its
     vectors are tagged with, its preprocessing spec)."""
-    from model.checkpoint import load_encoder
-    from model.encoder import embed_crops
+    from model.nn.checkpoint import load_encoder
+    from model.nn.siamese import embed_crops
     from model.quantize import find_int8
     encoder, card = load_encoder(weights, device=device)
     if card is None or not card.get("weights_sha256"):
@@ -67,7 +67,7 @@ def _encoder(weights: Path, device: str, int8: str):
             raise SystemExit(f"int8=on but no int8 graph beside {weights}")
         return (lambda crops: embed_crops(encoder, crops).numpy()), card["weights_sha256"], \
             encoder.spec
-    from model.runtime import OnnxEncoder
+    from model.nn.runtime import OnnxEncoder
     session = OnnxEncoder(encoder, graph=found[0])
     return (lambda crops: session(encoder.spec.to_tensor(crops)).numpy()), \
         found[1]["graph_sha256"], encoder.spec

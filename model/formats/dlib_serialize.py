@@ -1,7 +1,7 @@
 """A reader for dlib's serialization format (dlib/serialize.h), enough for its model files.
 
 We read dlib's `.dat` files ourselves (no dlib at run time) to convert dlib's public-domain
-models into our own safetensors: the face ResNet (model/dlib_resnet.py) and the 5-point
+models into our own safetensors: the face ResNet (model/nn/dlib_resnet.py) and the 5-point
 shape predictor (model/face/dlib_landmarks.py). The primitives, as dlib writes them:
 
 - integers: one control byte (the number of magnitude bytes, | 0x80 when negative), then the

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from model.encoder import SiameseEncoder
 from model.face.preprocess import SpecError, spec_from_metadata
+from model.nn.siamese import SiameseEncoder
 
 
 class WeightsError(RuntimeError):

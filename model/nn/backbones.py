@@ -6,7 +6,7 @@
 - `mnv3s`: torchvision's MobileNetV3-Small trunk with the same GDC head.
 - `iresnet`: a narrow IResNet (insightface's `iresnet` blocks: BN-conv-BN-PReLU-conv-BN with a
   projection shortcut), sized for CPU: a stride-2 stem, three stride-2 stages, the GDC head.
-- `dlib-resnet`: dlib's face-recognition ResNet (150x150 chips; model/dlib_resnet.py), which
+- `dlib-resnet`: dlib's face-recognition ResNet (150x150 chips; model/nn/dlib_resnet.py), which
   `python -m model.convert_dlib` fills with dlib's public-domain weights.
 - `koch`: the origin tutorial's Koch-et-al. convnet (64@10, 128@7, 128@4, 256@4, fc 4096),
   with its fc layer sized to the actual input; kept as a reference point.
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from model.dlib_resnet import DlibResNet
+from model.nn.dlib_resnet import DlibResNet
 
 
 def _conv_bn(cin: int, cout: int, k: int, s: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from model.encoder import SiameseEncoder
+from model.nn.siamese import SiameseEncoder
 from model.onnx_session import cpu_session
 
 log = logging.getLogger("faceverify.runtime")

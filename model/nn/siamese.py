@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.backbones import build_backbone
 from model.face.preprocess import PreprocessSpec, spec_for_arch
+from model.nn.backbones import build_backbone
 
 DEFAULT_ARCH: dict[str, Any] = {"arch": "mobilefacenet", "embedding_dim": 128}
 
