@@ -86,7 +86,7 @@ def decode_upload(name: str, data: bytes, max_pixels: int, min_side: int | None)
 
 # ------------------------------------------------------------------ in a worker process
 _worker_pipeline: FacePipeline | None = None
-_worker_encoder = None  # model.onnx_session.CropEncoder, when the config has a graph
+_worker_encoder = None  # model.encoder.onnx_session.CropEncoder, when the config has a graph
 
 
 def _init_worker(config: PipelineConfig) -> None:
@@ -102,7 +102,7 @@ def _init_worker(config: PipelineConfig) -> None:
         sys.modules["torch"].set_num_threads(1)
     _worker_pipeline.detector.detect([Image.new("RGB", (160, 160), (128, 128, 128))])
     if config.encoder_graph is not None:
-        from model.onnx_session import CropEncoder
+        from model.encoder.onnx_session import CropEncoder
         _worker_encoder = CropEncoder(config.encoder_graph, config.spec, threads=1)
         size = config.spec.crop_size
         _worker_encoder(np.zeros((1, size, size, 3), dtype=np.uint8))

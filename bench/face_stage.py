@@ -26,10 +26,10 @@ from bench.server import DEFAULT_LFW, DEFAULT_WEIGHTS
 def main(argv: list[str] | None = None) -> int:
     import json
 
+    from model.encoder.onnx_session import CropEncoder
     from model.face.imageio import decode_reduced
     from model.face.pipeline import FacePipeline, dlib_box
     from model.face.preprocess import PreprocessSpec
-    from model.onnx_session import CropEncoder
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lfw-dir", type=Path, default=DEFAULT_LFW)

@@ -113,7 +113,7 @@ def test_worker_processes_encode_the_faces_they_align(chip_pipeline, int8_graph)
     the offline pipeline's crop through the same graph; the crop itself comes back only
     when asked; already-aligned images (detect=false) are left to the batcher."""
     from app.faces import PipelineConfig
-    from model.onnx_session import CropEncoder
+    from model.encoder.onnx_session import CropEncoder
     photos = {"image1": lfw_photo("Tony_Blair", 5).read_bytes(),
               "image2": lfw_photo("Colin_Powell", 1).read_bytes()}
     offline = chip_pipeline.align([decode_image(p) for p in photos.values()])

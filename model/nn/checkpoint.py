@@ -59,7 +59,7 @@ def json_safe(value: Any) -> Any:
 
 def write_card(path: str | Path, card: dict[str, Any]) -> None:
     """Write the model card JSON and its Markdown rendering beside the weights."""
-    from model.modelcard import render_markdown
+    from model.encoder.modelcard import render_markdown
     path = card_path(path)
     card = json_safe(card)
     path.write_text(json.dumps(card, indent=2, sort_keys=False, allow_nan=False) + "\n")

@@ -17,8 +17,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from model.encoder.onnx_session import cpu_session
 from model.nn.siamese import SiameseEncoder
-from model.onnx_session import cpu_session
 
 log = logging.getLogger("faceverify.runtime")
 RUNTIMES = ("auto", "torch", "onnxruntime")
