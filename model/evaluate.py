@@ -100,7 +100,7 @@ class AlignedLfw:
 
 def embed_aligned(encoder, crops: np.ndarray, graph: Path | None = None) -> torch.Tensor:
     """Embeddings of aligned crops by the torch module, or by an ONNX graph of it (the int8
-    graph of model/quantize.py, as the service runs it)."""
+    graph of model/convert/quantize.py, as the service runs it)."""
     if graph is None:
         return embed_crops(encoder, crops)
     from model.nn.runtime import OnnxEncoder
@@ -417,7 +417,7 @@ def update_card(card_file: Path, key: str, report: dict[str, Any]) -> None:
         "at_far_1e-2": report["threshold_at_far_1e-2"],
         "at_far_1e-3": report["threshold_at_far_1e-3"],
     }
-    if "graph_file" in card:  # an int8 graph's card (model/quantize.py): JSON only
+    if "graph_file" in card:  # an int8 graph's card (model/convert/quantize.py): JSON only
         card_file.write_text(json.dumps(card, indent=2) + "\n")
     else:
         write_card(weights, card)
@@ -436,7 +436,7 @@ def write_impostors(card_file: Path, report: dict[str, Any]) -> None:
     card["impostors"] = {k: report[k] for k in (
         "set", "pairs", "face_choice", "detector", "flip_tta", "no_face", "identity_disjoint",
         "command", "table") if k in report}
-    if "graph_file" in card:  # an int8 graph's card (model/quantize.py): JSON only
+    if "graph_file" in card:  # an int8 graph's card (model/convert/quantize.py): JSON only
         card_file.write_text(json.dumps(card, indent=2) + "\n")
     else:
         write_card(card_file.with_suffix(".safetensors"), card)
@@ -473,7 +473,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "says (default); --write-card records the choice in the card")
     p.add_argument("--graph", type=Path,
                    help="embed with this ONNX graph of the weights (the int8 graph of "
-                        "model.quantize) instead of the torch module; its card is the one "
+                        "model.convert.quantize) instead of the torch module; its card is the one "
                         "--write-card should name")
     p.add_argument("--out", type=Path, help="JSON report path")
     p.add_argument("--roc", type=Path, help="ROC plot PNG path")

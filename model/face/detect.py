@@ -1,6 +1,6 @@
 """Face detection with 5 landmarks, by one of two detectors (`DETECTORS`):
 - `yunet`: YuNet (OpenCV Zoo, MIT), converted into weights/detector-yunet.onnx by
-  model/convert_yunet.py and run by ONNX Runtime (model/face/yunet.py). ~3.3 ms a 250 px photo on
+  model/convert/yunet.py and run by ONNX Runtime (model/face/yunet.py). ~3.3 ms a 250 px photo on
   one core with its mirror-image pass. The default for dlib5 specs.
 - `mtcnn`: MTCNN, whose weights ship inside facenet-pytorch 2.5.3. ~45 ms a 250 px photo.
 Both give boxes and points in the same convention, so alignment (model/face/pipeline.py) is

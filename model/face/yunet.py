@@ -1,6 +1,6 @@
 """YuNet (OpenCV Zoo, 2023mar; MIT) run by ONNX Runtime: boxes, 5 landmarks and scores.
 
-The graph is `weights/detector-yunet.onnx`, converted by `python -m model.convert_yunet`. What
+The graph is `weights/detector-yunet.onnx`, converted by `python -m model.convert.yunet`. What
 this module adds is what OpenCV's `FaceDetectorYN` does around the network, in numpy: BGR
 pixels as float32 (no scaling), padded at the right and bottom to a multiple of 32; an
 anchor-free decode of the three heads (strides 8, 16 and 32); score = sqrt(cls * obj); then
@@ -116,7 +116,7 @@ MIRROR_ORDER = [1, 0, 2, 4, 3]
 
 def check_against_card(path: Path, data: bytes) -> None:
     """ValueError unless `data` has the sha256 the card beside `path` records (the card is
-    written by model.convert_yunet; a graph without a card is taken as it is)."""
+    written by model.convert.yunet; a graph without a card is taken as it is)."""
     import hashlib
     import json
     card = path.with_suffix(".json")

