@@ -109,11 +109,11 @@ evaluate-identify: $(STAMP)
 	    --out bench/results/lfw_identify_central.json
 
 # The 0.2 student (weights/faceverify-student: 0.83 M parameters, ~5x faster per face, 89 % on
-# View 2): the distillation recipe (model/configs/distill.yaml) trains two students that never
+# View 2): the distillation recipe (model/train/configs/distill.yaml) trains two students that never
 # see folds 1-5 / 6-10's people and the shipped one on everything, side by side with the same
 # wall-clock budget, then its identity-disjoint evaluation.
 MINUTES ?= 85
-TRAIN   := OMP_NUM_THREADS=1 $(PY) -m model.train --config model/configs/distill.yaml --threads 1 --no-progress --max-minutes $(MINUTES)
+TRAIN   := OMP_NUM_THREADS=1 $(PY) -m model.train --config model/train/configs/distill.yaml --threads 1 --no-progress --max-minutes $(MINUTES)
 student-weights: $(STAMP)
 	mkdir -p runs/logs
 	$(TRAIN) --name fold-a --exclude-identities-from $(LFW_DIR)/pairs.txt --exclude-folds 1-5 \

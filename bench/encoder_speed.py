@@ -88,7 +88,7 @@ def measure_teacher(repeats: int, photo: Path = TEACHER_PHOTO) -> dict:
     import numpy as np
     from PIL import Image
 
-    from model import teacher
+    from model.train import teacher
     _, shape_predictor, encoder = teacher._load_dlib()
     image = np.asarray(Image.open(photo).convert("RGB"))
     (top, right, bottom, left), _ = teacher._face_box(image)

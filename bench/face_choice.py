@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench.report import print_and_save
 from model.face.detect import DEFAULT_DETECTOR, DETECTORS, Detection, _iou
-from model.pool import process_pool
+from model.train.pool import process_pool
 
 SCORES = (0.0, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92, 0.95, 0.98, 0.99, 0.995)
 _detector = None

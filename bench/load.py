@@ -55,8 +55,8 @@ def load_payloads(lfw_dir: Path, n_pairs: int, seed: int = 0, cache_dir: Path | 
     served weights' preprocessing spec says) as JPEG q95."""
     from PIL import Image
 
-    from model.data import load_aligned_folder
     from model.lfw import read_pairs
+    from model.train.data import load_aligned_folder
     pairs = read_pairs(lfw_dir / "pairs.txt")
     order = np.random.default_rng(seed).permutation(len(pairs))[:n_pairs]
     chosen = [pairs[i] for i in order]
@@ -236,7 +236,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--plots", default="docs",
                    help="folder for bench_throughput.png and bench_latency.png; '' = none")
     p.add_argument("--log-dir", type=Path, default=Path("runs/logs"))
-    p.add_argument("--cache-dir", type=Path, help="aligned-crop cache (default: model.data's)")
+    p.add_argument("--cache-dir", type=Path, help="aligned-crop cache (default: model.train.data's)")
     return p.parse_args(argv)
 
 

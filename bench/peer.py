@@ -221,8 +221,8 @@ def teacher_crosscheck(teacher: Path, rels: list[str], emb: np.ndarray, found: n
 
 def faceverify_accuracy(args, pairs) -> tuple[dict, np.ndarray | None]:
     """The identity-disjoint report, and its per-pair distances recomputed for the ROC."""
-    from model.data import load_aligned_folder
     from model.evaluate import evaluate_view2
+    from model.train.data import load_aligned_folder
     lfw = load_aligned_folder(args.lfw_dir / "lfw-deepfunneled", "lfw", progress=False)
     if args.faceverify_weights:  # development only: one encoder, not identity-disjoint
         groups = {"1-10": args.faceverify_weights}

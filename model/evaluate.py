@@ -17,7 +17,7 @@ face-centred) so every pair gets a score; their number is reported.
 Outputs a JSON report and a ROC plot; `--write-card` stores the result and the calibrated
 threshold in a model card. `--with-teacher` also scores the same pairs, with the same
 protocol, by the distillation teacher (dlib's ResNet: Euclidean distance between its raw
-vectors, face_recognition's metric; vectors from the teacher store, model/teacher.py), so
+vectors, face_recognition's metric; vectors from the teacher store, model/train/teacher.py), so
 student and teacher figures sit side by side.
 """
 from __future__ import annotations
@@ -34,13 +34,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.data import load_aligned_folder
 from model.face.detect import DETECTORS
 from model.face.pipeline import FACE_CHOICES
 from model.lfw import Pair, pair_images, parse_folds, read_pairs
 from model.metrics import accuracy_at, best_threshold, kfold_accuracy, roc_curve, summarize
 from model.nn.checkpoint import card_path, load_encoder, read_card, write_card
 from model.nn.siamese import embed_crops, pair_distance
+from model.train.data import load_aligned_folder
 
 log = logging.getLogger("faceverify.evaluate")
 DEFAULT_LFW = os.environ.get("FACEVERIFY_LFW_DIR", "../shared/data/lfw")
@@ -65,7 +65,7 @@ TEACHER = Path("teacher:dlib")  # stands for the distillation teacher where weig
 
 
 def score_pairs_by_teacher(pairs: list[Pair], lfw_dir: Path) -> np.ndarray:
-    from model import teacher
+    from model.train import teacher
     images = lfw_dir / "lfw-deepfunneled"
     paths, left, right = pair_images(pairs)
     store, _ = teacher.open_store()
@@ -75,7 +75,7 @@ def score_pairs_by_teacher(pairs: list[Pair], lfw_dir: Path) -> np.ndarray:
 
 class AlignedLfw:
     """LFW's images aligned for each preprocessing spec an evaluation needs (built once per
-    spec and cached on disk by model.data). `face_choice` (model.face.pipeline.FACE_CHOICES):
+    spec and cached on disk by model.train.data). `face_choice` (model.face.pipeline.FACE_CHOICES):
     which face of a photo with several counts; LFW's photos are centred on the person the
     pairs name, so "central" by default."""
 

@@ -82,7 +82,7 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def small_aligned(small_lfw, cache_dir):
-    from model.data import load_aligned_folder
+    from model.train.data import load_aligned_folder
     return load_aligned_folder(small_lfw / "lfw-deepfunneled", "lfw", cache_dir=cache_dir,
                                workers=1, progress=False)
 

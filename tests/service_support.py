@@ -22,7 +22,7 @@ DEFAULT_WEIGHTS = ROOT / "weights" / "faceverify-encoder.safetensors"
 
 def train_tiny_encoder(small_lfw: Path, cache_dir: Path, out: Path) -> Path:
     """A short real training run (4 epochs on 120 LFW photos, ~20 s on 2 cores)."""
-    from model.train import main
+    from model.train.loop import main
     main(["--data", f"lfw={small_lfw / 'lfw-deepfunneled'}", "--arch", TINY_ARCH,
           "--batch-p", "8", "--batch-k", "4", "--warmup-steps", "5", "--epochs", "4", "--seed", "0",
           "--cache-dir", str(cache_dir), "--run-dir", str(out / "runs"),

@@ -197,7 +197,7 @@ def test_dlib_chip_spec_gives_150px_chips_close_to_face_recognitions(chip_pipeli
     face_recognition's (HOG box → dlib's predictor → dlib's chip), through dlib's ResNet:
     the descriptors differ only by where the two detectors put the box."""
     from model.nn.checkpoint import load_encoder
-    from model.teacher import lookup, open_store
+    from model.train.teacher import lookup, open_store
     from tests.conftest import ROOT
     encoder, _ = load_encoder(ROOT / "weights" / "faceverify-encoder.safetensors")
     paths = [lfw_photo(n, i) for n, i in PHOTOS]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from model.data import PKSampler, augment, load_aligned_folder
+from model.train.data import PKSampler, augment, load_aligned_folder
 from tests.conftest import IMAGES_PER_IDENTITY, SMALL_IDENTITIES
 
 
@@ -48,7 +48,7 @@ def test_aligned_cache_is_built_once_and_reused(small_aligned, small_lfw, cache_
 
 
 def test_exclusion_keeps_training_identity_disjoint(small_lfw, cache_dir):
-    from model.train import load_config, load_training_data
+    from model.train.loop import load_config, load_training_data
     config = load_config(None, {"data.roots": {"lfw": str(small_lfw / "lfw-deepfunneled")},
                                 "data.exclude_identities_from": str(small_lfw / "pairs.txt"),
                                 "data.exclude_folds": "1"})
@@ -90,10 +90,10 @@ def _collect_garbage_in_worker(_: int) -> bool:
 def test_offline_workers_are_spawned_so_a_live_onnx_session_cannot_hang_them(small_lfw):
     """A forked worker inherits an ONNX Runtime session without its threads and can hang
     freeing it (seen in `make test`); spawned workers share nothing with the parent."""
-    from model.data import align_folder
     from model.nn.runtime import OnnxEncoder  # a core dependency: always installed
     from model.nn.siamese import SiameseEncoder
-    from model.pool import process_pool
+    from model.train.data import align_folder
+    from model.train.pool import process_pool
     session = OnnxEncoder(SiameseEncoder(
         {"arch": "mobilefacenet", "embedding_dim": 32, "width": 0.25,
          "depth": [1, 1, 1, 1, 1], "final_channels": 64}).eval(), threads=2)

@@ -6,7 +6,12 @@ import math
 import pytest
 import torch
 
-from model.losses import BatchHardTripletLoss, ContrastiveLoss, DistillationLoss, contrastive_loss
+from model.train.losses import (
+    BatchHardTripletLoss,
+    ContrastiveLoss,
+    DistillationLoss,
+    contrastive_loss,
+)
 
 
 def test_contrastive_pair_values_by_hand():

@@ -398,7 +398,7 @@ def default_server(tmp_path_factory):
     if not DEFAULT_WEIGHTS.exists():
         pytest.skip(f"default weights {DEFAULT_WEIGHTS.relative_to(DEFAULT_WEIGHTS.parents[1])}"
                     " not committed yet (they are trained with `make weights` / python -m "
-                    "model.train and committed with their model card); LFW verdict quality "
+                    "model.train.loop and committed with their model card); LFW verdict quality "
                     "on the default weights needs them")
     log = tmp_path_factory.mktemp("default_server") / "server.log"
     # float32: the serving path is checked against model/'s to 1e-4 (the int8 graph the CPU

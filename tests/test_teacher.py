@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from model import teacher
+from model.train import teacher
 from tests.conftest import LFW_DIR, ROOT, lfw_photo
 
 PRECOMPUTED = ROOT.parent / "shared" / "data" / "teacher" / "dlib-teacher.npz"
@@ -116,7 +116,7 @@ def test_the_service_never_imports_the_teacher():
             "p = FacePipeline(device='cpu', spec=DLIB_CHIP150); "
             f"p.align([Image.open({str(lfw_photo('Colin_Powell', 1))!r}).convert('RGB')]); "
             "p.align([Image.new('RGB', (250, 250))], fallback='centre'); "
-            "print(any(m.startswith(('model.teacher', 'face_recognition_models')) "
+            "print(any(m.startswith(('model.train.teacher', 'face_recognition_models')) "
             "for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          check=True)

@@ -27,7 +27,7 @@ def train_args(small_lfw, cache_dir, tmp_path, *extra):
 
 def test_short_training_run_lowers_the_loss_and_writes_weights(small_lfw, small_aligned,
                                                                cache_dir, tmp_path):
-    from model.train import main
+    from model.train.loop import main
     main(train_args(small_lfw, cache_dir, tmp_path, "--name", "tiny", "--epochs", "16",
                     "--eval-every", "8", "--seed", "1"))
     history = [json.loads(line) for line in (tmp_path / "runs/tiny/log.jsonl").read_text().splitlines()]
@@ -44,7 +44,7 @@ def test_short_training_run_lowers_the_loss_and_writes_weights(small_lfw, small_
 
 
 def test_training_resumes_from_its_checkpoint(small_lfw, small_aligned, cache_dir, tmp_path):
-    from model.train import main
+    from model.train.loop import main
     args = train_args(small_lfw, cache_dir, tmp_path, "--name", "resume", "--eval-pairs", "none")
     main(args + ["--epochs", "2"])
     main(args + ["--epochs", "4", "--resume"])
@@ -59,7 +59,7 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(small_lfw, small_align
                                                           tmp_path):
     replicas = tmp_path / "replicas"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           "--nproc-per-node", "2", "-m", "model.train",
+           "--nproc-per-node", "2", "-m", "model.train.loop",
            *train_args(small_lfw, cache_dir, tmp_path, "--name", "ddp", "--max-steps", "4",
                        "--eval-pairs", "none", "--threads", "1"),
            "--save-replicas", str(replicas)]
@@ -80,9 +80,9 @@ def test_distillation_run_pulls_the_student_towards_the_teacher(small_lfw, small
     similarities sit much closer to the teacher's (centred) ones, and the card says how."""
     import numpy as np
 
-    from model import teacher
     from model.nn.siamese import embed_crops
-    from model.train import main
+    from model.train import teacher
+    from model.train.loop import main
     from tests.test_teacher import precomputed_or_skip
     precomputed_or_skip()
     store = tmp_path / "teacher.npz"
@@ -118,7 +118,7 @@ def test_distillation_run_pulls_the_student_towards_the_teacher(small_lfw, small
 def test_warm_start_only_from_weights_that_never_saw_the_excluded_identities(
         small_lfw, small_aligned, cache_dir, tmp_path):
     from model.evaluate import disjointness
-    from model.train import main
+    from model.train.loop import main
     pairs = str(small_lfw / "pairs.txt")
     common = ["--eval-pairs", "none", "--epochs", "1", "--batch-p", "4",
               "--exclude-identities-from", pairs]
@@ -138,7 +138,7 @@ def test_warm_start_only_from_weights_that_never_saw_the_excluded_identities(
 
 
 # ---------------------------------------------------------------------------- the typed config
-CONFIGS = sorted((ROOT / "model" / "configs").glob("*.yaml"))
+CONFIGS = sorted((ROOT / "model" / "train" / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("snippet, key", [
@@ -148,7 +148,7 @@ CONFIGS = sorted((ROOT / "model" / "configs").glob("*.yaml"))
 ])
 def test_an_unknown_key_in_a_config_file_is_rejected_naming_it_and_the_file(tmp_path, snippet,
                                                                            key):
-    from model.train_config import ConfigError, load_config
+    from model.train.config import ConfigError, load_config
     path = tmp_path / "foo.yaml"
     path.write_text(snippet)
     where = re.escape(str(path))
@@ -157,7 +157,7 @@ def test_an_unknown_key_in_a_config_file_is_rejected_naming_it_and_the_file(tmp_
 
 
 def test_the_cli_stops_on_an_unknown_key_before_training(tmp_path):
-    from model.train import main
+    from model.train.loop import main
     path = tmp_path / "typo.yaml"
     path.write_text("optim:\n  lrr: 0.1\n")
     with pytest.raises(SystemExit, match=r"unknown key 'optim.lrr' in \S*typo.yaml; known: name"):
@@ -171,7 +171,7 @@ def test_the_cli_stops_on_an_unknown_key_before_training(tmp_path):
 
 
 def test_a_wrong_value_or_an_unknown_override_names_its_key():
-    from model.train_config import ConfigError, load_config
+    from model.train.config import ConfigError, load_config
     with pytest.raises(ConfigError, match=r"unknown key 'optim.lrr' in override 'optim.lrr'"):
         load_config(None, {"optim.lrr": 0.1})
     with pytest.raises(ConfigError, match=r"'sampler.p' in override 'sampler.p': .*integer"):
@@ -181,9 +181,9 @@ def test_a_wrong_value_or_an_unknown_override_names_its_key():
 
 
 def test_flags_override_the_file_and_land_in_the_typed_config():
-    from model.train import overrides_from, parse_args
-    from model.train_config import TrainConfig, load_config
-    args = parse_args(["--config", str(ROOT / "model/configs/distill.yaml"), "--lr", "0.01",
+    from model.train.config import TrainConfig, load_config
+    from model.train.loop import overrides_from, parse_args
+    args = parse_args(["--config", str(ROOT / "model/train/configs/distill.yaml"), "--lr", "0.01",
                        "--batch-p", "8", "--extra-per-batch", "3", "--data", "mine=/data/faces",
                        "--arch", TINY_ARCH, "--eval-folds", "1-5", "--name", "typed"])
     config = load_config(args.config, overrides_from(args))
@@ -198,8 +198,8 @@ def test_flags_override_the_file_and_land_in_the_typed_config():
 
 
 def test_the_config_classes_defaults_are_default_yaml():
-    """TrainConfig() and model/configs/default.yaml describe the same recipe."""
-    from model.train_config import TrainConfig, load_config
+    """TrainConfig() and model/train/configs/default.yaml describe the same recipe."""
+    from model.train.config import TrainConfig, load_config
     assert load_config(None, {}) == TrainConfig()
     assert not TrainConfig().distill.enabled
 
@@ -208,7 +208,7 @@ def test_the_config_classes_defaults_are_default_yaml():
 def test_the_shipped_configs_load_and_keep_every_value_they_set(path):
     import yaml
 
-    from model.train_config import TrainConfig, load_config
+    from model.train.config import TrainConfig, load_config
     config = load_config(path, {})
     plain = config.to_dict()
     json.dumps(plain)  # what config.json and the model card get
@@ -232,13 +232,13 @@ def test_fine_tuning_the_converted_dlib_network_keeps_its_spec_and_provenance(
 
     from model.evaluate import disjointness
     from model.face.preprocess import DLIB_CHIP150
-    from model.train import main
+    from model.train.loop import main
     from tests.test_teacher import precomputed_or_skip
     precomputed_or_skip()
     pairs = str(small_lfw / "pairs.txt")
     init = ROOT / "weights" / "faceverify-encoder.safetensors"
     main(train_args(small_lfw, cache_dir, tmp_path, "--config",
-                    str(ROOT / "model/configs/finetune-dlib.yaml"), "--name", "ft",
+                    str(ROOT / "model/train/configs/finetune-dlib.yaml"), "--name", "ft",
                     "--init-from", str(init), "--max-steps", "2", "--batch-p", "4",
                     "--extra-per-batch", "4", "--lr", "0.00002", "--eval-pairs", "none",
                     "--teacher-store", str(tmp_path / "teacher.npz"),
@@ -249,7 +249,7 @@ def test_fine_tuning_the_converted_dlib_network_keeps_its_spec_and_provenance(
     assert card["training"]["distill"]["targets"].startswith("unit")
     assert card["training"]["init_from"]["weights"] == init.name
     assert disjointness(card, pairs, {1}) is True
-    from model.data import load_aligned_folder
+    from model.train.data import load_aligned_folder
     chips = load_aligned_folder(small_lfw / "lfw-deepfunneled", "lfw", cache_dir=cache_dir,
                                 spec=DLIB_CHIP150, progress=False).crops[:16]  # the run's cache
     x = base.prepare(chips)

@@ -61,7 +61,7 @@ def convert(dat: Path) -> tuple[SiameseEncoder, dict[str, Any]]:
 
 def model_card(name: str, version: str, encoder: SiameseEncoder, source: dict[str, Any],
                weights: Path, sha: str, argv: list[str]) -> dict[str, Any]:
-    from model.train import git_commit
+    from model.train.loop import git_commit
     return {
         "name": name, "version": version, "architecture": encoder.arch,
         "parameters": sum(p.numel() for p in encoder.parameters()),

@@ -65,7 +65,7 @@ def find_int8(weights: Path, weights_sha256: str) -> tuple[bytes, dict] | None:
 
 def calibration_crops(root: Path, spec, samples: int, seed: int) -> tuple[np.ndarray, int]:
     """A seeded sample of aligned faces from an identity-folder set; (crops, set size)."""
-    from model.data import load_aligned_folder
+    from model.train.data import load_aligned_folder
     aligned = load_aligned_folder(root, "calibration", spec=spec, face_choice="largest",
                                   progress=False)
     rng = np.random.default_rng(seed)

@@ -88,7 +88,8 @@ class FaceDetector:
     """
 
     name: str = ""
-    # What the detector finds, as a name: caches of aligned crops (model/data.py) are keyed by it.
+    # What the detector finds, as a name: caches of aligned crops (model/train/data.py) are
+    # keyed by it.
     version: str = ""
     # "largest" (model.face.pipeline.choose_face) looks at faces scored at least this when there is
     # one: the detectors' scores live on different scales.

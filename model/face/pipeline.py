@@ -9,7 +9,7 @@ same way everywhere. What "aligned" means is the encoder's preprocessing spec
   dlib's 150x150 face chip (model/face/dlib_chip.py).
 Which detector finds the faces is `detector_for(spec)` unless chosen (YuNet for `dlib5` specs,
 MTCNN for `mtcnn5` ones); which face of a photo counts is the pipeline's `face_choice`. Caches
-of aligned crops (model/data.py) are keyed by the spec's version, the face choice and the
+of aligned crops (model/train/data.py) are keyed by the spec's version, the face choice and the
 detector's version.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The training config as one typed object: model/configs/default.yaml ← `--config FILE` ← flags.
+"""The training config as one typed object: model/train/configs/default.yaml ← `--config FILE` ← flags.
 
 `TrainConfig` mirrors the sections of default.yaml; its defaults are that file's values (a test
 keeps the two equal). Every level rejects keys it does not know, naming the key and the layer
@@ -64,7 +64,7 @@ class OptimConfig(_Section):
 
 
 class AugmentConfig(_Section):
-    """Keyword arguments of model.data.augment."""
+    """Keyword arguments of model.train.data.augment."""
     flip: float = 0.5
     max_shift: int = 6
     scale_jitter: float = 0.08
@@ -72,8 +72,8 @@ class AugmentConfig(_Section):
 
 
 class DistillConfig(_Section):
-    loss: Literal["off", "cosine", "relational"] = "off"  # model/losses.py DistillationLoss
-    # centred / whitened: model/teacher.py (for students); unit: the teacher's own vectors,
+    loss: Literal["off", "cosine", "relational"] = "off"  # model/train/losses.py DistillationLoss
+    # centred / whitened: model/train/teacher.py (for students); unit: the teacher's own vectors,
     # only normalised (fine-tuning the teacher's network in its own embedding space)
     targets: Literal["centred", "whitened", "unit"] = "centred"
     weight: float = 1.0

@@ -11,7 +11,7 @@ left 70 of LFW's 250x250 layout, scaled to the image, when HOG finds none), 5-po
 `compute_face_descriptor` with one jitter; the mirrored view uses the mirrored image and box.
 It is the recipe the vectors in `shared/data/teacher/dlib-teacher.npz` were made with, so a
 store can be seeded from that file (`TeacherStore.import_precomputed`) and spot-checked
-against our own computation (`python -m model.teacher --check 5`).
+against our own computation (`python -m model.train.teacher --check 5`).
 
 dlib is an optional extra (`pip install '.[distill]'`); the service never imports this module.
 
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from model.face.align import CENTRE_BOX_250
-from model.pool import process_pool
+from model.train.pool import process_pool
 
 log = logging.getLogger("faceverify.teacher")
 
@@ -258,7 +258,7 @@ def whitened_targets(raw: np.ndarray, eps: float = 0.01) -> tuple[np.ndarray, np
 
 # --------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m model.teacher",
+    p = argparse.ArgumentParser(prog="python -m model.train.teacher",
                                 description="Seed, fill or spot-check the teacher store.")
     p.add_argument("--store", default=str(DEFAULT_STORE))
     p.add_argument("--import-precomputed", metavar="NPZ", help="seed the store from this file")

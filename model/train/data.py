@@ -20,7 +20,7 @@ import torch
 
 from model.face.detect import DETECTORS
 from model.face.preprocess import DEFAULT_SPEC, PreprocessSpec
-from model.pool import process_pool
+from model.train.pool import process_pool
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
 """Train the Siamese encoder: `python -m model.train [--config FILE] [flags]`.
 
-Config-driven (model/configs/default.yaml, typed and checked by model/train_config.py; every
+Config-driven (model/train/configs/default.yaml, typed and checked by model/train/config.py; every
 key has a flag), P×K batches from identity folders, contrastive loss by default, periodic
 evaluation on LFW pairs, resumable checkpoints, a wall-clock budget (--max-minutes), knowledge
 distillation from dlib's face ResNet on top of the contrastive loss (--distill
-cosine|relational; model/teacher.py), warm starts from earlier weights (--init-from, identity
+cosine|relational; model/train/teacher.py), warm starts from earlier weights (--init-from, identity
 exclusions checked), and DDP under `torchrun --nproc-per-node N -m model.train ...` (gloo on
 CPU, nccl on CUDA).
 Writes weights/<name>.safetensors and its model card.
@@ -29,15 +29,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from model.data import AlignedImages, PKSampler, augment, load_aligned_folder
 from model.face.detect import resolve_device
 from model.face.preprocess import PreprocessSpec, spec_for_arch, spec_from_metadata
 from model.lfw import identities_in, pair_images, parse_folds, read_pairs
-from model.losses import DistillationLoss, build_loss
 from model.metrics import summarize
 from model.nn.checkpoint import load_encoder, save_weights, write_card
 from model.nn.siamese import SiameseEncoder, embed_crops, pair_distance
-from model.train_config import ConfigError, OptimConfig, TrainConfig, load_config
+from model.train.config import ConfigError, OptimConfig, TrainConfig, load_config
+from model.train.data import AlignedImages, PKSampler, augment, load_aligned_folder
+from model.train.losses import DistillationLoss, build_loss
 
 log = logging.getLogger("faceverify.train")
 
@@ -62,7 +62,7 @@ FLAG_KEYS: dict[str, str] = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML config (defaults: model/configs/default.yaml)")
+    p.add_argument("--config", help="YAML config (defaults: model/train/configs/default.yaml)")
     p.add_argument("--name", help="run and weights name")
     p.add_argument("--data", action="append", metavar="NAME=PATH",
                    help="identity-folder dataset (repeatable; replaces the config's roots)")
@@ -216,7 +216,7 @@ def teacher_targets(config: TrainConfig, data: AlignedImages, ddp: Dist, progres
     Looked up in the teacher store (seeded from the precomputed file when one is configured);
     images it lacks go through dlib in a process pool, once, by rank 0. Only training images
     (after exclusions) are looked up, and the centring mean is theirs alone."""
-    from model import teacher
+    from model.train import teacher
     cfg = config.distill
     roots = config.data.roots
     files = []
