@@ -10,7 +10,7 @@ thread (torch and ONNX Runtime), on the same images:
   refining of the chosen face (the service's path for a large image: detection on a copy
   downscaled to the detector's `max_detect_side`, then a crop at full resolution).
 Decoding is not included (bench.phone_photos times the whole request). Recall on all of LFW is
-bench.face_choice's `without_face`; accuracy through the whole path is model.evaluate's.
+bench.face_choice's `without_face`; accuracy through the whole path is model.evaluate.protocols's.
 """
 from __future__ import annotations
 

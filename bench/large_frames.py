@@ -49,9 +49,9 @@ def paste_into_canvas(photo: Image.Image, rng: np.random.Generator,
 
 
 def main(argv: list[str] | None = None) -> int:
+    from model.evaluate.lfw import read_pairs
     from model.face.imageio import decode_image
     from model.face.pipeline import FACE_CHOICES, FacePipeline, NoFaceError
-    from model.lfw import read_pairs
     from model.nn.checkpoint import load_encoder
     from model.nn.siamese import pair_distance
 

@@ -55,7 +55,7 @@ def load_payloads(lfw_dir: Path, n_pairs: int, seed: int = 0, cache_dir: Path | 
     served weights' preprocessing spec says) as JPEG q95."""
     from PIL import Image
 
-    from model.lfw import read_pairs
+    from model.evaluate.lfw import read_pairs
     from model.train.data import load_aligned_folder
     pairs = read_pairs(lfw_dir / "pairs.txt")
     order = np.random.default_rng(seed).permutation(len(pairs))[:n_pairs]

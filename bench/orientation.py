@@ -76,7 +76,7 @@ def run(server: Server, pairs, root: Path) -> dict[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from model.lfw import read_pairs
+    from model.evaluate.lfw import read_pairs
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)

@@ -10,11 +10,11 @@ subprocesses (bench/peer_worker.py), never imported here.
 Accuracy, LFW View 2 (pairs.txt, 10 folds; each fold's threshold chosen on other folds):
 - face_recognition: its 128-d descriptors for every photo of pairs.txt, computed here by
   running it (a pool of 2 processes, one core each; cached under cache/peer/), Euclidean
-  distance, threshold for fold k chosen on the other 9 folds (model.metrics.kfold_accuracy).
+  distance, threshold for fold k chosen on the other 9 folds (model.evaluate.metrics.kfold_accuracy).
 - faceverify: the identity-disjoint report of `make evaluate`
   (bench/results/lfw_view2.json): folds 1-5 scored by an encoder that never saw
   their people, 6-10 by another; each fold's threshold chosen on the other folds of its group.
-  Its per-pair distances are recomputed with model.evaluate (same encoders) for the ROC, and
+  Its per-pair distances are recomputed with model.evaluate.protocols (same encoders) for the ROC, and
   checked against the report. The shipped model trained on all of LFW, so scoring it on LFW
   would overstate it.
 - The same no-face rule for both: where no face is found, a fixed centred face region is used
@@ -163,7 +163,7 @@ def faceverify_cmd(weights: Path, root: Path, mode: str):
 
 
 def view2_pairs(lfw_dir: Path, per_fold: int | None):
-    from model.lfw import read_pairs
+    from model.evaluate.lfw import read_pairs
     pairs = read_pairs(lfw_dir / "pairs.txt")
     if per_fold:
         keep = []
@@ -191,7 +191,7 @@ def peer_embeddings(args, rels: list[str], tmp: Path) -> tuple[dict, bool]:
 
 
 def metrics_of(d: np.ndarray, same: np.ndarray, folds: np.ndarray) -> dict:
-    from model.metrics import kfold_accuracy, summarize
+    from model.evaluate.metrics import kfold_accuracy, summarize
     results = kfold_accuracy(d, same, folds)
     accs = np.array([r.accuracy for r in results])
     return {"accuracy_mean": float(accs.mean()), "accuracy_std": float(accs.std()),
@@ -221,13 +221,13 @@ def teacher_crosscheck(teacher: Path, rels: list[str], emb: np.ndarray, found: n
 
 def faceverify_accuracy(args, pairs) -> tuple[dict, np.ndarray | None]:
     """The identity-disjoint report, and its per-pair distances recomputed for the ROC."""
-    from model.evaluate import evaluate_view2
+    from model.evaluate.protocols import evaluate_view2
     from model.train.data import load_aligned_folder
     lfw = load_aligned_folder(args.lfw_dir / "lfw-deepfunneled", "lfw", progress=False)
     if args.faceverify_weights:  # development only: one encoder, not identity-disjoint
         groups = {"1-10": args.faceverify_weights}
         report, d, _ = evaluate_view2(args.lfw_dir, groups, lfw, "cpu", False)
-        return {"source": f"model.evaluate with {args.faceverify_weights} (NOT identity-"
+        return {"source": f"model.evaluate.protocols with {args.faceverify_weights} (NOT identity-"
                           "disjoint; development only)", **report}, d
     rep_path = args.faceverify_report
     if not rep_path.exists():
@@ -322,7 +322,7 @@ def main(argv=None) -> int:
                        "landmarks, num_jitters=1", "no_face": "centre box (70, 180, 180, 70)"},
               "faceverify": {"weights": str(args.weights)}}
     pairs = view2_pairs(args.lfw_dir, args.pairs_per_fold)
-    from model.lfw import pair_images
+    from model.evaluate.lfw import pair_images
     rels, left_row, right_row = pair_images(pairs)
     same = np.array([p.same for p in pairs])
     folds = np.array([p.fold for p in pairs])
@@ -348,7 +348,7 @@ def main(argv=None) -> int:
                     k: fv[k] - peer[k] for k in ("accuracy_mean", "auc", "tar_at_far_1e-2",
                                                  "tar_at_far_1e-3")}
             if args.roc and str(args.roc):
-                from model.evaluate import plot_roc
+                from model.evaluate.protocols import plot_roc
                 curves = {f"face_recognition (AUC {peer['auc']:.4f})": (d_peer, same)}
                 if d_fv is not None:
                     curves[f"faceverify, identity-disjoint (AUC {fv['auc']:.4f})"] = (d_fv, same)

@@ -45,7 +45,7 @@ def post(client: httpx.Client, url: str, a: bytes, b: bytes) -> tuple[float, dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    from model.lfw import read_pairs
+    from model.evaluate.lfw import read_pairs
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)

@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path)
     p.add_argument("--plot", type=Path)
     args = p.parse_args(argv)
-    from model.lfw import read_pairs
+    from model.evaluate.lfw import read_pairs
     root = args.lfw_dir / "lfw-deepfunneled"
     chosen = read_pairs(args.lfw_dir / "pairs.txt")[:: max(1, 6000 // args.pairs)][: args.pairs]
     pairs = [((root / x.left).read_bytes(), (root / x.right).read_bytes()) for x in chosen]

@@ -128,7 +128,7 @@ class Reference:
 
 def devtest_pairs(lfw_root: Path, same: int, different: int):
     """The first `same` same-person and `different` different-person pairs of pairsDevTest."""
-    from model.lfw import read_pairs
+    from model.evaluate.lfw import read_pairs
     pairs = read_pairs(lfw_root.parent / "pairsDevTest.txt")
     chosen = [p for p in pairs if p.same][:same] + [p for p in pairs if not p.same][:different]
     return [(lfw_root / p.left, lfw_root / p.right, p.same) for p in chosen]

@@ -24,7 +24,7 @@ def make_encoder(path, excluded_folds, seed):
 
 def test_view2_with_one_encoder_per_fold_group(small_lfw, small_aligned, cache_dir, tmp_path,
                                               pipeline):
-    from model.evaluate import main
+    from model.evaluate.protocols import main
     a = make_encoder(tmp_path / "a.safetensors", [1, 2], 0)
     make_encoder(tmp_path / "b.safetensors", [1, 2], 1)  # wrongly trained on folds 3-4's people
     out, roc = tmp_path / "report.json", tmp_path / "roc.png"
@@ -52,7 +52,7 @@ def test_view2_with_one_encoder_per_fold_group(small_lfw, small_aligned, cache_d
     with torch.no_grad():
         e = a(a.prepare(crops))
     direct = float((e[0] - e[1]).norm())
-    from model.evaluate import AlignedLfw, evaluate_view2
+    from model.evaluate.protocols import AlignedLfw, evaluate_view2
     lfw = AlignedLfw(small_lfw, cache_dir=cache_dir)
     _, d, _ = evaluate_view2(small_lfw, {"1-4": tmp_path / "a.safetensors"}, lfw, "cpu", False)
     # float32 through a different batch composition (oneDNN picks its blocking by batch
@@ -61,7 +61,7 @@ def test_view2_with_one_encoder_per_fold_group(small_lfw, small_aligned, cache_d
 
 
 def test_view1_threshold_from_devtrain(small_lfw, small_aligned, cache_dir, tmp_path):
-    from model.evaluate import main
+    from model.evaluate.protocols import main
     make_encoder(tmp_path / "v1.safetensors", None, 0)
     out = tmp_path / "v1.json"
     main(["--protocol", "view1", "--lfw-dir", str(small_lfw), "--cache-dir", str(cache_dir),
@@ -75,7 +75,7 @@ def test_teacher_scored_on_the_same_pairs_beside_the_student(small_lfw, small_al
                                                              tmp_path):
     """--with-teacher: dlib's figures on exactly the student's pairs, in the report, the ROC
     and the model card."""
-    from model.evaluate import main
+    from model.evaluate.protocols import main
     from tests.test_teacher import precomputed_or_skip
     precomputed_or_skip()
     make_encoder(tmp_path / "s.safetensors", "all", 0)

@@ -20,8 +20,8 @@ PEOPLE = 120
 
 
 def test_lfw_people_are_found_among_120_and_strangers_stay_further(lfw_images, tmp_path):
-    from model.lfw import identification_sets, identity_of
-    from model.metrics import open_set_identification
+    from model.evaluate.lfw import identification_sets, identity_of
+    from model.evaluate.metrics import open_set_identification
     sets = identification_sets(lfw_images, non_mated=PEOPLE, people=PEOPLE)
     mated, taken = [], Counter()
     for rel in sets.mated:  # up to two probes a person

@@ -48,9 +48,9 @@ def test_search_returns_each_subjects_nearest_face_nearest_first_like_brute_forc
 
 
 def test_search_equals_the_evaluations_reference_ranking():
-    """model.evaluate's 1:N figures come from model.metrics.rank_subjects; the service's
+    """model.evaluate.protocols's 1:N figures come from model.evaluate.metrics.rank_subjects; the service's
     search must rank exactly as it does."""
-    from model.metrics import rank_subjects
+    from model.evaluate.metrics import rank_subjects
     rng = np.random.default_rng(7)
     vectors = unit(rng, 2000)
     labels = rng.integers(0, 300, 2000)

@@ -16,7 +16,7 @@ import pytest
 from app.errors import ServiceError
 from app.gallery.threshold import IdentifyThresholds
 from bench.server import Server
-from model.open_set import FAR_POINTS, impostor_table, threshold_for_fpir
+from model.evaluate.open_set import FAR_POINTS, impostor_table, threshold_for_fpir
 from tests.conftest import lfw_photo
 from tests.service_support import DEFAULT_WEIGHTS
 from tests.test_api import serving, settings_for
@@ -162,7 +162,7 @@ def test_identify_replies_say_which_threshold_and_why_and_subject_verify_keeps_v
 # the int8 graph and the service's face choice, his nearest enrolled face (0.385) lies between
 # the FPIR rule's threshold at 40 faces (0.366) and the former fixed default, the card's FAR
 # 0.1 % (0.403): the old default matched him to somebody, the new one does not (found with
-# model.evaluate.embed_lfw over all LFW one-photo people; 76 of 4,069 qualified, this one with
+# model.evaluate.protocols.embed_lfw over all LFW one-photo people; 76 of 4,069 qualified, this one with
 # the widest margin on both sides).
 STRANGER = ("Roberto_Lavagna", 1)
 

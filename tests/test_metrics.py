@@ -4,9 +4,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.lfw import identities_in, parse_folds, read_pairs
-from model.metrics import (accuracy_at, best_threshold, equal_error_rate, kfold_accuracy,
-                           roc_auc, summarize, tar_at_far)
+from model.evaluate.lfw import identities_in, parse_folds, read_pairs
+from model.evaluate.metrics import (
+    accuracy_at,
+    best_threshold,
+    equal_error_rate,
+    kfold_accuracy,
+    roc_auc,
+    summarize,
+    tar_at_far,
+)
 
 
 def test_perfectly_separated_distances():

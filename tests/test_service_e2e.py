@@ -402,7 +402,7 @@ def default_server(tmp_path_factory):
                     "on the default weights needs them")
     log = tmp_path_factory.mktemp("default_server") / "server.log"
     # float32: the serving path is checked against model/'s to 1e-4 (the int8 graph the CPU
-    # runs by default is checked in tests/test_quantize.py and by model.evaluate)
+    # runs by default is checked in tests/test_quantize.py and by model.evaluate.protocols)
     with running_server(DEFAULT_WEIGHTS, log, max_batch_delay_ms=20, max_detect_wait_ms=0,
                         int8="off") as s:
         yield s

@@ -117,7 +117,7 @@ def test_distillation_run_pulls_the_student_towards_the_teacher(small_lfw, small
 
 def test_warm_start_only_from_weights_that_never_saw_the_excluded_identities(
         small_lfw, small_aligned, cache_dir, tmp_path):
-    from model.evaluate import disjointness
+    from model.evaluate.protocols import disjointness
     from model.train.loop import main
     pairs = str(small_lfw / "pairs.txt")
     common = ["--eval-pairs", "none", "--epochs", "1", "--batch-p", "4",
@@ -230,7 +230,7 @@ def test_fine_tuning_the_converted_dlib_network_keeps_its_spec_and_provenance(
     its card proves identity-disjointness through the conversion's card."""
     import torch
 
-    from model.evaluate import disjointness
+    from model.evaluate.protocols import disjointness
     from model.face.preprocess import DLIB_CHIP150
     from model.train.loop import main
     from tests.test_teacher import precomputed_or_skip

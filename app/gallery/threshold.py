@@ -3,7 +3,7 @@ the gallery's current size, from the impostor table in the model card.
 
 A stranger searched against N enrolled faces has N chances to be accepted: FPIR ≈ N·FAR. The
 default threshold is therefore the table's distance at FAR = FPIR / N
-(`model.open_set.threshold_for_fpir`, the rule `python -m model.evaluate --protocol identify`
+(`model.evaluate.open_set.threshold_for_fpir`, the rule `python -m model.evaluate --protocol identify`
 measures), and it tightens as the gallery grows. N counts enrolled faces, not subjects: a
 stranger is compared with every face (docs/accuracy.md, "1:N on LFW", measures both).
 
@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 
 from app.errors import ServiceError
-from model.open_set import threshold_for_fpir
+from model.evaluate.open_set import threshold_for_fpir
 
 log = logging.getLogger("faceverify.gallery")
 FLOOR_LOG_INTERVAL_S = 60.0

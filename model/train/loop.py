@@ -29,10 +29,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from model.evaluate.lfw import identities_in, pair_images, parse_folds, read_pairs
+from model.evaluate.metrics import summarize
 from model.face.detect import resolve_device
 from model.face.preprocess import PreprocessSpec, spec_for_arch, spec_from_metadata
-from model.lfw import identities_in, pair_images, parse_folds, read_pairs
-from model.metrics import summarize
 from model.nn.checkpoint import load_encoder, save_weights, write_card
 from model.nn.siamese import SiameseEncoder, embed_crops, pair_distance
 from model.train.config import ConfigError, OptimConfig, TrainConfig, load_config
@@ -255,7 +255,7 @@ def init_summary(path: str, data_summary: dict[str, Any], excluded_from: str | N
                  ) -> tuple[SiameseEncoder, dict[str, Any]]:
     """Load warm-start weights; refuse them if their training saw identities this run
     excludes (that would break the identity-disjointness of the result)."""
-    from model.evaluate import disjointness
+    from model.evaluate.protocols import disjointness
     encoder, card = load_encoder(path)
     training = (card or {}).get("training") or {}
     excluded = data_summary.get("excluded")

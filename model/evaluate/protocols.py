@@ -1,11 +1,11 @@
 """Evaluate encoders on the LFW protocols: `python -m model.evaluate`.
 
 View 1: threshold chosen on pairsDevTrain, accuracy on pairsDevTest.
-identify: LFW as a 1:N test (model.lfw.identification_sets): the first photo of each of the
+identify: LFW as a 1:N test (model.evaluate.lfw.identification_sets): the first photo of each of the
 1,680 people with two or more is enrolled, their other 7,484 photos are searched for
 (closed-set rank-1 / rank-5), and so are 1,000 photos of one-photo people, who must not match
 (open-set DIR and FPIR at the card's thresholds and at FPIR 10 / 1 / 0.1 %). Exact search,
-best face per subject (model.metrics.rank_subjects, which the service's search equals).
+best face per subject (model.evaluate.metrics.rank_subjects, which the service's search equals).
 View 2: pairs.txt, 10 folds; the threshold for fold k is chosen on the other folds and
 tested on fold k. For identity-disjoint View 2, give one encoder per group of folds
 (`--weights-for-folds 1-5=A.safetensors --weights-for-folds 6-10=B.safetensors`): each fold is
@@ -34,10 +34,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from model.evaluate.lfw import Pair, pair_images, parse_folds, read_pairs
+from model.evaluate.metrics import accuracy_at, best_threshold, kfold_accuracy, roc_curve, summarize
 from model.face.detect import DETECTORS
 from model.face.pipeline import FACE_CHOICES
-from model.lfw import Pair, pair_images, parse_folds, read_pairs
-from model.metrics import accuracy_at, best_threshold, kfold_accuracy, roc_curve, summarize
 from model.nn.checkpoint import card_path, load_encoder, read_card, write_card
 from model.nn.siamese import embed_crops, pair_distance
 from model.train.data import load_aligned_folder
@@ -198,8 +198,8 @@ def evaluate_view1(lfw_dir: Path, weights: Path, lfw, device: str, flip: bool
 def evaluate_identify(lfw_dir: Path, weights: Path, lfw: AlignedLfw, device: str,
                       flip: bool | None, non_mated: int = 1000, seed: int = 0,
                       graph: Path | None = None, fpir: float = 0.01) -> dict[str, Any]:
-    from model.lfw import identification_sets, identity_of
-    from model.metrics import identification_summary, rank_subjects
+    from model.evaluate.lfw import identification_sets, identity_of
+    from model.evaluate.metrics import identification_summary, rank_subjects
     sets = identification_sets(Path(lfw_dir) / "lfw-deepfunneled", non_mated, seed)
     emb_all, all_paths, _, card, distances_card, encoder, _ = embed_lfw(weights, lfw, device,
                                                                         flip, graph)
@@ -254,8 +254,8 @@ def embed_lfw(weights: Path, lfw: AlignedLfw, device: str, flip: bool | None,
 
 def evaluate_impostors(lfw_dir: Path, weights: Path, lfw: AlignedLfw, device: str,
                        flip: bool | None, graph: Path | None = None) -> dict[str, Any]:
-    """The impostor table (model/open_set.py) over every cross-identity pair of LFW."""
-    from model.open_set import impostor_table
+    """The impostor table (model/evaluate/open_set.py) over every cross-identity pair of LFW."""
+    from model.evaluate.open_set import impostor_table
     emb, paths, identities, card, _, encoder, no_face = embed_lfw(weights, lfw, device, flip,
                                                                   graph)
     labels = np.unique(identities, return_inverse=True)[1]
@@ -285,9 +285,9 @@ def open_set_at_fpir(emb: np.ndarray, paths: list[str], table: list[dict], fpir:
       photos);
     - the ratio test (nearest subject's distance over the second's), whose threshold is set
       at this FPIR on one size and then applied to the others: does it hold FPIR as N moves?"""
-    from model.lfw import identity_of
-    from model.metrics import rank_subjects, threshold_at_fpir
-    from model.open_set import threshold_for_fpir
+    from model.evaluate.lfw import identity_of
+    from model.evaluate.metrics import rank_subjects, threshold_at_fpir
+    from model.evaluate.open_set import threshold_for_fpir
     rng = np.random.default_rng(seed)
     by_person: dict[str, list[int]] = {}
     for i, p in enumerate(paths):
@@ -301,7 +301,7 @@ def open_set_at_fpir(emb: np.ndarray, paths: list[str], table: list[dict], fpir:
 
     out: dict[str, Any] = {"fpir_target": fpir, "rule": "threshold = impostor table distance "
                            "at FAR = fpir_target / N (N: enrolled faces), interpolated in "
-                           "log FAR (model.open_set.threshold_for_fpir)", "sizes": []}
+                           "log FAR (model.evaluate.open_set.threshold_for_fpir)", "sizes": []}
     ratio_rho = None
     for size in sizes:
         chosen = sorted(rng.choice(len(several), size=size, replace=False)) \
