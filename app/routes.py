@@ -25,7 +25,7 @@ from app.schemas import (
     upload_request_body,
 )
 from app.service import Service, ms
-from model.nn.checkpoint import json_safe
+from model.encoder.weights import json_safe
 
 router = APIRouter()
 STATIC_DIR = Path(__file__).with_name("static")

@@ -97,9 +97,10 @@ class Service:
 
     # -- start-up ------------------------------------------------------------------------
     def load(self) -> None:
+        from model.encoder.weights import WeightsError
         from model.face.detect import resolve_device
         from model.face.pipeline import FacePipeline, detector_for
-        from model.nn.checkpoint import WeightsError, load_encoder
+        from model.nn.checkpoint import load_encoder
 
         s = self.settings
         if s.torch_threads:
@@ -201,7 +202,7 @@ class Service:
 
     def _int8_graph(self, device, card: dict) -> tuple[bytes, dict] | None:
         """The int8 graph beside the weights and its card, as `int8` says (None: float32)."""
-        from model.convert.quantize import find_int8
+        from model.encoder.weights import find_int8
         s = self.settings
         if s.int8 == "off" or device.type != "cpu" or s.runtime == "torch":
             if s.int8 == "on":

@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     # stopped with SIGTERM: still stop the servers and the database it started
     signal.signal(signal.SIGTERM, _terminate)
-    from model.nn.checkpoint import read_card
+    from model.encoder.weights import read_card
     sha = read_card(args.weights)["weights_sha256"]
     crop = aligned_crop(args.weights, args.lfw_dir)
     rows = []

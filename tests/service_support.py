@@ -38,7 +38,7 @@ def weights_with_spec(src: Path, dst: Path, **changes) -> Path:
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from model.nn.checkpoint import sha256_of
+    from model.encoder.weights import sha256_of
     with safe_open(str(src), "pt") as f:
         meta = dict(f.metadata())
     meta["preprocessing"] = json.dumps(json.loads(meta["preprocessing"]) | changes)

@@ -18,8 +18,8 @@ import pytest
 from app.config import Settings
 from app.keys import Keyring
 from app.main import create_app
-from tests.conftest import ROOT, lfw_photo
 from bench.server import server_env
+from tests.conftest import ROOT, lfw_photo
 
 pytestmark = pytest.mark.timeout(300)
 

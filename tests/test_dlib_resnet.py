@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from model.encoder.weights import WeightsError, sha256_of
 from model.face.preprocess import DLIB_CHIP150
 from model.formats.dlib_serialize import DlibFormatError, DlibReader
-from model.nn.checkpoint import WeightsError, load_encoder, sha256_of
+from model.nn.checkpoint import load_encoder
 from model.nn.dlib_resnet import DlibResNet, _add_prev, dlib_resnet_state, read_dlib_resnet
 from tests.conftest import ROOT, lfw_photo
 

@@ -6,8 +6,9 @@ import json
 import pytest
 import torch
 
+from model.encoder.weights import WeightsError, write_card
 from model.nn.backbones import ARCHITECTURES
-from model.nn.checkpoint import WeightsError, load_encoder, save_weights, write_card
+from model.nn.checkpoint import load_encoder, save_weights
 from model.nn.siamese import DEFAULT_ARCH, SiameseEncoder
 
 SMALL = {"arch": "mobilefacenet", "embedding_dim": 64, "width": 0.25, "depth": [1, 1, 1, 1, 1],

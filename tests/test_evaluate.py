@@ -6,8 +6,9 @@ import json
 import numpy as np
 import torch
 
+from model.encoder.weights import read_card, write_card
 from model.face.imageio import decode_image
-from model.nn.checkpoint import read_card, save_weights, write_card
+from model.nn.checkpoint import save_weights
 from model.nn.siamese import SiameseEncoder
 from tests.test_encoder import SMALL
 

@@ -101,7 +101,7 @@ def test_an_undecodable_image_is_the_answer_and_its_sibling_is_not_detected(chip
 
 @pytest.fixture(scope="module")
 def int8_graph() -> bytes:
-    from model.convert.quantize import int8_graph_for
+    from model.encoder.weights import int8_graph_for
     path = int8_graph_for(DEFAULT_WEIGHTS)
     if not path.exists():
         pytest.skip(f"{path} is not committed")

@@ -197,7 +197,7 @@ def copy_of_weights(src: Path, dst: Path) -> Path:
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from model.nn.checkpoint import sha256_of
+    from model.encoder.weights import sha256_of
     with safe_open(str(src), "pt") as f:
         meta = dict(f.metadata()) | {"copy_of": src.name}
     save_file(load_file(str(src)), str(dst), metadata=meta)

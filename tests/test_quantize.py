@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.convert.quantize import Int8GraphError, find_int8, int8_graph_for
 from model.convert.quantize import main as quantize_main
-from model.nn.checkpoint import load_encoder, sha256_of
+from model.encoder.weights import Int8GraphError, find_int8, int8_graph_for, sha256_of
+from model.nn.checkpoint import load_encoder
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -28,7 +28,7 @@ def mtcnn():
 
 def test_the_shipped_detector_is_the_one_its_card_describes():
     from model.convert.yunet import SOURCE_SHA256
-    from model.nn.checkpoint import sha256_of
+    from model.encoder.weights import sha256_of
     card = json.loads(WEIGHTS.with_suffix(".json").read_text())
     assert card["sha256"] == sha256_of(WEIGHTS)
     assert card["source"]["sha256"] == SOURCE_SHA256 and "MIT" in card["source"]["licence"]

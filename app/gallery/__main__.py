@@ -54,7 +54,7 @@ def _encoder(weights: Path, device: str, int8: str):
     """The encoder as the service would run it (float32, or the int8 graph beside the
     weights under the same FACEVERIFY_INT8 rule): (embed crops → vectors, the sha256 its
     vectors are tagged with, its preprocessing spec)."""
-    from model.convert.quantize import find_int8
+    from model.encoder.weights import find_int8
     from model.nn.checkpoint import load_encoder
     from model.nn.siamese import embed_crops
     encoder, card = load_encoder(weights, device=device)

