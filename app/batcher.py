@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import torch
+import numpy as np
 
 
 class Overloaded(RuntimeError):
@@ -59,7 +59,7 @@ class _NullObserver:
 class BatchResult:
     """What a caller gets back: its rows of the output and where the time went."""
 
-    output: torch.Tensor
+    output: np.ndarray
     queue_s: float  # from submit until its batch's forward pass started
     inference_s: float  # the forward pass of the batch it rode in
     batch_size: int  # items in that batch
@@ -67,7 +67,7 @@ class BatchResult:
 
 @dataclass
 class _Group:
-    items: torch.Tensor
+    items: np.ndarray
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -79,7 +79,7 @@ _STOP = object()
 
 
 class DynamicBatcher:
-    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], *,
+    def __init__(self, forward: Callable[[np.ndarray], np.ndarray], *,
                  max_batch_size: int = 32, max_delay_s: float = 0.005, max_queue: int = 256,
                  retry_after: int = 1, observer: BatchObserver | None = None,
                  executor: concurrent.futures.Executor | None = None,
@@ -123,7 +123,7 @@ class DynamicBatcher:
             self._worker = asyncio.get_running_loop().create_task(self._run(),
                                                                   name="dynamic-batcher")
 
-    async def submit(self, items: torch.Tensor) -> BatchResult:
+    async def submit(self, items: np.ndarray) -> BatchResult:
         """Queue k items that must be batched together; returns their k output rows."""
         if self._closing or self._worker is None:
             raise BatcherClosed("the encoder is not accepting work")
@@ -225,7 +225,7 @@ class DynamicBatcher:
         started = time.perf_counter()
         for g in batch:
             self.observer.queue_wait(started - g.enqueued)
-        x = batch[0].items if len(batch) == 1 else torch.cat([g.items for g in batch])
+        x = batch[0].items if len(batch) == 1 else np.concatenate([g.items for g in batch])
         loop = asyncio.get_running_loop()
         try:
             out = await loop.run_in_executor(self._executor, self.forward, x)

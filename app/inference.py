@@ -1,108 +1,73 @@
-"""The encoder's forward pass as the batcher calls it: uint8 crops in, unit embeddings out.
+"""The encoder's forward pass as the batcher calls it: (N, S, S, 3) uint8 crops in, (N, D)
+float32 unit embeddings out, numpy at both ends.
 
-Preprocessing is the encoder's own spec (`encoder.prepare`, model/face/preprocess.py), the same
-normalisation training and evaluation use; the crop size comes from it too. On the CPU the
-forward pass runs in torch or in ONNX Runtime (model/nn/runtime.py, chosen at start-up by the
-`runtime` setting, with a parity check). On CUDA the uint8 batch is copied from pinned memory
-with a non-blocking copy (4x fewer bytes than float32), normalised on the device, and run in
-half precision when the warm-up check shows fp16 embeddings stay within tolerance of fp32.
+Two runners with one interface (runtime, precision, spec, crop_shape, embedding_dim,
+onnx_graph, share_cores_with, warm_up, __call__):
+- `OnnxRunner` (here; no torch): the int8 graph beside the weights (model/encoder/weights.py
+  `find_int8`, whose card names the weights by sha256) in ONNX Runtime on the CPU. This is
+  what the CPU service runs by default, and all a torch-free install can run.
+- `TorchRunner` (app/torch_runner.py; imports torch): the torch module, on CUDA, or on the
+  CPU as torch eager or a float32 graph exported from it.
 """
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from collections.abc import Callable
 
-import torch
+import numpy as np
 
-from model.nn.siamese import SiameseEncoder
+from model.encoder.onnx_session import CropEncoder
+from model.face.preprocess import PreprocessSpec
 
 log = logging.getLogger("faceverify.inference")
 
 
-class EncoderRunner:
-    def __init__(self, encoder: SiameseEncoder, device: torch.device, precision: str = "auto",
-                 fp16_tolerance: float = 1e-3, runtime: str = "auto",
-                 int8_graph: bytes | None = None):
-        from model.nn.runtime import choose_runtime
-        self.encoder = encoder.eval()
-        self.device = device
-        # The CPU forward pass: torch, or ONNX Runtime over a graph exported from the module.
-        self.runtime, self._cpu_forward = choose_runtime(self.encoder, device, runtime,
-                                                         graph=int8_graph)
-        self.cuda = device.type == "cuda"
-        self.requested_precision = precision
-        self.fp16_tolerance = fp16_tolerance
-        self.dtype = torch.float32
-        self._fp16_model: SiameseEncoder | None = None
-        self._lock = threading.Lock()  # one forward pass at a time on this encoder
+def cpu_threads() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
-    def share_cores_with(self, contended) -> None:
-        """`contended()`: are the CPU cores wanted by other work right now? The ONNX Runtime
-        encoder then runs its batch on one thread (model/nn/runtime.py: OnnxEncoder)."""
-        if hasattr(self._cpu_forward, "contended"):
-            self._cpu_forward.contended = contended
 
-    @property
-    def onnx_graph(self) -> bytes | None:
-        """The ONNX graph the CPU forward pass runs (int8 or exported), None under torch."""
-        return getattr(self._cpu_forward, "graph", None)
+class OnnxRunner:
+    """The int8 graph on the CPU. With more than one thread a batch runs on one thread while
+    `contended()` says requests are in the face stage (model/encoder/onnx_session.py)."""
+
+    runtime = "onnxruntime-int8"
+    precision = "int8"
+
+    def __init__(self, graph: bytes, spec: PreprocessSpec, threads: int | None = None):
+        self.spec = spec
+        self._encoder = CropEncoder(graph, spec, threads or cpu_threads())
+        self._lock = threading.Lock()  # one forward pass at a time
+        out = self._encoder.session.get_outputs()[0].shape
+        self._dim = out[-1] if isinstance(out[-1], int) else None
 
     @property
-    def precision(self) -> str:
-        if self.runtime == "onnxruntime-int8":
-            return "int8"
-        return "fp16" if self.dtype == torch.float16 else "fp32"
+    def onnx_graph(self) -> bytes:
+        return self._encoder.graph
 
     @property
     def crop_shape(self) -> tuple[int, int, int]:
-        size = self.encoder.spec.crop_size
-        return size, size, 3
+        return self.spec.crop_size, self.spec.crop_size, 3
 
     @property
     def embedding_dim(self) -> int:
-        return self.encoder.embedding_dim
+        if self._dim is None:  # a graph with a symbolic output width: ask it
+            self._dim = int(self(np.zeros((1, *self.crop_shape), np.uint8)).shape[1])
+        return self._dim
 
-    def __call__(self, crops: torch.Tensor) -> torch.Tensor:
-        """(N, S, S, 3) uint8 → (N, D) float32 unit embeddings on the CPU."""
-        with self._lock, torch.inference_mode():
-            return self._forward(crops, self.dtype)
+    def share_cores_with(self, contended: Callable[[], bool]) -> None:
+        self._encoder.contended = contended
 
-    def _forward(self, crops: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        if self.cuda:
-            x = crops.pin_memory().to(self.device, non_blocking=True)
-            x = self.encoder.prepare(x)
-            model = self._fp16_model if dtype == torch.float16 else self.encoder
-            emb = model(x.to(dtype))
-            emb = torch.nn.functional.normalize(emb.float(), dim=1)
-            return emb.cpu()
-        return self._cpu_forward(self.encoder.prepare(crops)).float()
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        with self._lock:
+            return self._encoder(crops)
 
     def warm_up(self, batch_sizes: list[int]) -> None:
-        """Run the encoder at the given batch sizes; choose fp16 on CUDA where it holds."""
-        gen = torch.Generator().manual_seed(0)
-
-        def random_crops(n: int) -> torch.Tensor:
-            return torch.randint(0, 256, (n, *self.crop_shape), dtype=torch.uint8, generator=gen)
-
-        with self._lock, torch.inference_mode():
-            for n in batch_sizes:
-                self._forward(random_crops(n), torch.float32)
-            if not self.cuda or self.requested_precision == "fp32":
-                return
-            import copy
-            self._fp16_model = copy.deepcopy(self.encoder).half().eval()
-            crops = random_crops(max(batch_sizes))
-            ref = self._forward(crops, torch.float32)
-            half = self._forward(crops, torch.float16)
-            err = float((ref - half).norm(dim=1).max())
-            if self.requested_precision == "fp16" or err <= self.fp16_tolerance:
-                self.dtype = torch.float16
-                log.info("encoder runs in fp16", extra={"fp16_max_distance_error": err})
-            else:
-                self._fp16_model = None
-                log.warning("fp16 embeddings drift from fp32; staying in fp32",
-                            extra={"fp16_max_distance_error": err,
-                                   "tolerance": self.fp16_tolerance})
-            for n in batch_sizes:
-                self._forward(random_crops(n), self.dtype)
-            torch.cuda.synchronize(self.device)
+        rng = np.random.default_rng(0)
+        for n in batch_sizes:
+            self(rng.integers(0, 256, (n, *self.crop_shape), dtype=np.uint8))

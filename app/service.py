@@ -5,9 +5,10 @@ distance → verdict. The encoding happens in the face worker processes on the C
 encodes the face it aligned), else in the dynamic batcher (a GPU, `detect=false` crops).
 
 Start-up order (driven by the app's lifespan, app/main.py):
-1. `load()` (blocking, in a thread): resolve the device, load the weights with
-   `model.nn.checkpoint.load_encoder` (sha256 checked against the model card), build the face
-   pipeline. Any failure raises `StartupError` and the process exits non-zero.
+1. `load()` (blocking, in a thread): resolve the device, check the weights against their
+   model card (sha256) and read their preprocessing spec (model/encoder/weights.py), start the
+   encoder (the int8 graph in ONNX Runtime on the CPU, app/inference.py, with no torch; else
+   the torch module, app/torch_runner.py), build the face pipeline. Any failure raises `StartupError` and the process exits non-zero.
 2. `start()`: start the batcher. The server now answers /health/live; /health/ready and the
    inference routes answer 503 not_ready.
 3. `warm_up()` (in the background): one detection pass and encoder passes at batch sizes 1,
@@ -18,14 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from app.admission import GateFull, LifoGate
 from app.batcher import BatcherClosed, DynamicBatcher, Overloaded
@@ -33,12 +35,24 @@ from app.config import Settings
 from app.errors import ServiceError
 from app.faces import FaceStage
 from app.gallery.threshold import IdentifyThresholds
-from app.inference import EncoderRunner
+from app.inference import OnnxRunner, cpu_threads
 from app.intake import BodyBytes, BodyLimits
 from app.metrics import BatchObserverAdapter, Metrics
-from model.nn.siamese import pair_distance
 
 log = logging.getLogger("faceverify.service")
+
+
+def torch_installed() -> bool:
+    """Is torch installed (the `gpu` or `train` extra)? Asked without importing it."""
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # a blocked or half-imported torch
+        return False
+
+
+def nvidia_driver_loaded() -> bool:
+    """Is an NVIDIA driver loaded (so CUDA may be there)? Asked without importing torch."""
+    return Path("/proc/driver/nvidia/version").exists()
 
 
 class StartupError(RuntimeError):
@@ -54,7 +68,7 @@ def ms(seconds: float) -> float:
 class Embedded:
     """Unit embeddings of the images' faces, in the order the images were given."""
 
-    embeddings: torch.Tensor  # (n, d) float32
+    embeddings: np.ndarray  # (n, d) float32
     faces: list  # model.face.pipeline.AlignedFace, one per image
     timings_ms: dict[str, float]  # decode, detect, queue, encode, batch_size
 
@@ -76,10 +90,10 @@ class Service:
         self.settings = settings
         self.metrics = metrics
         self.card: dict[str, Any] | None = None
-        self.runner: EncoderRunner | None = None
+        self.runner = None  # app.inference.OnnxRunner or app.torch_runner.TorchRunner
         self.faces: FaceStage | None = None
         self.batcher: DynamicBatcher | None = None
-        self.device: torch.device | None = None
+        self.device: str | None = None  # cpu | cuda | cuda:N
         self.threshold: float | None = None
         self.max_client_threshold: float | None = None
         self.identify_thresholds: IdentifyThresholds | None = None
@@ -97,24 +111,15 @@ class Service:
 
     # -- start-up ------------------------------------------------------------------------
     def load(self) -> None:
-        from model.encoder.weights import WeightsError
-        from model.face.detect import resolve_device
+        from model.encoder.weights import WeightsError, read_metadata, spec_of, verified_card
         from model.face.pipeline import FacePipeline, detector_for
-        from model.nn.checkpoint import load_encoder
 
         s = self.settings
-        if s.torch_threads:
-            torch.set_num_threads(s.torch_threads)
-        device = resolve_device(s.device)
-        if device.type == "cuda":
-            if not torch.cuda.is_available():
-                raise StartupError(f"device {s.device!r} requested but CUDA is not available")
-            if device.index is not None and device.index >= torch.cuda.device_count():
-                raise StartupError(f"device {s.device!r} requested but only "
-                                   f"{torch.cuda.device_count()} GPU(s) are visible")
+        device = self._device()
         t0 = time.perf_counter()
         try:
-            encoder, card = load_encoder(s.weights, device=device)
+            card = verified_card(s.weights)
+            spec = spec_of(s.weights, read_metadata(s.weights), card)
         except WeightsError as exc:
             raise StartupError(f"cannot load the weights: {exc}") from None
         if card is None or not card.get("weights_sha256"):
@@ -148,27 +153,26 @@ class Service:
                           "version": str(made_by.get("version", "")),
                           "sha256": str(made_by.get("graph_sha256") or card["weights_sha256"])}
         try:
-            self.runner = EncoderRunner(encoder, device, s.precision, s.fp16_tolerance,
-                                        s.runtime, int8_graph=int8[0] if int8 else None)
+            self.runner = (OnnxRunner(int8[0], spec, s.torch_threads or cpu_threads())
+                           if int8 is not None else self._torch_runner(device))
         except RuntimeError as exc:  # runtime=onnxruntime that cannot run here
             raise StartupError(f"cannot start the encoder runtime: {exc}") from None
         # while requests are in the face stage, the encoder leaves them the other core
         self.runner.share_cores_with(lambda: self.in_face_stage > 0)
         detect_device = s.detect_device or str(device)
         try:
-            pipeline = FacePipeline(device=detect_device, spec=encoder.spec,
+            pipeline = FacePipeline(device=detect_device, spec=spec,
                                     face_choice=s.face_choice, detector=s.detector,
                                     orient=s.orient)
         except (OSError, ValueError) as exc:  # the detector's or landmark model's file
             raise StartupError(f"cannot build the face pipeline for preprocessing "
-                               f"{encoder.spec.version!r}: {exc}") from None
+                               f"{spec.version!r}: {exc}") from None
         processes = None
-        on_cpu = pipeline.detector.name == "yunet" or resolve_device(detect_device).type == "cpu"
+        on_cpu = pipeline.detector.name == "yunet" or detect_device == "cpu"
         if s.detect_pool == "process" or (s.detect_pool == "auto" and on_cpu):
             from app.faces import PipelineConfig
             # the workers also encode when the encoder is an ONNX graph (on the CPU)
-            processes = PipelineConfig(encoder.spec, s.face_choice,
-                                       detector_for(encoder.spec, s.detector),
+            processes = PipelineConfig(spec, s.face_choice, detector_for(spec, s.detector),
                                        encoder_graph=self.runner.onnx_graph
                                        if s.encode_in_detect_workers else None,
                                        orient=s.orient)
@@ -186,7 +190,7 @@ class Service:
         self.gate = LifoGate(slots, s.max_detect_wait_ms / 1000 if s.max_detect_wait_ms
                              else None)
         if s.gallery_enabled:
-            self.gallery = self._open_gallery(encoder.embedding_dim)
+            self.gallery = self._open_gallery(self.runner.embedding_dim)
         log.info("model loaded", extra={
             "weights": str(s.weights), "model_name": self.model_ref["name"],
             "model_version": self.model_ref["version"],
@@ -194,17 +198,67 @@ class Service:
             "detect_device": detect_device, "detector": s.detector,
             "threshold": self.threshold,
             "max_client_threshold": self.max_client_threshold,
-            "embedding_dim": encoder.embedding_dim, "preprocessing": encoder.spec.version,
+            "embedding_dim": self.runner.embedding_dim, "preprocessing": spec.version,
             "landmarks_code": pipeline.landmarks_code,
             "encode_in_detect_workers": self.faces.encodes,
             "runtime": self.runner.runtime,
             "load_ms": round((time.perf_counter() - t0) * 1000, 1)})
 
+    def _device(self) -> str:
+        """The device the settings ask for, found without importing torch when that is
+        possible: `auto` is the CPU when torch is not installed or no NVIDIA driver is
+        loaded, and CUDA devices need torch (the `gpu` extra)."""
+        s = self.settings
+        wanted = s.device
+        if wanted == "auto":
+            if not torch_installed() or not nvidia_driver_loaded():
+                return "cpu"
+            import torch
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if wanted == "cpu":
+            return "cpu"
+        try:
+            import torch
+        except ImportError:
+            raise StartupError(f"device {wanted!r} needs torch: pip install "
+                               "'faceverify[gpu]'") from None
+        device = torch.device(wanted)
+        if not torch.cuda.is_available():
+            raise StartupError(f"device {wanted!r} requested but CUDA is not available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise StartupError(f"device {wanted!r} requested but only "
+                               f"{torch.cuda.device_count()} GPU(s) are visible")
+        return str(device)
+
+    def _torch_runner(self, device: str):
+        """The torch module behind the batcher (CUDA; or the CPU without the int8 graph)."""
+        s = self.settings
+        try:
+            import torch
+
+            from app.torch_runner import TorchRunner
+            from model.nn.checkpoint import load_encoder
+        except ImportError as exc:
+            raise StartupError(
+                f"no int8 graph to run without torch ({exc.name} is not installed): "
+                f"install 'faceverify[gpu]' for the torch encoder, or put the int8 graph "
+                f"{s.weights.with_suffix('.int8.onnx').name} beside the weights "
+                "(python -m model.convert.quantize)") from None
+        from model.encoder.weights import WeightsError
+        if s.torch_threads:
+            torch.set_num_threads(s.torch_threads)
+        try:
+            encoder, _ = load_encoder(s.weights, device=device)
+        except WeightsError as exc:
+            raise StartupError(f"cannot load the weights: {exc}") from None
+        return TorchRunner(encoder, torch.device(device), s.precision, s.fp16_tolerance,
+                           s.runtime)
+
     def _int8_graph(self, device, card: dict) -> tuple[bytes, dict] | None:
         """The int8 graph beside the weights and its card, as `int8` says (None: float32)."""
         from model.encoder.weights import find_int8
         s = self.settings
-        if s.int8 == "off" or device.type != "cpu" or s.runtime == "torch":
+        if s.int8 == "off" or device != "cpu" or s.runtime == "torch":
             if s.int8 == "on":
                 raise StartupError("int8=on needs the encoder on the CPU in ONNX Runtime")
             return None
@@ -266,7 +320,7 @@ class Service:
         self.metrics.set_model(self.model_ref["name"], self.model_ref["version"],
                                str(self.device), self.runner.precision,
                                self.model_ref["sha256"], runtime=self.runner.runtime,
-                               preprocessing=self.runner.encoder.spec.version)
+                               preprocessing=self.runner.spec.version)
         self.ready = True
         self.metrics.ready.set(1)
         log.info("ready")
@@ -320,7 +374,7 @@ class Service:
                 self.preparing -= joins_batch
             if prepared.embeddings is not None:
                 embeddings, queue_s, encode_s, batch_size = (
-                    torch.from_numpy(prepared.embeddings), 0.0, prepared.encode_s, 1)
+                    prepared.embeddings, 0.0, prepared.encode_s, 1)
                 self.metrics.stage_duration.labels(stage="encode").observe(encode_s)
             else:
                 result = await self._batched(prepared.faces)
@@ -335,7 +389,7 @@ class Service:
 
     async def _batched(self, faces: list):
         """The faces' crops through the dynamic batcher (its result: output, timings)."""
-        crops = torch.from_numpy(np.stack([f.crop for f in faces]))
+        crops = np.stack([f.crop for f in faces])
         try:
             return await self.batcher.submit(crops)
         except Overloaded as exc:
@@ -353,8 +407,8 @@ class Service:
         threshold = self.check_threshold(threshold)
         out = await self.embed_images({"image1": image1, "image2": image2}, detect,
                                       keep_crops)
-        e = out.embeddings.double()
-        distance = float(pair_distance(e[:1], e[1:])[0])
+        e = out.embeddings.astype(np.float64)
+        distance = float(np.linalg.norm(e[0] - e[1]))
         similarity = max(-1.0, min(1.0, float(e[0] @ e[1])))
         return Verdict(distance < threshold, distance, similarity, threshold, out.faces,
                        out.timings_ms)
@@ -363,7 +417,7 @@ class Service:
                     ) -> Embedded:
         """One image's face as a unit embedding."""
         out = await self.embed_images({"image": image}, detect, keep_crops)
-        if not torch.isfinite(out.embeddings).all():
+        if not np.isfinite(out.embeddings).all():
             raise RuntimeError("encoder produced a non-finite embedding")
         return out
 

@@ -5,8 +5,8 @@ import asyncio
 import threading
 import time
 
+import numpy as np
 import pytest
-import torch
 
 from app.batcher import BatcherClosed, DynamicBatcher, Overloaded
 
@@ -23,7 +23,7 @@ class Recorder:
         self.poison = poison
         self.started = threading.Event()
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: np.ndarray) -> np.ndarray:
         self.started.set()
         self.threads.append(threading.current_thread().name)
         if self.gate is not None:
@@ -51,9 +51,9 @@ class Observer:
         self.depths.append(items)
 
 
-def item(v: float, k: int = 1) -> torch.Tensor:
+def item(v: float, k: int = 1) -> np.ndarray:
     """k rows; row j is [v + j/10, v + j/10] (float64, so values compare exactly)."""
-    return torch.tensor([[v + j / 10, v + j / 10] for j in range(k)], dtype=torch.float64)
+    return np.array([[v + j / 10, v + j / 10] for j in range(k)], dtype=np.float64)
 
 
 def run(coro):
@@ -73,7 +73,7 @@ def test_batches_fill_up_to_max_size_and_each_caller_gets_its_own_rows():
     assert [len(x) for x in fwd.batches] == [4, 4, 2]
     assert obs.sizes == [4, 4, 2] and obs.failed == 0
     for i, r in enumerate(results):
-        assert torch.equal(r.output, item(float(i)) * 10)
+        assert np.array_equal(r.output, item(float(i)) * 10)
     assert [r.batch_size for r in results] == [4] * 8 + [2] * 2
     assert obs.depths[-1] == 0 and max(obs.depths) == 10
 
@@ -137,8 +137,8 @@ def test_a_pair_always_rides_in_one_batch():
     assert fwd.batches[1] == [1.0, 2.0]  # the pair did not fit: carried to the next batch
     assert fwd.batches[2][:2] == pytest.approx([5.0, 5.1])  # both rows of the pair together
     assert all(len(batch) <= 3 for batch in fwd.batches)
-    assert torch.allclose(res[3].output, item(5.0, k=2) * 10)
-    assert torch.allclose(res[4].output, item(7.0) * 10)
+    assert np.allclose(res[3].output, item(5.0, k=2) * 10)
+    assert np.allclose(res[4].output, item(7.0) * 10)
 
 
 def test_full_queue_raises_overloaded_at_once_and_recovers():
@@ -164,7 +164,7 @@ def test_full_queue_raises_overloaded_at_once_and_recovers():
 
     exc, refused_in, done, after = run(main())
     assert exc.retry_after == 7 and refused_in < 0.05
-    assert len(done) == 3 and torch.equal(after.output, item(3.0) * 10)
+    assert len(done) == 3 and np.array_equal(after.output, item(3.0) * 10)
 
 
 def test_stop_drains_what_is_queued_then_refuses_new_work():
@@ -182,7 +182,7 @@ def test_stop_drains_what_is_queued_then_refuses_new_work():
 
     fwd, results, b = run(main())
     assert sorted(v for batch in fwd.batches for v in batch) == [float(i) for i in range(7)]
-    assert [torch.equal(r.output, item(float(i)) * 10) for i, r in enumerate(results)] == [True] * 7
+    assert [np.array_equal(r.output, item(float(i)) * 10) for i, r in enumerate(results)] == [True] * 7
     assert not b.running and b.depth == 0
 
 
@@ -203,7 +203,7 @@ def test_stop_without_drain_fails_the_queued_callers():
         return first, rest
 
     first, rest = run(main())
-    assert torch.equal(first.result().output, item(0.0) * 10)  # the running batch finishes
+    assert np.array_equal(first.result().output, item(0.0) * 10)  # the running batch finishes
     assert all(isinstance(f.exception(), BatcherClosed) for f in rest)
 
 
@@ -230,9 +230,9 @@ def test_an_exception_in_forward_fails_only_that_batch():
     blocker, bad, bad_mate, good_pair = outcome
     assert fwd.batches[1] == [66.0, 1.0]
     assert isinstance(bad, RuntimeError) and isinstance(bad_mate, RuntimeError)
-    assert torch.equal(blocker.output, item(0.0) * 10)
-    assert torch.allclose(good_pair.output, item(2.0, k=2) * 10)
-    assert torch.equal(later.output, item(3.0) * 10)  # the worker survived
+    assert np.array_equal(blocker.output, item(0.0) * 10)
+    assert np.allclose(good_pair.output, item(2.0, k=2) * 10)
+    assert np.array_equal(later.output, item(3.0) * 10)  # the worker survived
     assert obs.failed == 1
 
 
@@ -287,9 +287,9 @@ def test_a_lone_request_does_not_wait_out_the_batching_delay():
                            more_coming=lambda groups: more)
         b.start()
         t0 = time.perf_counter()
-        first = asyncio.create_task(b.submit(torch.tensor([[1.0]])))
+        first = asyncio.create_task(b.submit(np.array([[1.0]])))
         await asyncio.sleep(0.05)
-        second = asyncio.create_task(b.submit(torch.tensor([[2.0]])))
+        second = asyncio.create_task(b.submit(np.array([[2.0]])))
         await first
         elapsed = time.perf_counter() - t0
         await second

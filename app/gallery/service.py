@@ -173,7 +173,7 @@ class GalleryService:
 
     async def probe(self, image: bytes, detect: bool, keep_crop: bool = False) -> Probe:
         out = await self.service.embed(image, detect, keep_crop)
-        return Probe(out.embeddings[0].numpy().astype(np.float32), out.faces[0],
+        return Probe(out.embeddings[0].astype(np.float32), out.faces[0],
                      out.timings_ms)
 
     @property

@@ -14,10 +14,9 @@ import logging
 import warnings
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
-from model.encoder.onnx_session import cpu_session
+from model.encoder.onnx_session import GraphEncoder
 from model.nn.siamese import SiameseEncoder
 
 log = logging.getLogger("faceverify.runtime")
@@ -53,45 +52,36 @@ def export_onnx(encoder: SiameseEncoder) -> bytes:
 
 
 class OnnxEncoder:
-    """An ONNX Runtime session over the exported encoder: normalised (N, 3, S, S) float32 in,
-    (N, D) unit embeddings out (the flip-TTA sum and the L2 normalisation are in the graph).
-
-    With more than one thread it keeps a second, one-thread session over the same graph, and
-    a batch runs there while `contended()` says the cores are wanted elsewhere (the service:
-    while requests are in its face stage). A lone request then gets both cores, and under
-    load the encoder stops competing with the detect threads (bench.wrk_load, 16 clients on
-    two cores: 53.7 pairs/s with two encoder threads, 59.1 with one; one client: 22.4 ms
-    against 26.3 ms p50).
-    """
+    """An ONNX Runtime session over the exported encoder, for torch tensors: normalised
+    (N, 3, S, S) float32 in, (N, D) unit embeddings out. The sessions are
+    model.encoder.onnx_session.GraphEncoder's (a second, one-thread one used while
+    `contended()`); this adds the export and the tensor conversion."""
 
     def __init__(self, encoder: SiameseEncoder, threads: int | None = None,
                  graph: bytes | None = None):
         """graph: an ONNX graph of this encoder to run instead of exporting one (the int8
         graph of model/convert/quantize.py)."""
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            raise RuntimeUnavailable("onnxruntime is not installed") from None
+        if not onnxruntime_available():
+            raise RuntimeUnavailable("onnxruntime is not installed")
         if graph is None:
             graph = export_onnx(encoder)
-        self.threads = threads or torch.get_num_threads()
-        self.session = cpu_session(graph, self.threads)
-        self.lean_session = cpu_session(graph, 1) if self.threads > 1 else self.session
-        self.contended: Callable[[], bool] | None = None
+        self.ort = GraphEncoder(graph, threads or torch.get_num_threads())
         self.graph = graph  # for the face workers, which run it too (app/faces.py)
 
+    @property
+    def contended(self) -> Callable[[], bool] | None:
+        return self.ort.contended
+
+    @contended.setter
+    def contended(self, contended: Callable[[], bool] | None) -> None:
+        self.ort.contended = contended
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        lean = self.contended is not None and self.contended()
-        return self._run(self.lean_session if lean else self.session, x)
+        return torch.from_numpy(self.ort(x.detach().cpu().numpy()))
 
     def lean(self, x: torch.Tensor) -> torch.Tensor:
         """The one-thread session's embeddings (for the parity check)."""
-        return self._run(self.lean_session, x)
-
-    @staticmethod
-    def _run(session, x: torch.Tensor) -> torch.Tensor:
-        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(session.run(None, {"x": arr})[0])
+        return torch.from_numpy(self.ort.lean(x.detach().cpu().numpy()))
 
 
 def max_embedding_error(a: Callable[[torch.Tensor], torch.Tensor],
