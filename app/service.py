@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import logging
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,24 +33,11 @@ from app.config import Settings
 from app.errors import ServiceError
 from app.faces import FaceStage
 from app.gallery.threshold import IdentifyThresholds
-from app.inference import OnnxRunner, cpu_threads
+from app.inference import EncoderError, open_encoder, serving_device
 from app.intake import BodyBytes, BodyLimits
 from app.metrics import BatchObserverAdapter, Metrics
 
 log = logging.getLogger("faceverify.service")
-
-
-def torch_installed() -> bool:
-    """Is torch installed (the `gpu` or `train` extra)? Asked without importing it."""
-    try:
-        return importlib.util.find_spec("torch") is not None
-    except (ImportError, ValueError):  # a blocked or half-imported torch
-        return False
-
-
-def nvidia_driver_loaded() -> bool:
-    """Is an NVIDIA driver loaded (so CUDA may be there)? Asked without importing torch."""
-    return Path("/proc/driver/nvidia/version").exists()
 
 
 class StartupError(RuntimeError):
@@ -111,25 +96,18 @@ class Service:
 
     # -- start-up ------------------------------------------------------------------------
     def load(self) -> None:
-        from model.encoder.weights import WeightsError, read_metadata, spec_of, verified_card
         from model.face.pipeline import FacePipeline, detector_for
 
         s = self.settings
-        device = self._device()
         t0 = time.perf_counter()
         try:
-            card = verified_card(s.weights)
-            spec = spec_of(s.weights, read_metadata(s.weights), card)
-        except WeightsError as exc:
-            raise StartupError(f"cannot load the weights: {exc}") from None
-        if card is None or not card.get("weights_sha256"):
-            raise StartupError(f"model card {s.weights.with_suffix('.json')} is missing or has "
-                               "no weights_sha256; the service only serves weights it can "
-                               "verify")
-        int8 = self._int8_graph(device, card)
-        if int8 is not None:  # the graph's own card: thresholds calibrated on its embeddings
-            card = {**card, "int8": int8[1], "threshold": int8[1].get("threshold")
-                    or card.get("threshold"), "impostors": int8[1].get("impostors")}
+            device = serving_device(s.device)
+            encoder = open_encoder(s.weights, device, int8=s.int8, runtime=s.runtime,
+                                   precision=s.precision, fp16_tolerance=s.fp16_tolerance,
+                                   threads=s.torch_threads)
+        except EncoderError as exc:
+            raise StartupError(str(exc)) from None
+        card, spec = encoder.card, encoder.spec
         threshold = s.threshold
         if threshold is None:
             threshold = (card.get("threshold") or {}).get("value")
@@ -146,17 +124,8 @@ class Service:
         self.max_client_threshold = max(self.threshold, math.floor(cap * 1e4) / 1e4)
         self.identify_thresholds = IdentifyThresholds.from_card(
             card, s, self.threshold, self.max_client_threshold)
-        # what made the embeddings: the int8 graph's identity when it runs (gallery vectors
-        # are tagged with this sha256)
-        made_by = int8[1] if int8 is not None else card
-        self.model_ref = {"name": str(card.get("name", s.weights.stem)),
-                          "version": str(made_by.get("version", "")),
-                          "sha256": str(made_by.get("graph_sha256") or card["weights_sha256"])}
-        try:
-            self.runner = (OnnxRunner(int8[0], spec, s.torch_threads or cpu_threads())
-                           if int8 is not None else self._torch_runner(device))
-        except RuntimeError as exc:  # runtime=onnxruntime that cannot run here
-            raise StartupError(f"cannot start the encoder runtime: {exc}") from None
+        self.model_ref = encoder.model_ref
+        self.runner = encoder.runner
         # while requests are in the face stage, the encoder leaves them the other core
         self.runner.share_cores_with(lambda: self.in_face_stage > 0)
         detect_device = s.detect_device or str(device)
@@ -203,76 +172,6 @@ class Service:
             "encode_in_detect_workers": self.faces.encodes,
             "runtime": self.runner.runtime,
             "load_ms": round((time.perf_counter() - t0) * 1000, 1)})
-
-    def _device(self) -> str:
-        """The device the settings ask for, found without importing torch when that is
-        possible: `auto` is the CPU when torch is not installed or no NVIDIA driver is
-        loaded, and CUDA devices need torch (the `gpu` extra)."""
-        s = self.settings
-        wanted = s.device
-        if wanted == "auto":
-            if not torch_installed() or not nvidia_driver_loaded():
-                return "cpu"
-            import torch
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        if wanted == "cpu":
-            return "cpu"
-        try:
-            import torch
-        except ImportError:
-            raise StartupError(f"device {wanted!r} needs torch: pip install "
-                               "'faceverify[gpu]'") from None
-        device = torch.device(wanted)
-        if not torch.cuda.is_available():
-            raise StartupError(f"device {wanted!r} requested but CUDA is not available")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise StartupError(f"device {wanted!r} requested but only "
-                               f"{torch.cuda.device_count()} GPU(s) are visible")
-        return str(device)
-
-    def _torch_runner(self, device: str):
-        """The torch module behind the batcher (CUDA; or the CPU without the int8 graph)."""
-        s = self.settings
-        try:
-            import torch
-
-            from app.torch_runner import TorchRunner
-            from model.nn.checkpoint import load_encoder
-        except ImportError as exc:
-            raise StartupError(
-                f"no int8 graph to run without torch ({exc.name} is not installed): "
-                f"install 'faceverify[gpu]' for the torch encoder, or put the int8 graph "
-                f"{s.weights.with_suffix('.int8.onnx').name} beside the weights "
-                "(python -m model.convert.quantize)") from None
-        from model.encoder.weights import WeightsError
-        if s.torch_threads:
-            torch.set_num_threads(s.torch_threads)
-        try:
-            encoder, _ = load_encoder(s.weights, device=device)
-        except WeightsError as exc:
-            raise StartupError(f"cannot load the weights: {exc}") from None
-        return TorchRunner(encoder, torch.device(device), s.precision, s.fp16_tolerance,
-                           s.runtime)
-
-    def _int8_graph(self, device, card: dict) -> tuple[bytes, dict] | None:
-        """The int8 graph beside the weights and its card, as `int8` says (None: float32)."""
-        from model.encoder.weights import find_int8
-        s = self.settings
-        if s.int8 == "off" or device != "cpu" or s.runtime == "torch":
-            if s.int8 == "on":
-                raise StartupError("int8=on needs the encoder on the CPU in ONNX Runtime")
-            return None
-        try:
-            found = find_int8(s.weights, card["weights_sha256"])
-        except (OSError, ValueError) as exc:
-            if s.int8 == "on":
-                raise StartupError(f"cannot use the int8 graph: {exc}") from None
-            log.warning("int8 graph not used: %s; running float32", exc)
-            return None
-        if found is None and s.int8 == "on":
-            raise StartupError(f"int8=on but there is no {s.weights.with_suffix('.int8.onnx')}"
-                               " (python -m model.convert.quantize)")
-        return found
 
     def _open_gallery(self, dim: int):
         from app.gallery.service import GalleryService

@@ -51,29 +51,15 @@ from app.gallery.store import (
 
 
 def _encoder(weights: Path, device: str, int8: str):
-    """The encoder as the service would run it (float32, or the int8 graph beside the
-    weights under the same FACEVERIFY_INT8 rule): (embed crops → vectors, the sha256 its
-    vectors are tagged with, its preprocessing spec). The int8 graph needs no torch."""
-    from model.encoder.weights import WeightsError, find_int8, read_metadata, spec_of, verified_card
+    """The encoder as the service would run it (app.inference.open_encoder: the int8 graph
+    beside the weights under the same FACEVERIFY_INT8 rule, else float32): (embed crops →
+    vectors, the sha256 its vectors are tagged with, its preprocessing spec)."""
+    from app.inference import EncoderError, open_encoder
     try:
-        card = verified_card(weights)
-        spec = spec_of(weights, read_metadata(weights), card)
-    except WeightsError as exc:
+        encoder = open_encoder(weights, device, int8=int8)
+    except EncoderError as exc:
         raise SystemExit(str(exc)) from None
-    if card is None or not card.get("weights_sha256"):
-        raise SystemExit(f"{weights}: no model card with a weights_sha256 beside it")
-    found = find_int8(weights, card["weights_sha256"]) \
-        if int8 != "off" and device == "cpu" else None
-    if found is not None:
-        from app.inference import cpu_threads
-        from model.encoder.onnx_session import CropEncoder
-        return CropEncoder(found[0], spec, cpu_threads()), found[1]["graph_sha256"], spec
-    if int8 == "on":
-        raise SystemExit(f"int8=on but no int8 graph beside {weights}")
-    from model.nn.checkpoint import load_encoder
-    from model.nn.siamese import embed_crops
-    encoder, _ = load_encoder(weights, device=device)
-    return (lambda crops: embed_crops(encoder, crops).numpy()), card["weights_sha256"], spec
+    return encoder.runner, encoder.model_ref["sha256"], encoder.spec
 
 
 def stats(store, model_sha256: str, spec: str) -> dict:
