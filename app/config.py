@@ -12,8 +12,11 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from model.shipped import WEIGHTS_DIR
+
 ENV_PREFIX = "FACEVERIFY_"
-DEFAULT_WEIGHTS = "weights/faceverify-encoder.safetensors"
+# the shipped encoder: weights/ in a checkout, model/weights in an installed package
+DEFAULT_WEIGHTS = str(WEIGHTS_DIR / "faceverify-encoder.safetensors")
 PILLOW_MAX_PIXELS = 178_956_970  # 2 x PIL.Image.MAX_IMAGE_PIXELS: Pillow refuses more
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 

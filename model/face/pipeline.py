@@ -291,6 +291,18 @@ class FacePipeline:
                 raise NoFaceError(index=i)
         return out
 
+    def align_every(self, image: Image.Image) -> list[AlignedFace]:
+        """Every face the detector finds in one image, aligned, largest first (the turn
+        check as in `align`); [] when there is none. For labelling each face of a group photo
+        (the CLI's identify, face_recognition's shape)."""
+        cw, view, faces = self._upright(image, self.detector.detect([image])[0])
+        faces = sorted(faces, key=lambda f: -(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
+        out = []
+        for f in faces:
+            face = self._from_detection(view, f, len(faces))
+            out.append(face.unturned(cw, image.width, image.height) if cw else face)
+        return out
+
     def _upright(self, img: Image.Image, faces: list[Detection]
                  ) -> tuple[int, Image.Image, list[Detection]]:
         """(degrees clockwise to turn the image so its face is upright, the image so turned,
