@@ -1,14 +1,16 @@
 # faceverify service image (docs/deploy.md).
 #
-#   docker build -t faceverify:cpu .                                   # CPU torch (default)
-#   docker build -t faceverify:gpu --build-arg TORCH_INDEX_URL= .      # CUDA torch (default index)
-#   docker build -t faceverify:gpu --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130 .
+#   docker build -t faceverify:cpu .                                        # no torch (default)
+#   docker build -t faceverify:gpu --build-arg FACEVERIFY_EXTRAS=gpu .      # + CUDA torch
+#   docker build -t faceverify:gpu --build-arg FACEVERIFY_EXTRAS=gpu \
+#       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130 .
 #
-# TORCH_INDEX_URL picks where torch/torchvision come from: the PyTorch CPU wheel index by
-# default (a small image), empty for the default package index (CUDA wheels, which bundle the
-# CUDA runtime; they run on the CPU too), or any other wheel index (e.g. a CUDA-specific one).
-# The GPU image needs the NVIDIA container toolkit on the host and a device reservation:
-# docker-compose.gpu.yml.
+# The CPU image carries no torch: the service runs the int8 graph in ONNX Runtime and finds
+# faces with YuNet and dlib's landmarks (pyproject.toml's core dependencies). FACEVERIFY_EXTRAS
+# adds pyproject extras; `gpu` adds torch for the encoder on CUDA, from TORCH_INDEX_URL (empty:
+# the default package index, whose wheels are CUDA builds that bundle the CUDA runtime; or any
+# other wheel index, e.g. a CUDA-specific one). The GPU image needs the NVIDIA container
+# toolkit on the host and a device reservation: docker-compose.gpu.yml.
 #
 # The default weights, weights/faceverify-encoder.safetensors + .json, the 5-point landmark
 # model they align faces with, weights/landmarks-dlib5.safetensors, and the face detector,
@@ -20,9 +22,9 @@ ARG PYTHON_IMAGE=python:3.11-slim
 # ---------------------------------------------------------------------------------- builder
 FROM ${PYTHON_IMAGE} AS builder
 
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG FACEVERIFY_EXTRAS=
+ARG TORCH_INDEX_URL=
 ARG TORCH_VERSION=2.14.1
-ARG TORCHVISION_VERSION=0.29.1
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -34,33 +36,41 @@ RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 
-# 1. torch + torchvision first, from TORCH_INDEX_URL (or the default index when it is empty).
-#    Their exact installed versions (e.g. 2.14.1+cpu) then constrain every later install, so
-#    that pip never swaps them for another build.
-RUN if [ -n "${TORCH_INDEX_URL}" ]; then export PIP_INDEX_URL="${TORCH_INDEX_URL}"; fi; \
-    pip install --retries=5 "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"; \
-    pip freeze | grep -iE '^(torch|torchvision)==' > /opt/torch-constraints.txt; \
+# 1. The GPU image only: torch first, from TORCH_INDEX_URL (or the default index when it is
+#    empty). Its exact installed version (e.g. 2.14.1+cu130) then constrains every later
+#    install, so that pip never swaps it for another build.
+RUN : > /opt/torch-constraints.txt; \
+    if [[ ",${FACEVERIFY_EXTRAS}," == *",gpu,"* ]]; then \
+      if [ -n "${TORCH_INDEX_URL}" ]; then export PIP_INDEX_URL="${TORCH_INDEX_URL}"; fi; \
+      pip install --retries=5 "torch==${TORCH_VERSION}"; \
+      pip freeze | grep -iE '^torch==' > /opt/torch-constraints.txt; \
+    fi; \
     cat /opt/torch-constraints.txt
 
-# 2. The service's other dependencies (facenet-pytorch==2.5.3 ships the MTCNN weights): the
-#    project's core dependencies only (no training, benchmark or test extras), read from
-#    pyproject.toml, at the versions requirements.lock pins (make lock), so that the image
-#    runs what CI tested. This layer is rebuilt only when either file changes.
+# 2. The service's dependencies: the project's core dependencies and the FACEVERIFY_EXTRAS'
+#    (no training, benchmark or test extras), read from pyproject.toml, at the versions
+#    requirements.lock pins (make lock), so that the image runs what CI tested. This layer is
+#    rebuilt only when either file changes.
 COPY pyproject.toml requirements.lock ./
-RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > /opt/requirements.txt; \
+RUN FACEVERIFY_EXTRAS="${FACEVERIFY_EXTRAS}" python3 -c 'import os, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; extras = [e for e in os.environ["FACEVERIFY_EXTRAS"].split(",") if e]; print("\n".join(p["dependencies"] + [d for e in extras for d in p["optional-dependencies"][e]]))' > /opt/requirements.txt; \
+    cat /opt/requirements.txt; \
     pip install --retries=5 -c /opt/torch-constraints.txt -c requirements.lock -r /opt/requirements.txt
 
-# 3. Every dependency there and consistent; MTCNN's weights inside facenet-pytorch. The service's
-#    own code is not installed into the venv: the runtime stage copies app/ and model/ next to
-#    it, so that a code change rebuilds a few small layers, not the venv's.
+# 3. Every dependency there and consistent, and torch only where it was asked for. The
+#    service's own code is not installed into the venv: the runtime stage copies app/, model/
+#    and faceverify/ next to it, so that a code change rebuilds a few small layers, not the
+#    venv's.
 RUN pip check && \
     find /opt/venv -name '__pycache__' -prune -exec rm -rf {} + && \
-    python3 -c 'import facenet_pytorch, os; d = os.path.join(os.path.dirname(facenet_pytorch.__file__), "data"); assert all(os.path.isfile(os.path.join(d, f + ".pt")) for f in ("pnet", "rnet", "onet")), d'
+    if [[ ",${FACEVERIFY_EXTRAS}," != *",gpu,"* ]]; then \
+      ! python3 -c 'import torch' 2>/dev/null || { echo "torch in the CPU image" >&2; exit 1; }; \
+    fi
 
 # 4. The service's code and the weights, readable by the runtime user whatever the build
 #    context's file modes were.
 COPY app /opt/app/app
 COPY model /opt/app/model
+COPY faceverify /opt/app/faceverify
 COPY weights /opt/app/weights
 RUN for f in faceverify-encoder.safetensors faceverify-encoder.json landmarks-dlib5.safetensors \
              detector-yunet.onnx faceverify-encoder.int8.onnx faceverify-encoder.int8.json; do \
@@ -73,7 +83,7 @@ RUN for f in faceverify-encoder.safetensors faceverify-encoder.json landmarks-dl
 FROM ${PYTHON_IMAGE} AS runtime
 
 LABEL org.opencontainers.image.title="faceverify" \
-      org.opencontainers.image.description="Face verification service (Siamese encoder, MTCNN alignment)" \
+      org.opencontainers.image.description="Face verification service (Siamese encoder; YuNet and dlib alignment)" \
       org.opencontainers.image.licenses="MIT"
 
 # uid/gid 10001: no clash with a host user; the app files stay owned by root (read-only to it).

@@ -147,7 +147,8 @@ class Settings(BaseSettings):
         "Detection sees at most 640 px (YuNet) anyway; alignment samples the decoded image; "
         "boxes and landmarks are reported in the upload's pixels. 0 = always decode whole."))
     torch_threads: int = Field(0, ge=0, description=(
-        "torch intra-op threads for the process (0 = leave torch's default)."))
+        "The encoder's threads: ONNX Runtime's for the int8 graph, torch's intra-op threads "
+        "when the torch module runs (0 = the cores the process may use)."))
     warmup: bool = Field(True, description="Run detection and encoder passes before reporting "
                                            "ready.")
 
