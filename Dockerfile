@@ -40,11 +40,11 @@ WORKDIR /src
 #    empty). Its exact installed version (e.g. 2.14.1+cu130) then constrains every later
 #    install, so that pip never swaps it for another build.
 RUN : > /opt/torch-constraints.txt; \
-    if [[ ",${FACEVERIFY_EXTRAS}," == *",gpu,"* ]]; then \
+    case ",${FACEVERIFY_EXTRAS}," in *,gpu,*) \
       if [ -n "${TORCH_INDEX_URL}" ]; then export PIP_INDEX_URL="${TORCH_INDEX_URL}"; fi; \
       pip install --retries=5 "torch==${TORCH_VERSION}"; \
-      pip freeze | grep -iE '^torch==' > /opt/torch-constraints.txt; \
-    fi; \
+      pip freeze | grep -iE '^torch==' > /opt/torch-constraints.txt;; \
+    esac; \
     cat /opt/torch-constraints.txt
 
 # 2. The service's dependencies: the project's core dependencies and the FACEVERIFY_EXTRAS'
@@ -62,9 +62,9 @@ RUN FACEVERIFY_EXTRAS="${FACEVERIFY_EXTRAS}" python3 -c 'import os, tomllib; p =
 #    venv's.
 RUN pip check && \
     find /opt/venv -name '__pycache__' -prune -exec rm -rf {} + && \
-    if [[ ",${FACEVERIFY_EXTRAS}," != *",gpu,"* ]]; then \
-      ! python3 -c 'import torch' 2>/dev/null || { echo "torch in the CPU image" >&2; exit 1; }; \
-    fi
+    case ",${FACEVERIFY_EXTRAS}," in *,gpu,*) ;; *) \
+      if python3 -c 'import torch' 2>/dev/null; then echo "torch in the CPU image" >&2; exit 1; fi;; \
+    esac
 
 # 4. The service's code and the weights, readable by the runtime user whatever the build
 #    context's file modes were.

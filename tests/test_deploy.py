@@ -119,7 +119,7 @@ def compose() -> dict:
 def test_compose_api_service():
     api = compose()["services"]["api"]
     assert api["build"]["target"] == "runtime"
-    assert "TORCH_INDEX_URL" in api["build"]["args"]
+    assert api["build"]["args"]["FACEVERIFY_EXTRAS"] == "${FACEVERIFY_EXTRAS-}"  # the CPU image
     assert api["restart"] in ("unless-stopped", "always")
     assert "/health/ready" in " ".join(api["healthcheck"]["test"])
     assert all(p.startswith("${FACEVERIFY_BIND:-127.0.0.1}:") for p in api["ports"])
@@ -203,6 +203,7 @@ def test_compose_profiles():
         assert gpu[name]["environment"]["FACEVERIFY_DEVICE"] == "${FACEVERIFY_DEVICE:-cuda}"
         assert gpu[name]["image"] == "${FACEVERIFY_IMAGE:-faceverify:gpu}"
         assert gpu[name]["build"]["args"]["TORCH_INDEX_URL"] == "${TORCH_INDEX_URL-}"
+        assert gpu[name]["build"]["args"]["FACEVERIFY_EXTRAS"] == "gpu"  # CUDA torch
         assert "replicas" not in gpu[name]["deploy"]
 
 
@@ -457,7 +458,9 @@ def test_dockerignore_keeps_out(pattern):
 def test_dockerfile_essentials():
     text = (ROOT / "Dockerfile").read_text()
     assert text.count("\nFROM ") >= 2                       # multi-stage
-    assert "ARG TORCH_INDEX_URL=" in text
+    assert "ARG TORCH_INDEX_URL=" in text and "ARG FACEVERIFY_EXTRAS=" in text
+    assert "COPY faceverify /opt/app/faceverify" in text
+    assert "torch in the CPU image" in text  # the CPU build refuses torch
     assert re.search(r"^USER 10001", text, re.MULTILINE)
     assert "HEALTHCHECK" in text and "/health/ready" in text
     assert "COPY weights /opt/app/weights" in text and "COPY --from=builder /opt/app /app" in text

@@ -31,8 +31,9 @@
 # Settings (environment):
 #   FV_SMOKE_STATE      engine data-root, logs, tools, base tarballs (/var/tmp/faceverify-docker)
 #   FV_SMOKE_CLEAN=1    start from an empty engine data-root (no image or build cache)
-#   FV_SMOKE_TORCH_INDEX_URL   build argument TORCH_INDEX_URL (default empty: the default
-#                       package index; set the PyTorch CPU index for a small, quick image)
+#   FV_SMOKE_EXTRAS     build argument FACEVERIFY_EXTRAS (default empty: the CPU image, no
+#                       torch; `gpu` builds the GPU image, with FV_SMOKE_TORCH_INDEX_URL as
+#                       its TORCH_INDEX_URL)
 #   FACEVERIFY_LFW_DIR  LFW (../shared/data/lfw)
 #   FV_SMOKE_NICE=0     do not run the engine and the builds at the lowest CPU/IO priority
 set -Eeuo pipefail
@@ -41,6 +42,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 STATE=${FV_SMOKE_STATE:-/var/tmp/faceverify-docker}
 LFW_DIR=${FACEVERIFY_LFW_DIR:-$ROOT/../shared/data/lfw}
 TORCH_INDEX_URL=${FV_SMOKE_TORCH_INDEX_URL-}
+FACEVERIFY_EXTRAS=${FV_SMOKE_EXTRAS-}
 PROJECT=fvsmoke
 PYTHON_BASE=python:3.11-slim
 NGINX_BASE=nginx:1.27
@@ -348,14 +350,20 @@ export FACEVERIFY_PORTS="$API_PORT-$((API_PORT + 3))" FACEVERIFY_LB_PORT=$LB_POR
 export FACEVERIFY_GALLERY_PORTS="$GALLERY_PORT-$((GALLERY_PORT + 3))"
 export FACEVERIFY_GALLERY_LB_PORT=$GALLERY_LB_PORT FACEVERIFY_GALLERY_REPLICAS=2
 export FACEVERIFY_POSTGRES_PASSWORD=smoke-$RANDOM$RANDOM
-export TORCH_INDEX_URL NGINX_IMAGE=$NGINX_BASE POSTGRES_IMAGE=$POSTGRES_BASE
+export TORCH_INDEX_URL FACEVERIFY_EXTRAS NGINX_IMAGE=$NGINX_BASE POSTGRES_IMAGE=$POSTGRES_BASE
 COMPOSE=("$DOCKER" compose --project-directory "$CONTEXT" -f "$CONTEXT/docker-compose.yml")
 end
 
 begin "docker compose build"
 with_timeout 2700 "docker compose build" "${NICE[@]}" "${COMPOSE[@]}" build --progress plain api
 size=$("$DOCKER" image inspect "$FACEVERIFY_IMAGE" --format '{{.Size}}')
-echo "image $FACEVERIFY_IMAGE: $((size / 1000000)) MB (TORCH_INDEX_URL='${TORCH_INDEX_URL}')"
+echo "image $FACEVERIFY_IMAGE: $((size / 1000000)) MB (FACEVERIFY_EXTRAS='${FACEVERIFY_EXTRAS}')"
+if [[ ",${FACEVERIFY_EXTRAS}," != *",gpu,"* ]]; then  # the CPU image: no torch to import
+  if "$DOCKER" run --rm --entrypoint python3 "$FACEVERIFY_IMAGE" -c 'import torch' 2>/dev/null; then
+    echo "[docker-smoke] FAILED: torch is importable in the CPU image" >&2; exit 1
+  fi
+  echo "torch: not in the image"
+fi
 end
 
 # ------------------------------------------------------------------------------ 5. up
