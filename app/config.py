@@ -277,6 +277,8 @@ def settings_table() -> list[tuple[str, str, str]]:
             default = ",".join(default)
         elif isinstance(default, bool):
             default = str(default).lower()
+        elif isinstance(default, Path) and default.is_relative_to(WEIGHTS_DIR):
+            default = f"<weights>/{default.relative_to(WEIGHTS_DIR)}"  # checkout or package
         rows.append((ENV_PREFIX + name.upper(), "" if default is None else str(default),
                      field.description or ""))
     return rows
