@@ -12,11 +12,25 @@ against the keyring (app/keys.py) by a per-route dependency, before any of the b
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from app.errors import ServiceError
 from app.keys import Keyring
+
+# The two ways to send a key, as the OpenAPI schema declares them (securitySchemes); they never
+# refuse a request themselves (auto_error=False): `authorize` does, with the service's errors.
+# A route whose keys are not required (none configured; anonymous galleries) has no
+# `security` in the schema a server serves (app/schemas.py, declare_server_limits).
+API_KEY_HEADER = APIKeyHeader(
+    name="X-API-Key", scheme_name="ApiKey", auto_error=False,
+    description="an API key (docs/api.md, \"Keys and scopes\"): a missing or unknown one is "
+                "401 unauthorized, one whose scope does not cover the route's operation or "
+                "gallery is 403 forbidden")
+BEARER = HTTPBearer(scheme_name="Bearer", auto_error=False,
+                    description="the same key, as `Authorization: Bearer <key>`")
 
 UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="faceverify"'}
 NO_KEYS_FOR_GALLERIES = (
@@ -69,7 +83,10 @@ def authorize(request: Request, operation: str | None, gallery_route: bool) -> N
 def require(operation: str | None, gallery_route: bool = False
             ) -> Callable[[Request], Awaitable[None]]:
     """The FastAPI dependency for a protected route: `Depends(require("identify", True))`."""
-    async def dependency(request: Request) -> None:
+    async def dependency(
+            request: Request, _key: Annotated[str | None, Security(API_KEY_HEADER)] = None,
+            _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None
+    ) -> None:
         authorize(request, operation, gallery_route)
     dependency.__name__ = f"require_{operation or 'key'}"
     return dependency

@@ -239,7 +239,7 @@ async def _read_json(stream, fields) -> tuple[dict, dict]:
         del body
     if not isinstance(doc, dict):
         raise ServiceError("validation_error", "JSON body must be an object")
-    extra = {k: doc[k] for k in EXTRA_FIELDS if k in doc}
+    extra = _json_extra(doc)
     raw: dict[str, bytes] = {}
     for name in fields:
         value = doc.pop(name, None)
@@ -249,6 +249,27 @@ async def _read_json(stream, fields) -> tuple[dict, dict]:
             raise ServiceError("validation_error", f"{name}: must be a base64 string", name)
         raw[name] = decode_base64(value, name)
     return raw, extra
+
+
+# JSON's own types for the other fields, as the OpenAPI schema declares them: a number is not a
+# string there (multipart fields are text, parsed by parse_threshold/parse_flag/parse_int).
+_JSON_TYPES = {"threshold": ((int, float), "a number"), "detect": (bool, "true or false"),
+               "top_k": ((int, float), "an integer")}
+
+
+def _json_extra(doc: dict) -> dict[str, object]:
+    """The JSON body's EXTRA_FIELDS: null is the same as absent (the default), any other value
+    must have the field's JSON type (its range is checked by the field's parser)."""
+    extra = {}
+    for name in EXTRA_FIELDS:
+        value = doc.get(name)
+        if value is None:
+            continue
+        types, what = _JSON_TYPES[name]
+        if not isinstance(value, types) or (isinstance(value, bool) and types is not bool):
+            raise ServiceError("validation_error", f"{name}: must be {what}", name)
+        extra[name] = value
+    return extra
 
 
 _WHITESPACE = re.compile(r"\s")
@@ -297,6 +318,8 @@ def parse_int(value, field: str, default: int, low: int, high: int) -> int:
     """An integer field or query parameter in [low, high]; empty = default."""
     if value is None or value == "":
         return default
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON's 5.0 is the integer 5 (JSON Schema's `integer` too)
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ServiceError("validation_error", f"{field}: must be an integer", field)
     try:

@@ -19,6 +19,7 @@ from app.keys import Keyring, KeysFileError
 from app.metrics import Metrics
 from app.observability import RequestMiddleware, configure_logging
 from app.routes import router
+from app.schemas import install_openapi
 from app.service import Service, StartupError
 
 log = logging.getLogger("faceverify.main")
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from app.gallery.routes import router as gallery_router
         app.include_router(gallery_router)
     app.add_middleware(RequestMiddleware, metrics=metrics)
+    install_openapi(app)  # the schema declares the keys and threshold caps this server enforces
     return app
 
 

@@ -135,7 +135,7 @@ async def embed(request: Request) -> EmbedResponse:
 
 
 @router.get("/health/live", response_model=Live, tags=["health"],
-            responses=error_responses(503),
+            responses=error_responses(500, 503),
             summary="The process is up (503 only when warm-up failed)")
 async def live(request: Request):
     svc = service_of(request)
@@ -145,7 +145,7 @@ async def live(request: Request):
 
 
 @router.get("/health/ready", response_model=Ready, tags=["health"],
-            responses=error_responses(503),
+            responses=error_responses(500, 503),
             summary="Weights loaded and warmed up (else 503 not_ready)")
 async def ready(request: Request):
     svc = service_of(request)
@@ -162,7 +162,8 @@ async def ready(request: Request):
 @router.get("/metrics", tags=["health"], response_class=Response,
             summary="Prometheus metrics (text format)",
             responses={200: {"content": {"text/plain": {"example":
-                       "faceverify_batch_size_bucket{le=\"4.0\"} 12.0\n"}}}})
+                       "faceverify_batch_size_bucket{le=\"4.0\"} 12.0\n"}}},
+                       **error_responses(500)})
 async def metrics(request: Request) -> Response:
     m = service_of(request).metrics
     return Response(m.render(), media_type=m.content_type)
@@ -174,7 +175,7 @@ async def metrics(request: Request) -> Response:
                                  "name": "faceverify-encoder", "version": "0.2.0",
                                  "embedding_dim": 128, "threshold": {"value": 1.04},
                                  "weights_sha256": "3f1c…"}}}},
-                       **error_responses(401, 503)},
+                       **error_responses(401, 500, 503)},
             summary="The model card of the loaded weights")
 async def model_card(request: Request):
     svc = service_of(request)

@@ -1,7 +1,7 @@
 """Response models and OpenAPI examples for every route and every error."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,11 +20,16 @@ _MODEL_EXAMPLE = {"name": "faceverify-encoder", "version": "0.3.0",
 CROPS_DESCRIPTION = ("only with `?return_crops=true`: the aligned RGB crop of each face the "
                      "encoder compared (the model card's crop size: 150x150 for the default "
                      "encoder), as base64 PNG, in the order of the images; absent otherwise")
+# A base64 string in JSON: `contentEncoding` is how OpenAPI 3.1 (JSON Schema 2020-12) says so,
+# `format: byte` how OpenAPI 3.0 tools do.
+BASE64 = {"type": "string", "format": "byte", "contentEncoding": "base64"}
+Base64Png = Annotated[str, Field(json_schema_extra={**BASE64, "contentMediaType": "image/png"})]
 RETURN_CROPS_PARAMETER = {
     "name": "return_crops", "in": "query", "required": False,
     "schema": {"type": "boolean", "default": False},
+    "allowEmptyValue": True,  # `?return_crops=` is the default, false
     "description": "true: add `crops`, the aligned face crops the encoder saw (base64 "
-                   "PNG), to the response",
+                   "PNG), to the response (empty: false)",
 }
 
 
@@ -76,7 +81,7 @@ class VerifyResponse(BaseModel):
     model: ModelRef
     faces: list[Face]
     timings_ms: Timings
-    crops: list[str] | None = Field(None, description=CROPS_DESCRIPTION)
+    crops: list[Base64Png] | None = Field(None, description=CROPS_DESCRIPTION)
     model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"example": {
         "verified": True, "distance": 0.3124, "threshold": 0.4269, "similarity": 0.9512,
         "model": _MODEL_EXAMPLE, "faces": [_FACE_EXAMPLE, {**_FACE_EXAMPLE, "faces_found": 2}],
@@ -91,7 +96,7 @@ class EmbedResponse(BaseModel):
     model: ModelRef
     face: Face
     timings_ms: Timings
-    crops: list[str] | None = Field(None, description=CROPS_DESCRIPTION)
+    crops: list[Base64Png] | None = Field(None, description=CROPS_DESCRIPTION)
     model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"example": {
         "embedding": [0.0132, -0.0871, 0.1204, "…"], "dim": 128, "normalized": True,
         "model": _MODEL_EXAMPLE, "face": _FACE_EXAMPLE,
@@ -298,20 +303,38 @@ def error_responses(*statuses: int, gallery: bool = False) -> dict[int, dict[str
     return out
 
 
-def upload_request_body(fields: list[str], example_b64: str = "/9j/4AAQSkZJRgABAQ...",
+# The JSON example of an image field: a complete image (a 1x1 PNG), so that the example is valid
+# base64 of a decodable image (its answer is the documented 422 no_face_detected).
+EXAMPLE_IMAGE_B64 = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+k"
+                     "cQAAAABJRU5ErkJggg==")
+IMAGE_FORMATS = "JPEG, PNG, WebP, BMP, TIFF, GIF"
+THRESHOLD_DESCRIPTION = ("verification threshold (Euclidean distance between unit embeddings); "
+                         "default: the server override or the model card's; at most the "
+                         "server's max_client_threshold (422 above it; this server's value is "
+                         "the `maximum` of the schema a running server serves)")
+IDENTIFY_THRESHOLD_DESCRIPTION = ("match threshold (Euclidean distance); default: the one that "
+                                  "holds FACEVERIFY_GALLERY_FPIR at the gallery's size; at most "
+                                  "the identify cap, which depends on the gallery's size (422 "
+                                  "above it)")
+
+
+def upload_request_body(fields: list[str], example_b64: str = EXAMPLE_IMAGE_B64,
                         options: tuple[str, ...] | None = None) -> dict:
     """The OpenAPI requestBody for an image route: multipart files or JSON base64 strings,
     with the `options` fields (default: threshold and detect for two images, detect for
-    one)."""
-    file_props = {f: {"type": "string", "format": "binary", "description": "image file (JPEG, "
-                      "PNG, WebP, BMP, TIFF, GIF)"} for f in fields}
-    b64_props = {f: {"type": "string", "format": "byte", "description": "base64 image (a "
-                     "data: URL prefix is accepted)"} for f in fields}
+    one). The threshold's `maximum` is the widest the schema knows (2); a running server
+    declares its own cap (`declare_server_limits`)."""
+    file_props = {f: {"type": "string", "format": "binary",
+                      "contentMediaType": "application/octet-stream",
+                      "description": f"image file ({IMAGE_FORMATS})"} for f in fields}
+    b64_props = {f: {**BASE64, "description": f"base64 image ({IMAGE_FORMATS}); the URL-safe "
+                     "alphabet, missing padding, line breaks and a data: URL prefix are also "
+                     "accepted; anything else is 400 invalid_image"} for f in fields}
+    threshold = {"type": "number", "exclusiveMinimum": 0, "maximum": 2,
+                 "description": IDENTIFY_THRESHOLD_DESCRIPTION if "top_k" in (options or ())
+                 else THRESHOLD_DESCRIPTION}
     common = {
-        "threshold": {"type": "number", "exclusiveMinimum": 0, "maximum": 2,
-                      "description": "verification threshold (Euclidean distance); default: "
-                                     "server override or the model card's; at most the "
-                                     "server's max_client_threshold (422 above it)"},
+        "threshold": threshold,
         "detect": {"type": "boolean", "default": True,
                    "description": "false: the image is already an aligned face crop "
                                   "(resized to the model card's crop size, no detection)"},
@@ -321,12 +344,87 @@ def upload_request_body(fields: list[str], example_b64: str = "/9j/4AAQSkZJRgABA
     if options is None:
         options = ("threshold", "detect") if len(fields) > 1 else ("detect",)
     common = {k: common[k] for k in options}
+    # form fields are text: a boolean is also read from 1/0, yes/no, on/off, and an empty field
+    # is the default; in JSON, null is the default (any other value needs the JSON type)
+    form = {k: v if k != "detect" else {**v, "description": v["description"] + "; as text: "
+                                        "true/false, 1/0, yes/no or on/off, empty: the default"}
+            for k, v in common.items()}
+    json_fields = {k: {**v, "type": [v["type"], "null"],
+                       "description": v["description"] + "; null: the default"}
+                   for k, v in common.items()}
     return {"required": True, "content": {
         "multipart/form-data": {"schema": {"type": "object", "required": fields,
-                                           "properties": {**file_props, **common}}},
+                                           "properties": {**file_props, **form}}},
         "application/json": {
             "schema": {"type": "object", "required": fields,
-                       "properties": {**b64_props, **common}},
+                       "properties": {**b64_props, **json_fields}},
             "example": {**{f: example_b64 for f in fields},
                         **({"threshold": 0.4} if "threshold" in options else {})}},
     }}
+
+
+# ------------------------------------------------------------- what a running server declares
+IDENTIFY_PATH = "/galleries/{gallery}/identify"
+
+
+def install_openapi(app) -> None:
+    """`app.openapi()` (and so /openapi.json and /docs) with what this server enforces: who
+    must send a key (from the settings), and once the weights are loaded, the threshold caps
+    (from the model card). FastAPI still builds and caches the schema; the declaration is
+    written into it on each call (a few keys), so it is right whenever it is asked for."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        return declare_server_limits(build(), app)
+
+    app.openapi = openapi
+
+
+def declare_server_limits(spec: dict[str, Any], app) -> dict[str, Any]:
+    """Write into `spec` what this server enforces: no `security` on the routes with a key
+    check (app/auth.py) that are open here (no keys configured: /verify, /embed, /model; and
+    the galleries when anonymous ones are allowed), and the `maximum` of each `threshold`:
+    /verify's and subject verify's `max_client_threshold`, identify's widest cap (a gallery
+    of one face: the cap tightens as the gallery grows). Before the weights are loaded the
+    thresholds keep the schema's (0, 2]."""
+    settings = app.state.settings
+    keys_configured = bool(settings.api_keys) or settings.api_keys_file is not None
+    svc = app.state.service
+    for path, ops in spec.get("paths", {}).items():
+        for op in ops.values():
+            # a route with a key check (app/auth.py) is open where no key is asked for
+            gallery_route = path.startswith("/galleries/")
+            if "security" in op and not keys_configured and not (
+                    gallery_route and not settings.gallery_allow_anonymous):
+                del op["security"]
+            for media in op.get("requestBody", {}).get("content", {}).values():
+                th = media.get("schema", {}).get("properties", {}).get("threshold")
+                if th is None or svc.max_client_threshold is None:
+                    continue
+                if path == IDENTIFY_PATH:
+                    th["maximum"], text = identify_cap(svc.identify_thresholds)
+                else:
+                    th["maximum"] = svc.max_client_threshold
+                    text = (f"verification threshold (Euclidean distance between unit "
+                            f"embeddings); default: {svc.threshold:g}; at most "
+                            f"{svc.max_client_threshold:g}, this server's max_client_threshold "
+                            "(a looser one is 422 validation_error)")
+                th["description"] = text + ("; null: the default" if th["type"] != "number" else "")
+    return spec
+
+
+def identify_cap(thresholds) -> tuple[float, str]:
+    """The loosest threshold identify accepts in any gallery, and the rule, in words."""
+    widest = thresholds.cap(1)  # N counts as at least 1; the cap only tightens as N grows
+    if thresholds.table is None:
+        rule = (f"at most {widest:g} in every gallery (the model card has no impostor table: "
+                "/verify's max_client_threshold)")
+    else:
+        rule = (f"at most the identify cap for the gallery's N faces: the model card's "
+                f"impostor-table distance at FAR = {thresholds.max_client_fpir:g} / N "
+                "(FACEVERIFY_GALLERY_MAX_CLIENT_FPIR), never below the default threshold; "
+                f"it tightens as the gallery grows, so `maximum` ({widest:g}) is its value "
+                "for a gallery of one face, and a larger gallery may answer 422 "
+                "validation_error below it (the message quotes that gallery's cap)")
+    return widest, (f"match threshold (Euclidean distance); default: {thresholds.rule} (the "
+                    f"answer's `threshold_source` says which was used); {rule}")

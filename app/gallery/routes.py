@@ -28,7 +28,7 @@ Name = Annotated[str, Path(pattern=NAME_PATTERN, description="1-64 of A-Z a-z 0-
 
 router = APIRouter(prefix="/galleries", tags=["galleries"])
 _ERRORS = error_responses(400, 401, 403, 404, 408, 409, 413, 415, 422, 500, 503, gallery=True)
-_SMALL_ERRORS = error_responses(401, 403, 404, 422, 503, gallery=True)
+_SMALL_ERRORS = error_responses(401, 403, 404, 422, 500, 503, gallery=True)
 
 
 def scope(operation: str) -> list:
