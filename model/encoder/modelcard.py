@@ -10,13 +10,19 @@ def _pct(x: Any) -> str:
 
 def render_markdown(card: dict[str, Any]) -> str:
     thr = card.get("threshold", {})
+    evaluated_with = next((ev.get("detector") for ev in (card.get("evaluation") or {}).values()
+                           if isinstance(ev, dict) and ev.get("detector")),
+                          (card.get("impostors") or {}).get("detector"))
+    preprocessing_line = (
+        f"- Preprocessing: {card.get('preprocessing', {}).get('description', '')} "
+        f"(version `{card.get('preprocessing', {}).get('version')}`)"
+        + (f"; evaluated with the {evaluated_with} detector" if evaluated_with else ""))
     lines = [
         f"# Model card: {card.get('name')} {card.get('version', '')}".rstrip(),
         "",
         f"- Architecture: `{card.get('architecture')}`",
         f"- Embedding: {card.get('embedding_dim')}-d, L2-normalised; distance: {card.get('distance')}",
-        f"- Preprocessing: {card.get('preprocessing', {}).get('description', '')} "
-        f"(version `{card.get('preprocessing', {}).get('version')}`)",
+        preprocessing_line,
         f"- Mirror-image test-time augmentation: "
         f"{'on' if (card.get('inference') or {}).get('flip_tta') else 'off'}",
         f"- Weights: `{card.get('weights_file')}`, sha256 `{card.get('weights_sha256')}`",
@@ -65,7 +71,9 @@ def render_markdown(card: dict[str, Any]) -> str:
         for key in ("version", "crop_size", "detector", "landmarks", "geometry",
                     "padding", "mean", "std"):
             if key in pre:
-                lines.append(f"- {key.replace('_', ' ')}: `{pre[key]}`")
+                label = ("reference detector (the box dlib's landmarks were fitted in)"
+                         if key == "detector" else key.replace("_", " "))
+                lines.append(f"- {label}: `{pre[key]}`")
     tr = card.get("training") or {}
     lines += ["", "## Training"]
     for key in ("command", "data", "images", "identities", "excluded", "loss", "distill",

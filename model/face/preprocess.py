@@ -137,9 +137,10 @@ DLIB_MEAN = (122.782, 117.001, 104.298)
 DLIB_CHIP150 = PreprocessSpec(
     version="mtcnn-box-dlib5-chip150-v2", crop_size=150, landmarks="dlib5",
     geometry="dlib-chip", padding=0.25, mean=DLIB_MEAN, std=(256.0, 256.0, 256.0),
-    description="EXIF-upright RGB → MTCNN (facenet-pytorch 2.5.3) → the chosen face's box (a "
-                "face in a frame downscaled for detection is re-detected in a crop around "
-                "it) → dlib's "
+    description="EXIF-upright RGB → the face detector (YuNet by default; MTCNN on request; "
+                "its box mapped onto MTCNN's, where dlib's landmarks were fitted) → the chosen "
+                "face's box (a face in a frame downscaled for detection is re-detected in a "
+                "crop around it) → dlib's "
                 "5-point shape predictor (our numpy port) in that box → dlib's face chip, "
                 "150x150, padding 0.25 (dlib's geometry and sampling grid) → (x - mean_rgb) / "
                 "256 with dlib's means (122.782, 117.001, 104.298)")
@@ -165,7 +166,9 @@ def spec_for_arch(arch: dict[str, Any]) -> PreprocessSpec:
 def spec_from_metadata(meta: dict[str, str]) -> PreprocessSpec:
     """The spec recorded in a weights file's metadata (older files carry only a version)."""
     if "preprocessing" in meta:
-        return PreprocessSpec.from_dict(json.loads(meta["preprocessing"]))
+        spec = PreprocessSpec.from_dict(json.loads(meta["preprocessing"]))
+        # a known spec (equal but for its description) reads with this code's description
+        return KNOWN_SPECS.get(spec.version) if KNOWN_SPECS.get(spec.version) == spec else spec
     version = meta.get("pipeline_version")
     if version not in KNOWN_SPECS:
         raise SpecError(f"preprocessing {version!r} is not one this code can reproduce "
