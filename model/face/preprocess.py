@@ -81,7 +81,13 @@ class PreprocessSpec:
         return d
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
+        """The spec as a weights file records it. A version's description is recorded as it
+        was when its first weights were written (RECORDED_DESCRIPTIONS), so that our
+        converters keep reproducing the shipped files byte for byte; cards take `to_dict`'s
+        current text."""
+        d = self.to_dict()
+        d["description"] = RECORDED_DESCRIPTIONS.get(self.version, self.description)
+        return json.dumps(d, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PreprocessSpec":
@@ -155,6 +161,14 @@ MTCNN5_CHIP150 = PreprocessSpec(
                 "→ (x - mean_rgb) / 256")
 
 KNOWN_SPECS = {s.version: s for s in (MTCNN_TEMPLATE112, DLIB_CHIP150, MTCNN5_CHIP150)}
+# What weights files of these versions carry (their bytes, sha256-pinned in the model cards, hold
+# it): the chip spec's text from before YuNet became the detector.
+RECORDED_DESCRIPTIONS = {DLIB_CHIP150.version: (
+    "EXIF-upright RGB → MTCNN (facenet-pytorch 2.5.3) → the chosen face's box (a face in a "
+    "frame downscaled for detection is re-detected in a crop around it) → dlib's 5-point shape "
+    "predictor (our numpy port) in that box → dlib's face chip, 150x150, padding 0.25 (dlib's "
+    "geometry and sampling grid) → (x - mean_rgb) / 256 with dlib's means (122.782, 117.001, "
+    "104.298)")}
 DEFAULT_SPEC = MTCNN_TEMPLATE112  # of architectures that don't name their own
 
 
