@@ -111,3 +111,78 @@ def plot(result: dict, folder: Path) -> None:
     fig.tight_layout()
     fig.savefig(folder / "bench_latency.png")
     plt.close(fig)
+
+
+def median_of_runs(results: list[dict]) -> dict:
+    """Several runs of the same `bench.load` command as one result: each cell is the run
+    whose throughput is that cell's median over the runs (its latencies, stage times and
+    errors come with it, so a cell's figures are one run's, never a mix), with every run's
+    throughput kept in `runs_ok_per_s`. On a shared machine a burst of someone else's work
+    spoils the cells it overlaps in one run; the median of three sets them aside."""
+    if not results:
+        raise ValueError("no runs to merge")
+
+    def key(x: dict) -> tuple:
+        return (x.get("batching"), x["route"], x["detect"], x["concurrency"])
+
+    def pick(cells: list[dict]) -> dict:
+        ranked = sorted(cells, key=lambda x: x.get("ok_per_s") or 0.0)
+        cell = dict(ranked[(len(ranked) - 1) // 2])  # the lower middle for an even count
+        cell["runs_ok_per_s"] = [x.get("ok_per_s") for x in cells]
+        return cell
+
+    merged = {k: v for k, v in results[0].items() if k not in ("cells", "inprocess", "summary")}
+    merged["runs"] = [{"command": r.get("command"), "utc_start": r["machine"].get("utc_start"),
+                       "loadavg_at_start": r["machine"].get("loadavg_at_start"),
+                       "wall_s": r.get("wall_s")} for r in results]
+    merged["merge"] = ("each cell: the run with the median throughput of that cell over "
+                       f"{len(results)} runs (bench.load_report --median)")
+    merged["wall_s"] = sum(r.get("wall_s") or 0 for r in results)
+    for field in ("cells", "inprocess"):
+        groups: dict[tuple, list[dict]] = {}
+        for r in results:
+            for x in r.get(field) or []:
+                groups.setdefault(key(x), []).append(x)
+        if groups:
+            merged[field] = [pick(cells) for cells in groups.values()]
+    merged["servers"] = {name: {**srv, "runs_rss_mib": [r["servers"].get(name, {}).get("rss_mib")
+                                                         for r in results]}
+                         for name, srv in results[0]["servers"].items()}
+    merged["summary"] = summarize(merged)
+    return merged
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+    p = argparse.ArgumentParser(prog="python -m bench.load_report", description=(
+        "Merge several runs of the same `python -m bench.load` command (each cell: the run "
+        "with its median throughput) and draw the plots from the merged result."))
+    p.add_argument("--median", type=Path, nargs="+", required=True, metavar="RUN_JSON",
+                   help="bench.load results of the same command")
+    p.add_argument("--out", type=Path, required=True, help="the merged result (JSON)")
+    p.add_argument("--plots", default="docs",
+                   help="folder for bench_throughput.png and bench_latency.png; '' = none")
+    args = p.parse_args(argv)
+    runs = [json.loads(f.read_text()) for f in args.median]
+    # the same cells measured the same way (the order of --batching may differ: alternating
+    # it balances what a server's place in the run costs)
+    settings = {json.dumps({k: v for k, v in r["settings"].items()}, sort_keys=True)
+                for r in runs}
+    cells = {json.dumps(sorted((x["batching"], x["route"], x["detect"], x["concurrency"])
+                               for x in r["cells"])) for r in runs}
+    if len(settings) > 1 or len(cells) > 1:
+        raise SystemExit("the runs measured different cells or settings: "
+                         f"{sorted(settings)}")
+    merged = median_of_runs(runs)
+    merged["runs_files"] = [str(f) for f in args.median]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(merged, indent=1) + "\n")
+    if args.plots:
+        plot(merged, Path(args.plots))
+    print(json.dumps(merged["summary"].get("best_verify"), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
