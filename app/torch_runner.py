@@ -25,14 +25,12 @@ log = logging.getLogger("faceverify.inference")
 
 class TorchRunner:
     def __init__(self, encoder: SiameseEncoder, device: torch.device, precision: str = "auto",
-                 fp16_tolerance: float = 1e-3, runtime: str = "auto",
-                 int8_graph: bytes | None = None):
+                 fp16_tolerance: float = 1e-3, runtime: str = "auto"):
         from model.nn.runtime import choose_runtime
         self.encoder = encoder.eval()
         self.device = device
         # The CPU forward pass: torch, or ONNX Runtime over a graph exported from the module.
-        self.runtime, self._cpu_forward = choose_runtime(self.encoder, device, runtime,
-                                                         graph=int8_graph)
+        self.runtime, self._cpu_forward = choose_runtime(self.encoder, device, runtime)
         self.cuda = device.type == "cuda"
         self.requested_precision = precision
         self.fp16_tolerance = fp16_tolerance
@@ -53,8 +51,6 @@ class TorchRunner:
 
     @property
     def precision(self) -> str:
-        if self.runtime == "onnxruntime-int8":
-            return "int8"
         return "fp16" if self.dtype == torch.float16 else "fp32"
 
     @property

@@ -94,38 +94,20 @@ def max_embedding_error(a: Callable[[torch.Tensor], torch.Tensor],
         return float((a(x).float() - b(x).float()).norm(dim=1).max())
 
 
-# An int8 graph is checked against torch with this bound instead: on the fixed random batch
-# its embeddings differ by ~0.1 (quantisation; real faces move ~0.03, docs/accuracy.md), and a
-# graph of another network would differ by ~1.4.
-INT8_SANITY_BOUND = 0.5
-
-
 def choose_runtime(encoder: SiameseEncoder, device: torch.device, requested: str = "auto",
-                   tolerance: float = 1e-4, graph: bytes | None = None
+                   tolerance: float = 1e-4
                    ) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
     """(name, forward function on normalised input) for the encoder on `device`.
 
     auto: ONNX Runtime on the CPU when it is installed and agrees with torch, else torch.
     onnxruntime: the same, but a failure is an error (RuntimeUnavailable).
-    graph: an int8 graph of this encoder (model/convert/quantize.py) to run instead of an export;
-    then the runtime is "onnxruntime-int8" and a failure is an error."""
+    (The int8 graph runs without torch: app/inference.py's OnnxRunner.)"""
     if requested not in RUNTIMES:
         raise ValueError(f"unknown runtime {requested!r}; choose from {RUNTIMES}")
     if requested == "torch" or device.type != "cpu":
         if requested == "onnxruntime":
             raise RuntimeUnavailable(f"onnxruntime runs on the CPU only here, not {device}")
         return "torch", encoder
-    if graph is not None:
-        try:
-            ort_encoder = OnnxEncoder(encoder, graph=graph)
-            err = max_embedding_error(encoder, ort_encoder, encoder.spec.crop_size)
-        except Exception as exc:
-            raise RuntimeUnavailable(f"cannot run the int8 graph: {exc}") from exc
-        if not err <= INT8_SANITY_BOUND:
-            raise RuntimeUnavailable(f"the int8 graph's embeddings differ from torch's by "
-                                     f"{err:.2f}: not a graph of these weights")
-        log.info("encoder runs in ONNX Runtime, int8", extra={"max_embedding_error": err})
-        return "onnxruntime-int8", ort_encoder
     try:
         ort_encoder = OnnxEncoder(encoder)
         err = max(max_embedding_error(encoder, ort_encoder, encoder.spec.crop_size),
